@@ -268,3 +268,162 @@ def test_adapter_slot_is_transparent():
             b.adapter = torch.nn.Identity()
         img = G.synthesis(ws)
     assert torch.equal(ref, img) and set(feats) == {'b4', 'b8', 'b16', 'b32'}
+
+
+# -----------------------------------------------------------------------------
+# ode_adapter.py
+
+import torchdiffeq  # noqa: E402
+
+from ode_adapter import (ODEAdapter, VectorField, adapters, attach_adapters, integrate, load_adapters,  # noqa: E402
+                         param_report, save_adapters, time_grid)
+
+
+def live_field(channels=8, hidden=16, seed=0, dtype=torch.float32):
+    """A vector field with a non-zero last layer (a trained adapter, not a fresh one)."""
+    torch.manual_seed(seed)
+    f = VectorField(channels, hidden).to(dtype)
+    with torch.no_grad():
+        f.net[2].weight.normal_(0, 0.3)
+        f.net[2].bias.normal_(0, 0.1)
+    return f
+
+
+def adapted_tiny(seed=0):
+    G = attach_adapters(randomized(Generator(tiny_cfg()), seed), hidden=16)
+    return G
+
+
+def test_zero_init_is_identity():
+    G = adapted_tiny()
+    ws = torch.randn(3, G.num_ws, 32)
+    traj = {}
+    with torch.no_grad():
+        out = G.synthesis(ws, traj=traj)
+        for b in G.synthesis.blocks():
+            b.adapter = None
+        ref = G.synthesis(ws)
+    assert torch.equal(out, ref)
+    assert sorted(traj) == ['b16', 'b32', 'b8'] and all(len(s) == 5 for s in traj.values())  # T=1.6, h=0.4
+    for states in traj.values():
+        for a, b in zip(states[:-1], states[1:]):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('solver', ['euler', 'midpoint', 'rk4'])
+@pytest.mark.parametrize('T,h', [(1.6, 0.4), (1.0, 0.3), (0.5, 0.125)])
+def test_solvers_match_torchdiffeq(dtype, solver, T, h):
+    f = live_field(dtype=dtype)
+    x = torch.randn(2, 8, 4, 4, dtype=dtype)
+    out, states = integrate(f, x, T, h, solver)
+    grid = torch.tensor(time_grid(T, h), dtype=dtype)
+    ref = torchdiffeq.odeint(f, x, grid, method=solver, options={'grid_constructor': lambda *_: grid})
+    assert len(states) == len(grid) == ref.shape[0]
+    for s, r in zip(states, ref):
+        assert (s - r).abs().max() <= 1e-6
+    # the torchdiffeq backend gives the same states through our interface
+    out2, states2 = integrate(f, x, T, h, solver, backend='torchdiffeq')
+    assert (out2 - out).abs().max() <= 1e-6 and len(states2) == len(states)
+
+
+@pytest.mark.parametrize('solver', ['euler', 'midpoint', 'rk4'])
+def test_solver_gradients_match_odeint(solver):
+    f = live_field(dtype=torch.float64)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    target = torch.randn_like(x)
+
+    def grads(run):
+        f.zero_grad()
+        (run() - target).square().sum().backward()
+        return [p.grad.clone() for p in f.parameters()]
+
+    ours = grads(lambda: integrate(f, x, 1.0, 0.3, solver)[0])
+    grid = torch.tensor(time_grid(1.0, 0.3), dtype=torch.float64)
+    ref = grads(lambda: torchdiffeq.odeint(f, x, grid, method=solver, options={'grid_constructor': lambda *_: grid})[-1])
+    for a, b in zip(ours, ref):
+        assert (a - b).norm() <= 1e-5 * b.norm()
+
+
+@pytest.mark.parametrize('solver,order', [('euler', 1), ('midpoint', 2), ('rk4', 4)])
+def test_convergence_order(solver, order):
+    A = torch.tensor([[-1.0, 2.0], [-2.0, -1.0]], dtype=torch.float64)  # a damped rotation
+    f = lambda t, x: x @ A.T  # noqa: E731
+    x0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    exact = x0 @ torch.linalg.matrix_exp(A * 1.0).T
+    err = [(integrate(f, x0, 1.0, h, solver)[0] - exact).norm().item() for h in (0.05, 0.025)]
+    ratio = err[0] / err[1]
+    assert abs(math.log2(ratio) - order) < 0.15, (solver, ratio)
+
+
+def test_time_grid_is_a_continuous_dial():
+    assert time_grid(1.6, 0.4) == pytest.approx([0, 0.4, 0.8, 1.2, 1.6]) and len(time_grid(1.6, 0.4)) == 5
+    assert time_grid(1.0, 0.4) == pytest.approx([0, 0.4, 0.8, 1.0])
+    assert time_grid(0, 0.4) == [0.0]
+
+
+def test_dial_t0_is_original_and_t_changes_output():
+    G = adapted_tiny()
+    with torch.no_grad():
+        for ad in adapters(G).values():
+            ad.f.net[2].weight.normal_(0, 0.2)
+    ws = torch.randn(2, G.num_ws, 32)
+    with torch.no_grad():
+        a0 = G.synthesis(ws, T=0)
+        a1, a2 = G.synthesis(ws, T=0.8), G.synthesis(ws, T=1.6)
+        for b in G.synthesis.blocks():
+            b.adapter = None
+        ref = G.synthesis(ws)
+    assert torch.equal(a0, ref)
+    assert (a1 - ref).abs().mean() < (a2 - ref).abs().mean()
+
+
+def test_adaptive_and_adjoint_backends_run():
+    f = live_field()
+    x = torch.randn(1, 8, 4, 4)
+    out, states = integrate(f, x, 1.0, 0.25, 'dopri5', backend='torchdiffeq')
+    ref, _ = integrate(f, x, 1.0, 0.001, 'rk4')
+    assert len(states) == 5 and (out - ref).abs().max() < 1e-4
+    out_adj, _ = integrate(f, x.requires_grad_(), 1.0, 0.25, 'euler', backend='adjoint')
+    out_adj.sum().backward()
+    assert f.net[0].weight.grad is not None
+
+
+def test_adapter_params_and_fp16_input():
+    G = attach_adapters(Generator(GeneratorConfig(img_resolution=256, channel_base=32768)))
+    trainable, frozen = param_report(G)
+    assert trainable == 1_249_152 and frozen == 30_034_338
+    assert all(p.requires_grad == ('.adapter.' in n) for n, p in G.named_parameters())
+    ad = ODEAdapter(8, 16)
+    y = ad(torch.randn(1, 8, 4, 4).half())
+    assert y.dtype == torch.float16 and all(p.dtype == torch.float32 for p in ad.parameters())
+
+
+def test_adapter_file_roundtrip_and_errors(tmp_path):
+    G = adapted_tiny()
+    with torch.no_grad():
+        for ad in adapters(G).values():
+            ad.f.net[2].weight.normal_(0, 0.2)
+    save_adapters(G, tmp_path / 'a.pt')
+    assert (tmp_path / 'a.pt').stat().st_size < 100_000
+    H = randomized(Generator(tiny_cfg()), 0)
+    load_adapters(H, tmp_path / 'a.pt')
+    ws = torch.randn(2, G.num_ws, 32)
+    with torch.no_grad():
+        assert torch.equal(G.synthesis(ws, T=1.2), H.synthesis(ws, T=1.2))
+    with pytest.raises(ValueError, match=r'a\.pt: adapters were trained for another generator .*channel_max'):
+        load_adapters(Generator(tiny_cfg(channel_max=64)), tmp_path / 'a.pt')
+    (tmp_path / 'junk.pt').write_text('junk')
+    with pytest.raises(ValueError, match=r'junk\.pt: not an adapter file'):
+        load_adapters(H, tmp_path / 'junk.pt')
+    x = torch.randn(1, 8, 2, 2)
+    f = live_field()
+    with pytest.raises(ValueError, match='T must be'):
+        integrate(f, x, -1.0, 0.4)
+    for h in (0.0, -0.1):
+        with pytest.raises(ValueError, match='step size h must be > 0'):
+            integrate(f, x, 1.0, h)
+    with pytest.raises(ValueError, match="unknown solver 'rk45'"):
+        integrate(f, x, 1.0, 0.4, 'rk45')
+    with pytest.raises(ValueError, match='unknown ODE backend'):
+        integrate(f, x, 1.0, 0.4, 'euler', backend='jax')

@@ -1,0 +1,196 @@
+"""
+Neural-ODE adapters: LEGATO's forgetting as a continuous trajectory.
+
+After conv1 of every synthesis block but the first, the feature map x(0) is carried along dx/dt = f(x) to
+x(T), and x(T) replaces it (it feeds both ToRGB and the next block). f is a per-pixel bottleneck MLP
+whose last layer starts at zero, so at initialisation the adapted generator IS the frozen one. Only the
+adapters train. The integration time T is the forgetting dial: T = 0 is the original generator, larger T
+forgets harder, with no retraining.
+
+Solvers are pure functions of (f, x, grid) over an explicit time grid, returning the final state and
+the states at the grid points. Their arithmetic follows torchdiffeq's fixed-grid steps ('rk4' is
+torchdiffeq's rk4, i.e. Kutta's 3/8 rule). backend='torchdiffeq' / 'adjoint' runs the same methods, or
+adaptive ones such as 'dopri5', through torchdiffeq.odeint / odeint_adjoint.
+"""
+import math
+from dataclasses import asdict
+
+import torch
+import torch.nn as nn
+
+from model import atomic_save
+
+
+class VectorField(nn.Module):
+    """f(x): Conv1x1(C -> hidden) -> LeakyReLU(0.2) -> Conv1x1(hidden -> C). Autonomous: t is ignored."""
+
+    def __init__(self, channels, hidden=256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.LeakyReLU(0.2), nn.Conv2d(hidden, channels, 1))
+        nn.init.kaiming_uniform_(self.net[0].weight, a=0, mode='fan_in')
+        nn.init.zeros_(self.net[0].bias)
+        nn.init.zeros_(self.net[2].weight)  # f == 0 at init: the adapter starts as the identity map
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, t, x):
+        return self.net(x)
+
+
+# -----------------------------------------------------------------------------
+# fixed-grid solvers: (f, x0, grid) -> (x_N, [x_0, ..., x_N]), grid states only
+
+def euler(f, x, grid):
+    xs = [x]
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        dt = t1 - t0
+        x = x + dt * f(t0, x)
+        xs.append(x)
+    return x, xs
+
+
+def midpoint(f, x, grid):
+    xs = [x]
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        dt = t1 - t0
+        half = 0.5 * dt
+        k1 = f(t0, x)
+        x = x + dt * f(t0 + half, x + k1 * half)
+        xs.append(x)
+    return x, xs
+
+
+def rk4(f, x, grid):
+    """Kutta's 3/8 rule (what torchdiffeq calls 'rk4'), 4 evaluations a step."""
+    xs = [x]
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        dt = t1 - t0
+        k1 = f(t0, x)
+        k2 = f(t0 + dt * (1 / 3), x + dt * k1 * (1 / 3))
+        k3 = f(t0 + dt * (2 / 3), x + dt * (k2 - k1 * (1 / 3)))
+        k4 = f(t1, x + dt * (k1 - k2 + k3))
+        x = x + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
+        xs.append(x)
+    return x, xs
+
+
+SOLVERS = {'euler': euler, 'midpoint': midpoint, 'rk4': rk4}
+BACKENDS = ('native', 'torchdiffeq', 'adjoint')
+
+
+def time_grid(T, h):
+    """[0, h, 2h, ..., T]: T need not be a multiple of h; the last step is then shorter (T is continuous)."""
+    T, h = float(T), float(h)
+    if not (T >= 0 and math.isfinite(T)):
+        raise ValueError(f'integration time T must be a finite number >= 0, got {T}')
+    if not (h > 0 and math.isfinite(h)):
+        raise ValueError(f'step size h must be > 0, got {h}')
+    n = math.floor(T / h + 1e-9)  # full steps; the 1e-9 keeps T = 4 * 0.4 at 4 steps despite rounding
+    pts = [i * h for i in range(n + 1)]
+    if T - pts[-1] > 1e-9 * max(1.0, T):
+        pts.append(T)
+    else:
+        pts[-1] = T
+    return pts
+
+
+def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
+    """Integrate dx/dt = f(t, x) over [0, T] with step h -> (x(T), states at the grid points)."""
+    grid = time_grid(T, h)
+    if backend not in BACKENDS:
+        raise ValueError(f'unknown ODE backend {backend!r}; choose one of {", ".join(BACKENDS)}')
+    if backend == 'native':
+        if solver not in SOLVERS:
+            raise ValueError(f'unknown solver {solver!r}; choose one of {", ".join(SOLVERS)} '
+                             f'(adaptive solvers such as dopri5 need backend="torchdiffeq")')
+        if len(grid) == 1:
+            return x, [x]
+        return SOLVERS[solver](f, x, torch.tensor(grid, dtype=x.dtype, device=x.device))
+    import torchdiffeq
+    if len(grid) == 1:
+        return x, [x]
+    t = torch.tensor(grid, dtype=x.dtype, device=x.device)
+    odeint = torchdiffeq.odeint_adjoint if backend == 'adjoint' else torchdiffeq.odeint
+    try:  # fixed-grid methods step exactly on t (torchdiffeq's default grid), adaptive ones output at t
+        out = odeint(f, x, t, method=solver)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f'torchdiffeq cannot run solver {solver!r}: {e}') from None
+    return out[-1], list(out.unbind(0))
+
+
+class ODEAdapter(nn.Module):
+    """x -> x(T) along the learned vector field. T, h, solver, backend can be overridden at call time."""
+
+    def __init__(self, channels, hidden=256, res=None, T=1.6, h=0.4, solver='euler', backend='native'):
+        super().__init__()
+        self.f = VectorField(channels, hidden)
+        self.res, self.T, self.h, self.solver, self.backend = res, T, h, solver, backend
+
+    def forward(self, x, T=None, h=None, solver=None, backend=None, traj=None):
+        # x: [N, C, H, W]; in fp16 blocks the ODE runs in fp32 and the parameters stay fp32
+        dtype = x.dtype
+        out, states = integrate(self.f, x.float(), self.T if T is None else T, self.h if h is None else h,
+                                solver or self.solver, backend or self.backend)
+        if traj is not None:  # the caller collects the trajectories, e.g. for the consistency loss
+            traj[f'b{self.res}'] = states
+        return out.to(dtype)
+
+
+# -----------------------------------------------------------------------------
+# attaching, counting, saving
+
+def attach_adapters(G, hidden=256, **defaults):
+    """Put an ODEAdapter after conv1 of every block except b4; freeze the generator, adapters trainable."""
+    G.requires_grad_(False)
+    for block in G.synthesis.blocks()[1:]:
+        block.adapter = ODEAdapter(G.cfg.channels(block.resolution), hidden, block.resolution, **defaults).to(
+            block.conv1.weight.device)
+    return G
+
+
+def adapters(G):
+    """{'b8': adapter, ...} of the blocks that have one."""
+    return {f'b{b.resolution}': b.adapter for b in G.synthesis.blocks() if b.adapter is not None}
+
+
+def param_report(G):
+    """(trainable, frozen) parameter counts, printed as one line."""
+    trainable = sum(p.numel() for p in G.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in G.parameters() if not p.requires_grad)
+    print(f'parameters: {trainable:,} trainable (adapters), {frozen:,} frozen '
+          f'({100 * trainable / max(frozen, 1):.2f}% of the generator)')
+    return trainable, frozen
+
+
+def save_adapters(G, path, **extra):
+    """Adapter weights + the generator config they belong to, in a small .pt (atomic write)."""
+    ads = adapters(G)
+    a = next(iter(ads.values()))
+    meta = {'hidden': a.f.net[0].out_channels, 'T': a.T, 'h': a.h, 'solver': a.solver, 'backend': a.backend}
+    sd = {f'{k}.{n}': v for k, ad in ads.items() for n, v in ad.state_dict().items()}
+    atomic_save({'generator_config': asdict(G.cfg), 'adapter': meta, 'state_dict': sd, **extra}, path)
+
+
+def load_adapters(G, path):
+    """Attach adapters to G from a file written by save_adapters; refuses a file made for another generator."""
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+        cfg, meta, sd = ck['generator_config'], ck['adapter'], ck['state_dict']
+    except FileNotFoundError:
+        raise ValueError(f'{path}: no such adapter file') from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise ValueError(f'{path}: not an adapter file ({type(e).__name__})') from None
+    if cfg != asdict(G.cfg):
+        diff = sorted(k for k in set(cfg) | set(asdict(G.cfg)) if cfg.get(k) != asdict(G.cfg).get(k))
+        raise ValueError(f'{path}: adapters were trained for another generator (differs in {", ".join(diff)}); '
+                         f'load the generator they were trained on')
+    attach_adapters(G, meta['hidden'], T=meta['T'], h=meta['h'], solver=meta['solver'], backend=meta['backend'])
+    for k, ad in adapters(G).items():
+        ad.load_state_dict({n[len(k) + 1:]: v for n, v in sd.items() if n.startswith(k + '.')})
+    return ck
+
+
+if __name__ == '__main__':
+    from model import Generator, GeneratorConfig
+    print('official FFHQ-256 layout (channel_base 32768):')
+    G = attach_adapters(Generator(GeneratorConfig(img_resolution=256, channel_base=32768)))
+    param_report(G)
