@@ -34,9 +34,9 @@ def load_image(path):
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grey: scale, PIL would clip
+            if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grey: rescale, PIL would clip
                 a = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray((a * (255 / max(a.max(), 255) if a.max() > 255 else a)).astype(np.uint8))
+                im = Image.fromarray(np.round(a / 257 if a.max() > 255 else a).clip(0, 255).astype(np.uint8))
             if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
                 im = im.convert('RGBA')
                 bg = Image.new('RGBA', im.size, (255, 255, 255, 255))

@@ -427,3 +427,220 @@ def test_adapter_file_roundtrip_and_errors(tmp_path):
         integrate(f, x, 1.0, 0.4, 'rk45')
     with pytest.raises(ValueError, match='unknown ODE backend'):
         integrate(f, x, 1.0, 0.4, 'euler', backend='jax')
+
+
+# -----------------------------------------------------------------------------
+# id_net.py
+
+import warnings  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import data  # noqa: E402
+from data import DataError, load_faces, load_image  # noqa: E402
+from id_net import DlibFaceNet, IRNet, load_id_net  # noqa: E402
+
+FACES = sorted((ROOT / 'assets' / 'faces').glob('*/*.png'))
+try:  # dlib-bin is the test-only reference; tests that need it skip without it
+    import dlib
+except ImportError:
+    dlib = None
+needs_dlib = pytest.mark.skipif(dlib is None, reason='dlib-bin not installed (test-only reference)')
+
+
+@pytest.fixture(scope='module')
+def facenet():
+    return DlibFaceNet()
+
+
+@pytest.fixture(scope='module')
+def chips():
+    """dlib's own 150x150 chips (5-point landmarks, padding 0.25) of the aligned demo faces."""
+    det = dlib.get_frontal_face_detector()
+    sp = dlib.shape_predictor(data.model_file('shape_predictor_5_face_landmarks.dat'))
+    out = []
+    for f in FACES:
+        img = load_image(f)
+        shape = sp(img, max(det(img, 1), key=lambda r: r.area()))
+        out.append((f.parent.name, img, shape, dlib.get_face_chip(img, shape, 150, 0.25)))
+    return out
+
+
+def chip_tensor(chip):
+    return torch.from_numpy(chip.astype(np.float32)).permute(2, 0, 1)[None]
+
+
+@needs_dlib
+def test_dlib_port_matches_dlib(facenet, chips):
+    rec = dlib.face_recognition_model_v1(data.model_file('dlib_face_recognition_resnet_model_v1.dat'))
+    for _, _, _, chip in chips:
+        ref = torch.tensor(rec.compute_face_descriptor(chip), dtype=torch.float32)
+        ours = facenet(chip_tensor(chip))[0]
+        assert (ours - ref).abs().max() <= 1e-4
+
+
+def _check_separation(people, emb, threshold=0.6):
+    d = torch.cdist(emb, emb)
+    for i in range(len(people)):
+        for j in range(i + 1, len(people)):
+            same = people[i] == people[j]
+            assert (d[i, j] < threshold) == same, (people[i], people[j], d[i, j].item())
+
+
+@needs_dlib
+def test_dlib_separates_demo_people(facenet, chips):
+    people = [c[0] for c in chips]
+    x = torch.cat([chip_tensor(c[3]) for c in chips])
+    _check_separation(people, facenet(x))
+    small = F.interpolate(F.interpolate(x, size=64, mode='area'), size=150, mode='bilinear', align_corners=False)
+    _check_separation(people, facenet(small))
+
+
+@needs_dlib
+def test_fixed_ffhq_crop_matches_dlib_chip(facenet, chips):
+    boxes = []
+    for _, img, shape, _ in chips:
+        r = dlib.get_face_chip_details(shape, 150, 0.25).rect
+        s = img.shape[0]
+        boxes.append([r.left() / s, r.top() / s, (r.right() + 1) / s, (r.bottom() + 1) / s])
+    assert np.abs(np.mean(boxes, 0) - np.array(DlibFaceNet.FFHQ_CHIP)).max() < 0.002
+    # the differentiable crop on generator-range images gives the identities apart, at 256 and 64 px
+    x = torch.cat([load_faces(f, 256, align=False)[0] for f in FACES])
+    people = [f.parent.name for f in FACES]
+    _check_separation(people, facenet.embed(x))
+    _check_separation(people, facenet.embed(F.interpolate(x, size=64, mode='area')))
+
+
+def test_embed_is_differentiable(facenet):
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    e = facenet.embed(x * 2 - 1)
+    facenet.distance(e[0], e[1]).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_irnet_loads_official_key_layouts(tmp_path):
+    for arch, units, se in (('arcface', 24, True), ('curricularface', 49, False)):
+        ref = IRNet(50 if se else 100, se)
+        sd = ref.state_dict()
+        # key names and shapes as in pSp's model_ir_se50.pth / CurricularFace_Backbone.pth
+        assert sd['input_layer.0.weight'].shape == (64, 3, 3, 3) and sd['input_layer.2.weight'].shape == (64,)
+        assert 'body.0.shortcut_layer.0.weight' not in sd  # 64 -> 64: a parameter-free MaxPool2d(1, stride)
+        assert sd['body.3.shortcut_layer.0.weight'].shape == (128, 64, 1, 1)
+        assert sd['body.1.res_layer.1.weight'].shape == (64, 64, 3, 3)
+        assert sd[f'body.{units - 1}.res_layer.4.running_var'].shape == (512,)
+        assert sd['output_layer.3.weight'].shape == (512, 512 * 7 * 7) and 'output_layer.4.num_batches_tracked' in sd
+        assert ('body.0.res_layer.5.fc1.weight' in sd) == se and f'body.{units}.res_layer.0.weight' not in sd
+        if se:
+            assert sd['body.3.res_layer.5.fc2.weight'].shape == (128, 8, 1, 1)
+        path = tmp_path / f'{arch}.pth'
+        fake = {k: (torch.rand(v.shape) + 0.5 if 'running_var' in k else torch.randn(v.shape) * 0.1)
+                if v.is_floating_point() else v for k, v in sd.items()}
+        torch.save({'module.' + k: v for k, v in fake.items()}, path)  # as saved from DataParallel
+        net = load_id_net(arch, path)
+        e = net.embed(torch.rand(2, 3, 256, 256) * 2 - 1)
+        assert e.shape == (2, 512) and torch.allclose(e.norm(dim=1), torch.ones(2))
+        assert net.distance(e[0], e[0]).abs() < 1e-5
+    torch.save({'x': torch.zeros(1)}, tmp_path / 'wrong.pth')
+    with pytest.raises(ValueError, match=r'wrong\.pth: keys/shapes do not match the arcface backbone'):
+        load_id_net('arcface', tmp_path / 'wrong.pth')
+    with pytest.raises(ValueError, match='needs its weights'):
+        load_id_net('curricularface')
+
+
+# -----------------------------------------------------------------------------
+# data.py: identity photos in
+
+def _face_photo():
+    return Image.open(FACES[0]).convert('RGB')
+
+
+def test_image_modes_and_exif(tmp_path):
+    rgb = _face_photo().resize((128, 128))
+    ref = np.asarray(rgb)
+    rgb.convert('L').save(tmp_path / 'grey.png')
+    rgb.convert('P').save(tmp_path / 'palette.png')
+    rgb.convert('RGBA').save(tmp_path / 'rgba.png')
+    rgb.convert('CMYK').save(tmp_path / 'cmyk.jpg')
+    rgb.save(tmp_path / 'photo.webp', lossless=True)
+    Image.fromarray((np.asarray(rgb.convert('L')).astype(np.uint16) * 257)).save(tmp_path / 'grey16.png')
+    for name in ('grey.png', 'palette.png', 'rgba.png', 'cmyk.jpg', 'photo.webp', 'grey16.png'):
+        x = load_image(tmp_path / name)
+        assert x.shape == (128, 128, 3) and x.dtype == np.uint8, name
+    assert np.array_equal(load_image(tmp_path / 'photo.webp'), ref)
+    g16, g8 = load_image(tmp_path / 'grey16.png'), load_image(tmp_path / 'grey.png')
+    assert np.abs(g16.astype(int) - g8.astype(int)).max() <= 1
+    # EXIF orientation 6 (rotate 90 clockwise to view): the loaded image is upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.crop((0, 0, 128, 96)).save(tmp_path / 'rotated.jpg', exif=exif)
+    assert load_image(tmp_path / 'rotated.jpg').shape == (128, 96, 3)
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    before = set(tmp_path.iterdir())
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'notes.txt').write_text('not a photo')
+    (tmp_path / 'fake.jpg').write_text('not a jpeg')
+    good = tmp_path / 'good.png'
+    _face_photo().save(good)
+    (tmp_path / 'trunc.jpg').write_bytes(open(FACES[1], 'rb').read()[:300])
+    Image.new('RGB', (20, 20)).save(tmp_path / 'tiny.png')
+    Image.new('RGB', (256, 256), (128, 128, 128)).save(tmp_path / 'noface.png')
+    cases = {'missing.jpg': 'no such file', 'empty': 'no .jpg/.png/.webp photos', 'fake.jpg': 'not a readable image',
+             'trunc.jpg': 'not a readable image', 'tiny.png': 'too small', 'noface.png': 'no face found'}
+    if dlib is None:
+        del cases['noface.png']
+    for name, msg in cases.items():
+        with pytest.raises(DataError) as e:
+            load_faces(tmp_path / name, 64)
+        assert name in str(e.value) and msg in str(e.value) and '\n' not in str(e.value)
+    # a bad file among good ones is skipped with a warning
+    mixed = tmp_path / 'mixed'
+    mixed.mkdir()
+    for name in ('good.png', 'fake.jpg', 'notes.txt'):
+        (mixed / name).write_bytes((tmp_path / name).read_bytes())
+    with pytest.warns(UserWarning) as rec:
+        x, names = load_faces(mixed, 64)
+    assert names == ['good'] and x.shape == (1, 3, 64, 64) and -1 <= x.min() and x.max() <= 1
+    msgs = ' '.join(str(r.message) for r in rec)
+    assert 'fake.jpg' in msgs and 'notes.txt' in msgs
+    bad = tmp_path / 'allbad'
+    bad.mkdir()
+    (bad / 'fake.jpg').write_text('x')
+    (bad / 'fake2.png').write_text('x')
+    with pytest.raises(DataError, match='not a readable image'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        load_faces(bad, 64)
+    # nothing was written next to the inputs
+    made = {'empty', 'notes.txt', 'fake.jpg', 'good.png', 'trunc.jpg', 'tiny.png', 'noface.png', 'mixed', 'allbad'}
+    assert {p.name for p in set(tmp_path.iterdir()) - before} == made
+
+
+@needs_dlib
+def test_alignment_picks_largest_face_and_is_stable(tmp_path):
+    two = tmp_path / 'two.png'  # the same face twice, at two sizes
+    face = _face_photo()
+    canvas = Image.new('RGB', (448, 256))
+    canvas.paste(face, (0, 0))
+    canvas.paste(face.resize((192, 192)), (256, 32))
+    canvas.save(two)
+    with pytest.warns(UserWarning, match='2 faces found, using the largest'):
+        big, _ = load_faces(two, 256)
+    alone, _ = load_faces(FACES[0], 256)
+    assert (big - alone).abs().mean() < 0.08  # the crop is the large face's
+    # re-aligning an aligned crop gives (nearly) the same crop
+    x, _ = load_faces(FACES[0], 256, align=False)
+    y, _ = load_faces(FACES[0], 256, align=True)
+    assert (x - y).abs().mean() < 0.08
+
+
+def test_without_dlib_aligned_crops_accepted(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, 'dlib_available', lambda: False)
+    with pytest.warns(UserWarning, match='dlib not installed'):
+        x, _ = load_faces(FACES[0], 64)
+    assert x.shape == (1, 3, 64, 64)
+    Image.new('RGB', (200, 100)).save(tmp_path / 'wide.png')
+    with pytest.raises(DataError, match='wide.png: not a square face crop'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        load_faces(tmp_path / 'wide.png', 64)

@@ -1,0 +1,277 @@
+"""
+Face identity networks, all behind one interface: `net.embed(images)` on generator-range images ([-1, 1],
+NCHW, FFHQ-aligned, any size) and `net.distance(a, b)` with a documented same-person threshold.
+
+- DlibFaceNet: dlib's face recognition ResNet (29 convs, 128-d descriptor, 99.38% on LFW, CC0 weights),
+  re-implemented in PyTorch and read straight from `dlib_face_recognition_resnet_model_v1.dat` (shipped in
+  the PyPI package face-recognition-models) by a small parser of dlib's serialisation format. Offline
+  default. Euclidean distance, same person < 0.6.
+- ArcFace IR-SE50 (the `model_ir_se50.pth` of pSp / GUIDE) and CurricularFace IR-101
+  (`CurricularFace_Backbone.pth`): the architectures, loading the state dicts researchers have.
+  Distance 1 - cosine.
+"""
+import struct
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import model_file
+
+# -----------------------------------------------------------------------------
+# dlib's serialisation format
+
+
+class _DlibReader:
+    """dlib serialisation: ints as 1 control byte (length | 0x80 if negative) + little-endian bytes,
+    strings as int length + bytes, floats as int mantissa + int exponent, tensors as int version (2),
+    n, k, nr, nc and raw float32."""
+
+    def __init__(self, buf, pos=0):
+        self.buf, self.pos = buf, pos
+
+    def int(self):
+        ctl = self.buf[self.pos]
+        n = ctl & 0x0F
+        v = int.from_bytes(self.buf[self.pos + 1:self.pos + 1 + n], 'little')
+        self.pos += 1 + n
+        return -v if ctl & 0x80 else v
+
+    def float(self):
+        m = self.int()
+        return float(m) * 2.0 ** self.int()
+
+    def tensor(self):
+        if self.int() != 2:
+            raise ValueError('unknown dlib tensor version')
+        shape = [self.int() for _ in range(4)]
+        n = int(np.prod(shape))
+        x = np.frombuffer(self.buf, '<f4', n, self.pos).copy()
+        self.pos += 4 * n
+        return torch.from_numpy(x)
+
+
+def parse_dlib_net(path):
+    """The layers of a dlib network file, in forward order: [(kind, details dict)]."""
+    buf = open(path, 'rb').read()
+    layers = []
+    for tag in (b'input_rgb_image_sized', b'con_4', b'affine_', b'relu_', b'max_pool_2', b'avg_pool_2',
+                b'add_prev_', b'fc_2'):
+        marker = bytes([1, len(tag)]) + tag  # each layer's details open with its version string
+        start = 0
+        while (i := buf.find(marker, start)) >= 0:
+            start = i + len(marker)
+            r = _DlibReader(buf, start)
+            kind = tag.decode().rstrip('_0123456789')
+            if kind == 'input_rgb_image_sized':
+                d = {'mean': [r.float() for _ in range(3)], 'size': (r.int(), r.int())}
+            elif kind == 'con':
+                params = r.tensor()
+                n, kh, kw, sy, sx, py, px = (r.int() for _ in range(7))
+                cin = (params.numel() - n) // (n * kh * kw)
+                d = {'weight': params[:n * cin * kh * kw].reshape(n, cin, kh, kw), 'bias': params[n * cin * kh * kw:],
+                     'stride': sy, 'padding': py}
+                assert sy == sx and py == px
+            elif kind == 'affine':
+                params = r.tensor()
+                d = {'gamma': params[:params.numel() // 2], 'beta': params[params.numel() // 2:]}
+            elif kind in ('max_pool', 'avg_pool'):
+                kh, kw, sy, sx, py, px = (r.int() for _ in range(6))
+                d = {'kernel': kh, 'stride': sy, 'padding': py}
+            elif kind == 'fc':
+                n_out, n_in = r.int(), r.int()
+                d = {'weight': r.tensor().reshape(n_in, n_out).t().contiguous()}  # dlib stores [in, out]
+            else:
+                d = {}
+            layers.append((i, kind, d))
+    return [(k, d) for _, k, d in sorted(layers, key=lambda t: t[0])]
+
+
+# -----------------------------------------------------------------------------
+# dlib's ResNet in PyTorch
+
+class _Affine(nn.Module):
+    """dlib's affine layer (a folded batch norm): x * gamma + beta per channel."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gamma, self.beta = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        return x * self.gamma[:, None, None] + self.beta[:, None, None]
+
+
+def _add_prev(a, b):
+    """dlib's add_prev: the smaller tensor is zero-padded (channels, bottom, right) up to the larger."""
+    C, H, W = (max(a.shape[i], b.shape[i]) for i in (1, 2, 3))
+    pad = lambda t: F.pad(t, (0, W - t.shape[3], 0, H - t.shape[2], 0, C - t.shape[1]))  # noqa: E731
+    return pad(a) + pad(b)
+
+
+class _Residual(nn.Module):
+    """relu(add_prev(affine(conv(relu(affine(conv(x))))), skip)); skip = avg_pool 2x2/2 in down blocks."""
+
+    def __init__(self, cin, cout, down):
+        super().__init__()
+        self.down = down
+        self.conv1 = nn.Conv2d(cin, cout, 3, 2 if down else 1, 0 if down else 1)
+        self.aff1 = _Affine(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.aff2 = _Affine(cout)
+
+    def forward(self, x):
+        y = self.aff2(self.conv2(F.relu(self.aff1(self.conv1(x)))))
+        return F.relu(_add_prev(y, F.avg_pool2d(x, 2, 2) if self.down else x))
+
+
+class DlibFaceNet(nn.Module):
+    """dlib_face_recognition_resnet_model_v1: 150x150 face chip -> 128-d descriptor (not normalised)."""
+    THRESHOLD = 0.6  # Euclidean distance below which dlib calls two faces the same person
+    # The chip dlib cuts (5-point landmarks, size 150, padding 0.25) from an FFHQ-aligned image, as
+    # fractions of the image side: left, top, right, bottom. Mean over the six aligned demo faces (std
+    # 0.01-0.02); the tests recompute it with dlib.
+    FFHQ_CHIP = (0.1616, 0.2599, 0.8481, 0.9464)
+
+    def __init__(self, path=None):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 7, 2, 0)
+        self.stem_aff = _Affine(32)
+        spec = [(32, 32, False)] * 3 + [(32, 64, True)] + [(64, 64, False)] * 3 + [(64, 128, True)] + \
+               [(128, 128, False)] * 2 + [(128, 256, True)] + [(256, 256, False)] * 2 + [(256, 256, True)]
+        self.blocks = nn.ModuleList(_Residual(*s) for s in spec)
+        self.fc = nn.Linear(256, 128, bias=False)
+        self.register_buffer('mean', torch.zeros(3))
+        self.load_dat(path or model_file('dlib_face_recognition_resnet_model_v1.dat'))
+        self.eval().requires_grad_(False)
+
+    def load_dat(self, path):
+        layers = parse_dlib_net(path)
+        kinds = [k for k, _ in layers]
+        counts = {k: kinds.count(k) for k in ('con', 'affine', 'add_prev', 'avg_pool', 'fc')}
+        if counts != {'con': 29, 'affine': 29, 'add_prev': 14, 'avg_pool': 5, 'fc': 1} or kinds[0] != 'input_rgb_image_sized':
+            raise ValueError(f'{path}: not dlib_face_recognition_resnet_model_v1 (layers {counts})')
+        self.mean.copy_(torch.tensor(layers[0][1]['mean']))
+        convs = [d for k, d in layers if k == 'con']
+        affs = [d for k, d in layers if k == 'affine']
+        mods = [(self.stem, self.stem_aff)] + [m for b in self.blocks for m in ((b.conv1, b.aff1), (b.conv2, b.aff2))]
+        with torch.no_grad():
+            for (conv, aff), c, a in zip(mods, convs, affs):
+                if conv.weight.shape != c['weight'].shape or conv.stride[0] != c['stride'] or conv.padding[0] != c['padding']:
+                    raise ValueError(f'{path}: conv layout {tuple(c["weight"].shape)} differs from the expected ResNet')
+                conv.weight.copy_(c['weight']); conv.bias.copy_(c['bias'])
+                aff.gamma.copy_(a['gamma']); aff.beta.copy_(a['beta'])
+            self.fc.weight.copy_(next(d for k, d in layers if k == 'fc')['weight'])
+
+    def forward(self, chip):
+        """chip: [N, 3, 150, 150] RGB in [0, 255] -> [N, 128]."""
+        x = (chip - self.mean[:, None, None]) / 256
+        x = F.max_pool2d(F.relu(self.stem_aff(self.stem(x))), 3, 2)
+        for b in self.blocks:
+            x = b(x)
+        return self.fc(x.mean(dim=[2, 3]))
+
+    def embed(self, images):
+        """[-1, 1] FFHQ-aligned images, any size -> descriptors [N, 128]; a fixed differentiable crop."""
+        return self(ffhq_crop(images, self.FFHQ_CHIP, 150) * 127.5 + 127.5)
+
+    @staticmethod
+    def distance(a, b):
+        return (a - b).norm(dim=-1)
+
+
+def ffhq_crop(images, box, size):
+    """Differentiable crop of the box (fractions l, t, r, b) of [-1, 1] images, resampled to size x size."""
+    N, _, H, W = images.shape
+    if H > 2 * size:  # antialias before bilinear sampling
+        images = F.interpolate(images, size=(2 * size, 2 * size), mode='area')
+    l, t, r, b = box
+    theta = torch.tensor([[r - l, 0, l + r - 1], [0, b - t, t + b - 1]], dtype=images.dtype, device=images.device)
+    grid = F.affine_grid(theta[None].expand(N, 2, 3), [N, 3, size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
+# -----------------------------------------------------------------------------
+# ArcFace IR-SE50 / CurricularFace IR-101 (the face.evoLVe / pSp "model_irse" layout and key names)
+
+class _SE(nn.Module):
+    def __init__(self, c, reduction=16):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, c // reduction, 1, bias=False)
+        self.fc2 = nn.Conv2d(c // reduction, c, 1, bias=False)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=[2, 3], keepdim=True)))))
+
+
+class _BottleneckIR(nn.Module):
+    def __init__(self, cin, depth, stride, se):
+        super().__init__()
+        if cin == depth:
+            self.shortcut_layer = nn.MaxPool2d(1, stride)
+        else:
+            self.shortcut_layer = nn.Sequential(nn.Conv2d(cin, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+        layers = [nn.BatchNorm2d(cin), nn.Conv2d(cin, depth, 3, 1, 1, bias=False), nn.PReLU(depth),
+                  nn.Conv2d(depth, depth, 3, stride, 1, bias=False), nn.BatchNorm2d(depth)]
+        self.res_layer = nn.Sequential(*layers, *([_SE(depth)] if se else []))
+
+    def forward(self, x):
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class IRNet(nn.Module):
+    """IR / IR-SE backbone, 112x112 input in [-1, 1] -> 512-d L2-normalised embedding."""
+    THRESHOLD = 0.5  # 1 - cosine; a typical same-person cut for ArcFace-style embeddings (dataset dependent)
+    UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
+    FFHQ_CROP = (32 / 256, 35 / 256, 220 / 256, 223 / 256)  # pSp/GUIDE's [35:223, 32:220] crop of 256 px
+
+    def __init__(self, num_layers=50, se=True):
+        super().__init__()
+        self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
+        body, cin = [], 64
+        for depth, n in zip((64, 128, 256, 512), self.UNITS[num_layers]):
+            for i in range(n):
+                body.append(_BottleneckIR(cin, depth, 2 if i == 0 else 1, se))
+                cin = depth
+        self.body = nn.Sequential(*body)
+        self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(), nn.Flatten(), nn.Linear(512 * 7 * 7, 512),
+                                          nn.BatchNorm1d(512))
+
+    @classmethod
+    def from_file(cls, path, arch):
+        """arch 'arcface' (IR-SE50, model_ir_se50.pth) or 'curricularface' (IR-101, CurricularFace_Backbone.pth)."""
+        net = cls(50, True) if arch == 'arcface' else cls(100, False)
+        try:
+            sd = torch.load(path, map_location='cpu', weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f'{path}: no such file') from None
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f'{path}: not a readable state dict ({type(e).__name__})') from None
+        sd = {k.removeprefix('module.'): v for k, v in sd.items()}  # DataParallel checkpoints
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError:
+            raise ValueError(f'{path}: keys/shapes do not match the {arch} backbone; is it the right file?') from None
+        return net.eval().requires_grad_(False)
+
+    def forward(self, x):
+        x = self.output_layer(self.body(self.input_layer(x)))
+        return F.normalize(x, dim=1)
+
+    def embed(self, images):
+        return self(ffhq_crop(images, self.FFHQ_CROP, 112))
+
+    @staticmethod
+    def distance(a, b):
+        return 1 - (a * b).sum(dim=-1)
+
+
+def load_id_net(name='dlib', path=None):
+    """'dlib' (offline default), 'arcface' or 'curricularface' (these need `path` to the user's weights)."""
+    if name == 'dlib':
+        return DlibFaceNet(path)
+    if name in ('arcface', 'curricularface'):
+        if not path:
+            raise ValueError(f'the {name} identity network needs its weights: pass their path')
+        return IRNet.from_file(path, name)
+    raise ValueError(f'unknown identity network {name!r}; choose dlib, arcface or curricularface')
