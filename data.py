@@ -170,3 +170,84 @@ def save_grid(images, path, nrow=None):
     tmp = str(path) + '.tmp.png'
     Image.fromarray(grid).save(tmp)
     os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# identities -> latents
+
+def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.5, progress=True):
+    """Optimisation-based projection of aligned photos into W+, one latent per photo.
+
+    Starts from w_avg; Adam on pixel MSE + identity-network feature distance + identity distance, constant
+    noise. Returns (ws [N, num_ws, w_dim], pixel MSE [N], identity distance [N]) of the final latents."""
+    from tqdm import tqdm
+    from losses import IDFeatureDistance
+    perceptual = IDFeatureDistance(id_net)
+    dev = G.mapping.w_avg.device
+    target = torch.nn.functional.interpolate(images.to(dev), size=G.cfg.img_resolution, mode='area') \
+        if images.shape[-1] != G.cfg.img_resolution else images.to(dev)
+    with torch.no_grad():
+        emb_t, feats_t = id_net.features(target)
+    ws = G.mapping.w_avg.detach().clone().repeat(len(target), G.num_ws, 1).requires_grad_(True)
+    opt = torch.optim.Adam([ws], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in tqdm(range(steps), desc='invert', disable=not progress, leave=False):
+        img = G.synthesis(ws, noise_mode='const', T=0)
+        emb, feats = id_net.features(img)
+        loss = (w_pix * (img - target).square().mean(dim=[1, 2, 3]) + w_perc * perceptual(feats, feats_t)
+                + w_id * id_net.distance(emb, emb_t)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        img = G.synthesis(ws, noise_mode='const', T=0)
+        mse = (img - target).square().mean(dim=[1, 2, 3])
+        dist = id_net.distance(id_net.embed(img), emb_t)
+    return ws.detach(), mse, dist
+
+
+def load_latent(path, G):
+    """A saved latent (.pt tensor or dict with 'ws', or .npy) -> [N, num_ws, w_dim]; [w_dim] and
+    [num_ws, w_dim] are broadcast."""
+    p = str(path)
+    try:
+        x = torch.from_numpy(np.load(p)) if p.endswith('.npy') else torch.load(p, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f'{path}: not a readable latent file ({type(e).__name__}); save a tensor with torch.save or np.save') from None
+    if isinstance(x, dict):
+        x = x.get('ws', x.get('w_u'))
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f'{path}: holds no latent tensor (expected a tensor or a dict with "ws")')
+    x = x.float()
+    L, C = G.num_ws, G.cfg.w_dim
+    if x.shape == (C,):
+        x = x[None, None].repeat(1, L, 1)
+    elif x.shape == (L, C):
+        x = x[None]
+    if x.ndim != 3 or x.shape[1:] != (L, C):
+        raise DataError(f'{path}: latent of shape {tuple(x.shape)} does not fit this generator (W+ is [N, {L}, {C}])')
+    return x
+
+
+def resolve_identity(spec, G, id_net, steps=300, progress=True):
+    """--identity -> (ws [N, num_ws, w_dim], info dict).
+
+    A photo or folder of photos (aligned with dlib, then inverted), a latent file (.pt/.npy), or seed:N
+    (a random in-domain identity: z from torch seed N through the mapping network, psi 1)."""
+    dev = G.mapping.w_avg.device
+    spec = str(spec)
+    if spec.startswith('seed:'):
+        try:
+            seed = int(spec[5:])
+        except ValueError:
+            raise DataError(f'{spec}: write seed:N with an integer N') from None
+        z = torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+        with torch.no_grad():
+            return G.mapping(z), {'kind': 'seed', 'seed': seed}
+    if Path(spec).is_file() and Path(spec).suffix.lower() in ('.pt', '.pth', '.npy'):
+        return load_latent(spec, G).to(dev), {'kind': 'latent', 'path': spec}
+    faces, names = load_faces(spec, G.cfg.img_resolution)
+    ws, mse, dist = invert(G, faces, id_net, steps=steps, progress=progress)
+    return ws, {'kind': 'photos', 'path': spec, 'names': names, 'photos': faces, 'inversion_mse': mse.tolist(),
+                'inversion_id_distance': dist.tolist()}

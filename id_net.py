@@ -163,17 +163,30 @@ class DlibFaceNet(nn.Module):
                 aff.gamma.copy_(a['gamma']); aff.beta.copy_(a['beta'])
             self.fc.weight.copy_(next(d for k, d in layers if k == 'fc')['weight'])
 
-    def forward(self, chip):
-        """chip: [N, 3, 150, 150] RGB in [0, 255] -> [N, 128]."""
+    STAGE_ENDS = (2, 6, 9, 12)  # last block of each resolution stage: the feature maps of `features`
+
+    def forward(self, chip, return_features=False):
+        """chip: [N, 3, 150, 150] RGB in [0, 255] -> [N, 128] (and the stem + stage feature maps)."""
         x = (chip - self.mean[:, None, None]) / 256
         x = F.max_pool2d(F.relu(self.stem_aff(self.stem(x))), 3, 2)
-        for b in self.blocks:
+        feats = [x]
+        for i, b in enumerate(self.blocks):
             x = b(x)
-        return self.fc(x.mean(dim=[2, 3]))
+            if i in self.STAGE_ENDS:
+                feats.append(x)
+        out = self.fc(x.mean(dim=[2, 3]))
+        return (out, feats) if return_features else out
+
+    def chip(self, images):
+        return ffhq_crop(images, self.FFHQ_CHIP, 150) * 127.5 + 127.5
 
     def embed(self, images):
         """[-1, 1] FFHQ-aligned images, any size -> descriptors [N, 128]; a fixed differentiable crop."""
-        return self(ffhq_crop(images, self.FFHQ_CHIP, 150) * 127.5 + 127.5)
+        return self(self.chip(images))
+
+    def features(self, images):
+        """Descriptor and intermediate feature maps (35, 35, 17, 8, 4 px) of [-1, 1] aligned images."""
+        return self(self.chip(images), return_features=True)
 
     @staticmethod
     def distance(a, b):

@@ -4,6 +4,7 @@ Run: python -m pytest -q test_legato.py
 """
 import argparse
 import collections
+import json
 import math
 import os
 import pickle
@@ -644,3 +645,110 @@ def test_without_dlib_aligned_crops_accepted(monkeypatch, tmp_path):
     with pytest.raises(DataError, match='wide.png: not a square face crop'), warnings.catch_warnings():
         warnings.simplefilter('ignore')
         load_faces(tmp_path / 'wide.png', 64)
+
+
+# -----------------------------------------------------------------------------
+# losses.py
+
+from losses import (IDFeatureDistance, LPIPSVGG, adjacency_offsets, target_latent,  # noqa: E402
+                    trajectory_consistency)
+
+
+def test_target_and_adjacency_latents():
+    w_avg = torch.randn(16)
+    w_u = torch.randn(3, 5, 16)
+    w_t = target_latent(w_u, w_avg, d=30.0)
+    v_u, v_t = (w_u - w_avg).flatten(1), (w_t - w_avg).flatten(1)
+    assert torch.allclose(v_t.norm(dim=1), torch.full((3,), 30.0))
+    assert torch.allclose(F.cosine_similarity(v_u, v_t), -torch.ones(3), atol=1e-6)  # through the mean, opposite
+    assert torch.equal(target_latent(w_u, w_avg, mode='average'), w_avg.expand_as(w_u))
+    w_s = target_latent(w_u, w_avg, d=30.0, scale_d=True)
+    assert torch.allclose((w_s - w_avg).flatten(1).norm(dim=1), torch.full((3,), 30.0 * math.sqrt(80 / 7168)))
+    w_r = torch.randn(3, 2, 5, 16)
+    alpha = torch.rand(3, 2) * 15
+    dlt = adjacency_offsets(w_u, w_r, alpha)
+    assert torch.allclose(dlt.flatten(2).norm(dim=2), alpha, atol=1e-5)
+    assert torch.allclose(F.cosine_similarity(dlt.flatten(2), (w_r - w_u[:, None]).flatten(2), dim=2), torch.ones(3, 2))
+
+
+def test_trajectory_consistency_counts_each_step_once():
+    states = [torch.full((2, 1, 2, 2), float(v)) for v in (0, 1, 3, 6, 10)]  # increments 1, 2, 3, 4 (sample 0)
+    states = [torch.cat([s[:1], s[1:] * 100]) for s in states]  # sample 1 must not count
+    traj = {'b8': states, 'b16': [s * 2 for s in states]}
+    one = (1 + 4 + 9 + 16) / 4  # the official formula without its bug (last step counted twice: 12.5)
+    assert trajectory_consistency({'b8': states}, n=1).item() == pytest.approx(one)
+    assert trajectory_consistency(traj, n=1).item() == pytest.approx((one + 4 * one) / 2)
+    assert trajectory_consistency(traj, n=1, blocks=['b16']).item() == pytest.approx(4 * one)
+
+
+def test_perceptual_distances(tmp_path, facenet):
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    y = x.flip(-1)
+    for perc in (IDFeatureDistance(facenet), None):
+        if perc is None:  # LPIPS from a torchvision-format VGG16 state dict (random weights here)
+            sd, c, i = {}, 3, 0
+            for v in LPIPSVGG.CFG:
+                if v == 'M':
+                    i += 1
+                    continue
+                sd[f'features.{i}.weight'], sd[f'features.{i}.bias'] = torch.randn(v, c, 3, 3) * 0.1, torch.zeros(v)
+                c, i = v, i + 2
+            sd['classifier.0.weight'] = torch.zeros(1)  # the rest of torchvision's vgg16 is ignored
+            torch.save(sd, tmp_path / 'vgg16.pth')
+            perc = LPIPSVGG(tmp_path / 'vgg16.pth')
+        fx = perc.features(x)
+        assert torch.allclose(perc(fx, fx), torch.zeros(2)) and (perc(fx, perc.features(y)) > 0).all()
+    torch.save({'features.0.weight': torch.zeros(3)}, tmp_path / 'other.pth')
+    with pytest.raises(ValueError, match=r'other\.pth: not a torchvision VGG16 state dict'):
+        LPIPSVGG(tmp_path / 'other.pth')
+
+
+# -----------------------------------------------------------------------------
+# train.py
+
+import train  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp('gen') / 'tiny.pt'
+    torch.manual_seed(0)
+    Generator(tiny_cfg(img_resolution=32, conv_clamp=256)).save(path)
+    return path
+
+
+def run_train(ckpt, out, *extra):
+    return train.main(['--ckpt', str(ckpt), '--out', str(out), '--identity', 'seed:3', '--retain', 'none',
+                       '--hidden', '16', '--log_every', '2', '--ckpt_every', '2', *extra])
+
+
+@pytest.mark.parametrize('adapter', ['ode', 'residual', 'full'])
+def test_train_runs_every_adapter(tmp_path, tiny_ckpt, adapter):
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '3', '--adapter', adapter)
+    assert {'adapter.pt', 'before_after.png', 'log.jsonl', 'ckpt.pt'} <= {p.name for p in out.iterdir()}
+    rec = [json.loads(line) for line in open(out / 'log.jsonl')]
+    assert rec[-1]['step'] == 3 and all(math.isfinite(r['loss']) for r in rec)
+    ck = torch.load(out / 'adapter.pt', weights_only=True)
+    assert ck['kind'] == adapter and ck['ws_u'].shape == (1, 8, 32)
+
+
+def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt):
+    a = run_train(tiny_ckpt, tmp_path / 'a', '--iters', '4')
+    run_train(tiny_ckpt, tmp_path / 'b', '--iters', '2')
+    b = run_train(tiny_ckpt, tmp_path / 'b', '--iters', '4', '--resume')
+    sa = torch.load(a / 'adapter.pt', weights_only=True)['state_dict']
+    sb = torch.load(b / 'adapter.pt', weights_only=True)['state_dict']
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(v.abs().sum() > 0 for k, v in sa.items() if k.endswith('net.2.weight'))  # it did train
+
+
+def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt):
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
+    with pytest.raises(SystemExit, match='already exists; pass --resume'):
+        run_train(tiny_ckpt, out, '--iters', '2')
+    with pytest.raises(SystemExit, match='non-finite loss'):
+        run_train(tiny_ckpt, tmp_path / 'nan', '--iters', '4', '--w_tc', 'nan')
+    assert not (tmp_path / 'nan' / 'adapter.pt').exists()
+    with pytest.raises(SystemExit, match='no such file'):
+        run_train(tmp_path / 'missing.pt', tmp_path / 'x', '--iters', '1')
+    assert not (tmp_path / 'x').exists()
