@@ -10,7 +10,6 @@ NCHW, FFHQ-aligned, any size) and `net.distance(a, b)` with a documented same-pe
   (`CurricularFace_Backbone.pth`): the architectures, loading the state dicts researchers have.
   Distance 1 - cosine.
 """
-import struct
 
 import numpy as np
 import torch

@@ -362,7 +362,7 @@ def infer_config(sd, path, **known):
     cbase = chans[res] * res if chans[res] < cmax else cmax * res
     cfg = GeneratorConfig(
         img_resolution=res, z_dim=sd['mapping.fc0.weight'].shape[1], w_dim=sd['mapping.fc0.weight'].shape[0],
-        img_channels=sd[f'synthesis.b4.torgb.weight'].shape[0], channel_base=cbase, channel_max=cmax,
+        img_channels=sd['synthesis.b4.torgb.weight'].shape[0], channel_base=cbase, channel_max=cmax,
         mapping_layers=sum(1 for k in sd if re.match(r'mapping\.fc\d+\.weight$', k)), **known)
     if any(cfg.channels(r) != c for r, c in chans.items()):
         raise CheckpointError(f'{path}: channel counts {chans} do not follow min(base // res, max)')

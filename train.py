@@ -14,12 +14,11 @@ import argparse
 import copy
 import json
 import math
-import os
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
@@ -28,7 +27,7 @@ from data import DataError, invert, load_faces, resolve_identity, save_grid
 from id_net import load_id_net
 from losses import IDFeatureDistance, LPIPSVGG, adjacency_offsets, image_terms, target_latent, trajectory_consistency
 from model import CheckpointError, Generator, atomic_save
-from ode_adapter import adapters, attach_adapters, param_report, save_adapters
+from ode_adapter import attach_adapters, param_report, save_adapters
 
 ROOT = Path(__file__).resolve().parent
 
@@ -91,6 +90,85 @@ def default_out(args):
     return out
 
 
+def prepare(args, G, idn, perc, ws_u):
+    """Everything a step needs: the trainable part, the frozen G_s, optimiser, targets computed once."""
+    S = SimpleNamespace(args=args, G=G, idn=idn, perc=perc, ws_u=ws_u, n_u=len(ws_u), n_adj=len(ws_u) * args.n_adj)
+    dev = G.mapping.w_avg.device
+    if args.adapter == 'full':  # GUIDE: the whole synthesis network trains, G_s is a frozen copy
+        S.G_s = copy.deepcopy(G).requires_grad_(False)
+        G.synthesis.requires_grad_(True)
+        S.s_kw = {}
+    else:  # adapters on a frozen G; G_s is the same network at T = 0 (exactly the original)
+        T, h = (1.0, 1.0) if args.adapter == 'residual' else (args.t_end, args.step)
+        attach_adapters(G, args.hidden, T=T, h=h, solver=args.solver, backend=args.backend)
+        S.G_s, S.s_kw = G, {'T': 0}
+    S.syn = torch.compile(G.synthesis) if args.compile else G.synthesis
+    S.amp = nullcontext() if args.amp == 'none' else \
+        torch.autocast(dev.type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp])
+    S.scaler = torch.amp.GradScaler(dev.type, enabled=args.amp == 'fp16')
+    S.opt = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=args.lr)
+    S.gen = torch.Generator(device=dev).manual_seed(args.seed)
+    S.blocks = args.tc_blocks.split(',') if args.tc_blocks else None
+    S.ws_t = target_latent(ws_u, G.mapping.w_avg, args.target_d, args.target, args.scale_d)
+    set_targets(S)
+    return S
+
+
+def set_targets(S):
+    """The constant target G_s(w_t) and its embedding/features: computed once, not every step."""
+    with torch.no_grad(), S.amp:
+        S.img_t = S.G_s.synthesis(S.ws_t, **S.s_kw).float()
+        S.emb_t, S.feats_t = describe(S, S.img_t)
+
+
+def describe(S, img):
+    """Identity embedding and perceptual features of [-1, 1] images (one dlib pass when both are dlib)."""
+    if isinstance(S.perc, IDFeatureDistance) and S.perc.net is S.idn:
+        return S.idn.features(img)
+    return S.idn.embed(img), S.perc.features(img)
+
+
+def sample_latents(S):
+    """This step's random latents: adjacency pairs (w_u + delta -> w_t + delta) and global ones."""
+    a, G = S.args, S.G
+    dev = G.mapping.w_avg.device
+    z = torch.randn(S.n_adj + a.n_glob, G.cfg.z_dim, generator=S.gen, device=dev)
+    alpha = torch.rand(S.n_u, a.n_adj, generator=S.gen, device=dev) * a.alpha_max
+    with torch.no_grad():
+        w_r = G.mapping(z)  # [n_adj + n_glob, L, C], psi 1
+        delta = adjacency_offsets(S.ws_u, w_r[:S.n_adj].view(S.n_u, a.n_adj, *w_r.shape[1:]), alpha).flatten(0, 1)
+        return (S.ws_u.repeat_interleave(a.n_adj, 0) + delta, S.ws_t.repeat_interleave(a.n_adj, 0) + delta,
+                w_r[S.n_adj:])
+
+
+def fused_step(S):
+    """One optimisation step: one batched G_u forward, one no-grad G_s forward, one backward. No host sync."""
+    a, n_u, n_adj = S.args, S.n_u, S.n_adj
+    w_adj_u, w_adj_t, w_glob = sample_latents(S)
+    with torch.no_grad(), S.amp:  # frozen generator, only the targets that change
+        img_s = S.G_s.synthesis(torch.cat([w_adj_t, w_glob]), **S.s_kw).float()
+        emb_s, feats_s = describe(S, img_s)
+    traj = {}
+    with S.amp:  # the trainable generator over [identity, adjacency, global]
+        img = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob]), traj=traj).float()
+    emb, feats = describe(S, img)
+    sl = lambda xs, i, j: [x[i:j] for x in xs]  # noqa: E731
+
+    def terms(i, j, t_img, t_feats, t_emb):
+        return image_terms(img[i:j], sl(feats, i, j), emb[i:j], t_img, t_feats, t_emb, S.perc, S.idn.distance,
+                           a.w_pix, a.w_perc, a.w_id)
+    L = dict(local=terms(0, n_u, S.img_t, S.feats_t, S.emb_t).mean(),
+             adj=terms(n_u, n_u + n_adj, img_s[:n_adj], sl(feats_s, 0, n_adj), emb_s[:n_adj]).view(n_u, -1).sum(1).mean(),
+             glob=S.perc(sl(feats, n_u + n_adj, None), sl(feats_s, n_adj, None)).sum(),
+             tc=trajectory_consistency(traj, n_u, S.blocks).to(img.device))
+    L['loss'] = a.w_local * L['local'] + a.w_adj * L['adj'] + a.w_glob * L['glob'] + a.w_tc * L['tc']
+    S.opt.zero_grad(set_to_none=True)
+    S.scaler.scale(L['loss']).backward()
+    S.scaler.step(S.opt)
+    S.scaler.update()
+    return L
+
+
 def main(argv=None):
     args = get_args(argv)
     out = Path(args.out) if args.out else default_out(args)
@@ -129,46 +207,17 @@ def main(argv=None):
         raise SystemExit(f'error: {e}')
     out.mkdir(parents=True, exist_ok=True)
 
-    # the trainable part and the frozen reference G_s
-    if args.adapter == 'full':  # GUIDE: the whole synthesis network trains, G_s is a frozen copy
-        G_s = copy.deepcopy(G).requires_grad_(False)
-        G.synthesis.requires_grad_(True)
-        run_kw = {}
-    else:  # adapters on a frozen G; G_s is the same network at T = 0 (exactly the original)
-        T, h = (1.0, 1.0) if args.adapter == 'residual' else (args.t_end, args.step)
-        attach_adapters(G, args.hidden, T=T, h=h, solver=args.solver, backend=args.backend)
-        G_s, run_kw = G, {}
-    s_kw = {} if args.adapter == 'full' else {'T': 0}
-    trainable = [p for p in G.parameters() if p.requires_grad]
-    param_report(G if args.adapter != 'full' else G)
-    syn = torch.compile(G.synthesis) if args.compile else G.synthesis
-    amp = nullcontext() if args.amp == 'none' else torch.autocast(dev.type, dtype=getattr(torch, {'bf16': 'bfloat16', 'fp16': 'float16'}[args.amp]))
-    scaler = torch.amp.GradScaler(dev.type, enabled=args.amp == 'fp16')
-    opt = torch.optim.Adam(trainable, lr=args.lr)
-
-    def describe(img):
-        """Identity embedding and perceptual features of [-1, 1] images (one dlib pass when both are dlib)."""
-        if isinstance(perc, IDFeatureDistance) and perc.net is idn:
-            return idn.features(img)
-        return idn.embed(img), perc.features(img)
-
-    # targets that never change: computed once
-    n_u, L = len(ws_u), G.num_ws
-    w_avg = G.mapping.w_avg
-    ws_t = target_latent(ws_u, w_avg, args.target_d, args.target, args.scale_d)
-    with torch.no_grad(), amp:
-        img_t = G_s.synthesis(ws_t, **s_kw).float()
-        emb_t, feats_t = describe(img_t)
-    blocks = args.tc_blocks.split(',') if args.tc_blocks else None
-    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    S = prepare(args, G, idn, perc, ws_u)
+    param_report(G)
     step, wall, loss = 0, 0.0, None
-    if args.resume:
+    if args.resume:  # ws_u / ws_t from the checkpoint: the run goes on exactly as it would have
         ck = torch.load(out / 'ckpt.pt', map_location=dev, weights_only=True)
         G.synthesis.load_state_dict(ck['synthesis'], strict=False)
-        opt.load_state_dict(ck['opt'])
-        gen.set_state(ck['gen'].to('cpu') if dev.type == 'cpu' else ck['gen'])
+        S.opt.load_state_dict(ck['opt'])
+        S.gen.set_state(ck['gen'].to('cpu') if dev.type == 'cpu' else ck['gen'])
         step, wall = ck['step'], ck['wall']
-        ws_u, ws_t = ck['ws_u'].to(dev), ck['ws_t'].to(dev)
+        S.ws_u, S.ws_t = ck['ws_u'].to(dev), ck['ws_t'].to(dev)
+        set_targets(S)
         print(f'resumed {out}/ckpt.pt at step {step}')
 
     def trainable_state():
@@ -177,50 +226,22 @@ def main(argv=None):
     def save_ckpt():
         if loss is not None and not torch.isfinite(loss):  # never overwrite a good checkpoint with NaNs
             raise FloatingPointError(f'non-finite loss at step {step}')
-        atomic_save({'synthesis': trainable_state(), 'opt': opt.state_dict(), 'gen': gen.get_state(), 'step': step,
-                     'wall': wall, 'ws_u': ws_u, 'ws_t': ws_t, 'args': vars(args)}, out / 'ckpt.pt')
+        atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(), 'step': step,
+                     'wall': wall, 'ws_u': S.ws_u, 'ws_t': S.ws_t, 'args': vars(args)}, out / 'ckpt.pt')
 
     stop = {'now': False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     log = open(out / 'log.jsonl', 'a')
-    n_adj, n_glob = n_u * args.n_adj, args.n_glob
     pbar = tqdm(total=args.iters, initial=step, desc=f'unlearn ({args.adapter})', dynamic_ncols=True)
     t0 = time.time()
     try:
         while step < args.iters and not stop['now']:
-            # this step's random latents: adjacency (towards random w_r) and global preservation
-            z = torch.randn(n_adj + n_glob, G.cfg.z_dim, generator=gen, device=dev)
-            alpha = torch.rand(n_u, args.n_adj, generator=gen, device=dev) * args.alpha_max
-            with torch.no_grad():
-                w_r = G.mapping(z)  # [n_adj + n_glob, L, C], psi 1
-                delta = adjacency_offsets(ws_u, w_r[:n_adj].view(n_u, args.n_adj, L, -1), alpha).flatten(0, 1)
-                w_adj_u = ws_u.repeat_interleave(args.n_adj, 0) + delta
-                w_adj_t = ws_t.repeat_interleave(args.n_adj, 0) + delta
-                w_glob = w_r[n_adj:]
-                with amp:  # frozen generator, only the targets that change
-                    img_s = G_s.synthesis(torch.cat([w_adj_t, w_glob]), **s_kw).float()
-                    emb_s, feats_s = describe(img_s)
-            traj = {}
-            with amp:  # one batched forward of the trainable generator
-                img = syn(torch.cat([ws_u, w_adj_u, w_glob]), traj=traj, **run_kw).float()
-            emb, feats = describe(img)
-            sl = lambda xs, a, b: [x[a:b] for x in xs]  # noqa: E731
-            img_terms = lambda a, b, t_img, t_feats, t_emb: image_terms(  # noqa: E731
-                img[a:b], sl(feats, a, b), emb[a:b], t_img, t_feats, t_emb, perc, idn.distance, args.w_pix, args.w_perc, args.w_id)
-            loss_local = img_terms(0, n_u, img_t, feats_t, emb_t).mean()
-            loss_adj = img_terms(n_u, n_u + n_adj, img_s[:n_adj], sl(feats_s, 0, n_adj), emb_s[:n_adj]).view(n_u, -1).sum(1).mean()
-            loss_glob = perc(sl(feats, n_u + n_adj, None), sl(feats_s, n_adj, None)).sum()
-            loss_tc = trajectory_consistency(traj, n_u, blocks).to(dev)
-            loss = args.w_local * loss_local + args.w_adj * loss_adj + args.w_glob * loss_glob + args.w_tc * loss_tc
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            L = fused_step(S)
+            loss = L['loss'].detach()
             step += 1
             pbar.update(1)
             if step % args.log_every == 0 or step == args.iters:  # the only host sync
-                rec = {'step': step, 'loss': loss.item(), 'local': loss_local.item(), 'adj': loss_adj.item(),
-                       'glob': loss_glob.item(), 'tc': loss_tc.item(), 'wall': round(wall + time.time() - t0, 2)}
+                rec = {'step': step, **{k: v.item() for k, v in L.items()}, 'wall': round(wall + time.time() - t0, 2)}
                 if not all(math.isfinite(v) for v in rec.values()):
                     raise FloatingPointError(f'non-finite loss at step {step}: {rec}')
                 pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'tc')})
@@ -249,7 +270,7 @@ def main(argv=None):
         return out
 
     # results: the adapters (or the fine-tuned synthesis), a before/after picture
-    meta = {'identity': {k: v for k, v in info.items() if k != 'photos'}, 'ws_u': ws_u.cpu(), 'ws_t': ws_t.cpu(),
+    meta = {'identity': {k: v for k, v in info.items() if k != 'photos'}, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
             'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'args': vars(args), 'steps': step, 'wall_s': wall,
             'kind': args.adapter}
     if args.adapter == 'full':
@@ -258,9 +279,9 @@ def main(argv=None):
         save_adapters(G, out / 'adapter.pt', **meta)
     with torch.no_grad():
         z = torch.randn(6, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev)
-        rows = [ws_u] + list(retain.values()) + [G.mapping(z, psi=0.7)]
+        rows = [S.ws_u] + list(retain.values()) + [G.mapping(z, psi=0.7)]
         ws_all = torch.cat(rows)
-        before = G_s.synthesis(ws_all, **s_kw)
+        before = S.G_s.synthesis(ws_all, **S.s_kw)
         after = G.synthesis(ws_all)
     save_grid(torch.stack([before, after], 1).flatten(0, 1), out / 'before_after.png', nrow=2 * min(len(ws_all), 6))
     print(f'done in {wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs: before | after; '
