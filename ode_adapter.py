@@ -22,11 +22,14 @@ from model import atomic_save
 
 
 class VectorField(nn.Module):
-    """f(x): Conv1x1(C -> hidden) -> LeakyReLU(0.2) -> Conv1x1(hidden -> C). Autonomous: t is ignored."""
+    """f(x): Conv1x1(C -> hidden) -> LeakyReLU(0.2) -> Conv1x1(hidden -> C). Autonomous: t is ignored.
+
+    The 1x1 convs are per-pixel Linear layers on a channels-last state [..., C]: the same math, and on
+    CPU about 1.4x faster than nn.Conv2d (bench.py)."""
 
     def __init__(self, channels, hidden=256):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.LeakyReLU(0.2), nn.Conv2d(hidden, channels, 1))
+        self.net = nn.Sequential(nn.Linear(channels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, channels))
         nn.init.kaiming_uniform_(self.net[0].weight, a=0, mode='fan_in')
         nn.init.zeros_(self.net[0].bias)
         nn.init.zeros_(self.net[2].weight)  # f == 0 at init: the adapter starts as the identity map
@@ -127,12 +130,15 @@ class ODEAdapter(nn.Module):
 
     def forward(self, x, T=None, h=None, solver=None, backend=None, traj=None):
         # x: [N, C, H, W]; in fp16 blocks the ODE runs in fp32 and the parameters stay fp32
+        T = self.T if T is None else T
+        if T == 0 and traj is None:
+            return x
         dtype = x.dtype
-        out, states = integrate(self.f, x.float(), self.T if T is None else T, self.h if h is None else h,
-                                solver or self.solver, backend or self.backend)
-        if traj is not None:  # the caller collects the trajectories, e.g. for the consistency loss
+        xc = x.float().permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: the state the ODE integrates
+        out, states = integrate(self.f, xc, T, self.h if h is None else h, solver or self.solver, backend or self.backend)
+        if traj is not None:  # the caller collects the trajectories ([N, H, W, C] states), e.g. for the TC loss
             traj[f'b{self.res}'] = states
-        return out.to(dtype)
+        return out.permute(0, 3, 1, 2).to(dtype)
 
 
 # -----------------------------------------------------------------------------
@@ -165,7 +171,7 @@ def save_adapters(G, path, **extra):
     """Adapter weights + the generator config they belong to, in a small .pt (atomic write)."""
     ads = adapters(G)
     a = next(iter(ads.values()))
-    meta = {'hidden': a.f.net[0].out_channels, 'T': a.T, 'h': a.h, 'solver': a.solver, 'backend': a.backend}
+    meta = {'hidden': a.f.net[0].out_features, 'T': a.T, 'h': a.h, 'solver': a.solver, 'backend': a.backend}
     sd = {f'{k}.{n}': v for k, ad in ads.items() for n, v in ad.state_dict().items()}
     atomic_save({'generator_config': asdict(G.cfg), 'adapter': meta, 'state_dict': sd, **extra}, path)
 

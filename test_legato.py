@@ -316,7 +316,7 @@ def test_zero_init_is_identity():
 @pytest.mark.parametrize('T,h', [(1.6, 0.4), (1.0, 0.3), (0.5, 0.125)])
 def test_solvers_match_torchdiffeq(dtype, solver, T, h):
     f = live_field(dtype=dtype)
-    x = torch.randn(2, 8, 4, 4, dtype=dtype)
+    x = torch.randn(2, 4, 4, 8, dtype=dtype)  # channels-last states
     out, states = integrate(f, x, T, h, solver)
     grid = torch.tensor(time_grid(T, h), dtype=dtype)
     ref = torchdiffeq.odeint(f, x, grid, method=solver, options={'grid_constructor': lambda *_: grid})
@@ -331,7 +331,7 @@ def test_solvers_match_torchdiffeq(dtype, solver, T, h):
 @pytest.mark.parametrize('solver', ['euler', 'midpoint', 'rk4'])
 def test_solver_gradients_match_odeint(solver):
     f = live_field(dtype=torch.float64)
-    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    x = torch.randn(2, 4, 4, 8, dtype=torch.float64)
     target = torch.randn_like(x)
 
     def grads(run):
@@ -381,7 +381,7 @@ def test_dial_t0_is_original_and_t_changes_output():
 
 def test_adaptive_and_adjoint_backends_run():
     f = live_field()
-    x = torch.randn(1, 8, 4, 4)
+    x = torch.randn(1, 4, 4, 8)
     out, states = integrate(f, x, 1.0, 0.25, 'dopri5', backend='torchdiffeq')
     ref, _ = integrate(f, x, 1.0, 0.001, 'rk4')
     assert len(states) == 5 and (out - ref).abs().max() < 1e-4
@@ -417,7 +417,7 @@ def test_adapter_file_roundtrip_and_errors(tmp_path):
     (tmp_path / 'junk.pt').write_text('junk')
     with pytest.raises(ValueError, match=r'junk\.pt: not an adapter file'):
         load_adapters(H, tmp_path / 'junk.pt')
-    x = torch.randn(1, 8, 2, 2)
+    x = torch.randn(1, 2, 2, 8)
     f = live_field()
     with pytest.raises(ValueError, match='T must be'):
         integrate(f, x, -1.0, 0.4)

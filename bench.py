@@ -1,0 +1,197 @@
+"""
+Performance of the unlearning step, as ratios measured in one process on one config.
+
+    python bench.py                          # built-in 64 px layout, random weights, CPU
+    python bench.py --config ffhq256         # official FFHQ-256 layout (channel_base 32768), random weights
+    python bench.py --config ffhq256 --device cuda --amp bf16
+
+Prints: fused step vs a naive step mirroring the official loop (separate batch-1 passes per term, constant
+targets recomputed each step); adapted vs plain generator forward (T = 1.6, Euler); hand-written solvers
+vs torchdiffeq for the same steps; --adapter ode vs full (time and optimiser memory); each with median
+time, images/s, achieved FLOP/s against a measured matmul/conv peak. --json writes the numbers.
+"""
+import argparse
+import copy
+import json
+import resource
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import train
+from id_net import DlibFaceNet
+from losses import IDFeatureDistance, image_terms, trajectory_consistency
+from model import Generator, GeneratorConfig
+
+CONFIGS = {
+    'baby': GeneratorConfig(img_resolution=64, z_dim=128, w_dim=128, channel_base=4096, channel_max=128,
+                            mapping_layers=4, conv_clamp=256),
+    'ffhq256': GeneratorConfig(img_resolution=256, channel_base=32768),
+    'ffhq1024': GeneratorConfig(img_resolution=1024, channel_base=32768),
+}
+
+
+def sync(dev):
+    if dev.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def timeit(fn, dev, steps, warmup):
+    """Median seconds of fn() over `steps` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(dev)
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def flops(fn):
+    """FLOPs of one call (matmuls and convolutions, forward and backward), counted by PyTorch."""
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def peak_flops(dev, dtype=torch.float32):
+    """Measured peak: the better of a large matmul and a large 3x3 convolution."""
+    a = torch.randn(2048, 2048, device=dev, dtype=dtype)
+    t = timeit(lambda: a @ a, dev, 5, 2)
+    x = torch.randn(8, 256, 64, 64, device=dev, dtype=dtype)
+    w = torch.randn(256, 256, 3, 3, device=dev, dtype=dtype)
+    tc = timeit(lambda: torch.nn.functional.conv2d(x, w, padding=1), dev, 5, 2)
+    return max(2 * 2048 ** 3 / t, 2 * 8 * 256 * 256 * 9 * 64 * 64 / tc)
+
+
+def naive_step(S):
+    """The official loop's shape: separate batch-1 passes for every term, a separate pass at w_u for the
+    trajectory, and the constant target G_s(w_t) recomputed every step; one backward."""
+    a, G, G_s = S.args, S.G, S.G_s
+    w_adj_u, w_adj_t, w_glob = train.sample_latents(S)
+    loss = 0
+    for i in range(S.n_u):
+        traj = {}
+        G.synthesis(S.ws_u[i:i + 1], traj=traj)  # the trajectory pass
+        loss = loss + a.w_tc * trajectory_consistency(traj, 1, S.blocks)
+        img = G.synthesis(S.ws_u[i:i + 1])
+        with torch.no_grad():
+            img_t = G_s.synthesis(S.ws_t[i:i + 1], **S.s_kw)
+            et, ft = train.describe(S, img_t)
+        e, f = train.describe(S, img)
+        loss = loss + a.w_local * image_terms(img, f, e, img_t, ft, et, S.perc, S.idn.distance, a.w_pix, a.w_perc, a.w_id).sum()
+    for j in range(len(w_adj_u)):
+        img = G.synthesis(w_adj_u[j:j + 1])
+        with torch.no_grad():
+            img_t = G_s.synthesis(w_adj_t[j:j + 1], **S.s_kw)
+            et, ft = train.describe(S, img_t)
+        e, f = train.describe(S, img)
+        loss = loss + a.w_adj * image_terms(img, f, e, img_t, ft, et, S.perc, S.idn.distance, a.w_pix, a.w_perc, a.w_id).sum()
+    for j in range(len(w_glob)):
+        img = G.synthesis(w_glob[j:j + 1])
+        with torch.no_grad():
+            ft = train.describe(S, G_s.synthesis(w_glob[j:j + 1], **S.s_kw))[1]
+        loss = loss + a.w_glob * S.perc(train.describe(S, img)[1], ft).sum()
+    S.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    S.opt.step()
+
+
+def build(G0, idn, args, adapter):
+    """A fresh copy of the generator prepared for one adapter kind, with a random identity latent."""
+    G = copy.deepcopy(G0)
+    targs = train.get_args(['--adapter', adapter, '--amp', args.amp] + (['--compile'] if args.compile else []))
+    with torch.no_grad():
+        ws_u = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(G.mapping.w_avg.device))
+    return train.prepare(targs, G, idn, IDFeatureDistance(idn), ws_u)
+
+
+def main():
+    p = argparse.ArgumentParser(description='Benchmark the unlearning step.')
+    p.add_argument('--config', default='baby', choices=list(CONFIGS))
+    p.add_argument('--ckpt', default=None, help='a real generator instead of --config')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--amp', default='none', choices=['none', 'bf16', 'fp16'])
+    p.add_argument('--compile', action='store_true')
+    p.add_argument('--steps', type=int, default=5, help='timed steps per measurement (median)')
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--batch', type=int, default=8, help='batch of the forward-only measurements')
+    p.add_argument('--skip_full', action='store_true', help='skip the --adapter full measurement')
+    p.add_argument('--json', default=None, help='write the results here')
+    args = p.parse_args()
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    G0 = (Generator.from_checkpoint(args.ckpt) if args.ckpt else Generator(CONFIGS[args.config]).eval()).to(dev)
+    G0.requires_grad_(False)
+    idn = DlibFaceNet().to(dev)
+    peak = peak_flops(dev)
+    res = {'config': args.ckpt or args.config, 'device': str(dev) if dev.type == 'cpu' else torch.cuda.get_device_name(),
+           'threads': torch.get_num_threads(), 'amp': args.amp, 'peak_tflops': peak / 1e12}
+    if dev.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    def row(name, t, n_img, fl=None, extra=''):
+        res[name] = {'ms': t * 1e3, 'img_per_s': n_img / t, **({'tflops': fl / t / 1e12} if fl else {})}
+        util = f', {fl / t / 1e12:.3f} TFLOP/s = {100 * fl / t / peak:.0f}% of peak' if fl else ''
+        print(f'{name:<28} {t * 1e3:9.1f} ms  {n_img / t:7.2f} img/s{util}{extra}')
+
+    print(f'{res["config"]} on {res["device"]} ({res["threads"]} threads), amp {args.amp}, '
+          f'measured peak {peak / 1e12:.3f} TFLOP/s')
+    # 1. fused vs naive unlearning step (ode adapters)
+    S = build(G0, idn, args, 'ode')
+    n_img = S.n_u + S.n_adj + S.args.n_glob
+    t_fused = timeit(lambda: train.fused_step(S), dev, args.steps, args.warmup)
+    row('fused step (ode)', t_fused, n_img, flops(lambda: train.fused_step(S)))
+    t_naive = timeit(lambda: naive_step(S), dev, args.steps, args.warmup)
+    row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S)))
+    res['fused_speedup'] = t_naive / t_fused
+    print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
+    # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights)
+    with torch.no_grad():
+        for ad in (b.adapter for b in S.G.synthesis.blocks() if b.adapter is not None):
+            ad.f.net[2].weight.normal_(0, 1e-3)
+        ws = S.G.mapping(torch.randn(args.batch, S.G.cfg.z_dim, device=dev))
+        fwd = lambda **kw: S.G.synthesis(ws, **kw)  # noqa: E731
+        t_plain = timeit(lambda: fwd(T=0), dev, args.steps, args.warmup)
+        t_adapt = timeit(lambda: fwd(T=1.6, h=0.4), dev, args.steps, args.warmup)
+        row('plain forward', t_plain, args.batch, flops(lambda: fwd(T=0)))
+        row('adapted forward T=1.6', t_adapt, args.batch, flops(lambda: fwd(T=1.6, h=0.4)))
+    res['adapter_overhead'] = t_adapt / t_plain
+    print(f'  -> adapter overhead {t_adapt / t_plain:.2f}x')
+    # 3. hand-written solvers vs torchdiffeq, forward + backward through the adapted generator
+    ws1 = ws[:2]
+    for solver in ('euler', 'rk4'):
+        def run(backend):
+            S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend).square().mean().backward()
+        t_nat, t_tde = (timeit(lambda b=b: run(b), dev, args.steps, args.warmup) for b in ('native', 'torchdiffeq'))
+        res[f'solver_{solver}'] = {'native_ms': t_nat * 1e3, 'torchdiffeq_ms': t_tde * 1e3, 'ratio': t_tde / t_nat}
+        print(f'{solver:>5}: native {t_nat * 1e3:.1f} ms, torchdiffeq {t_tde * 1e3:.1f} ms -> native is '
+              f'{t_tde / t_nat:.2f}x the speed')
+    # 4. ode vs full fine-tuning: step time and memory
+    kinds = ['ode'] + ([] if args.skip_full else ['full'])
+    for kind in kinds:
+        Sk = S if kind == 'ode' else build(G0, idn, args, kind)
+        if dev.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        t = t_fused if kind == 'ode' else timeit(lambda: train.fused_step(Sk), dev, args.steps, args.warmup)
+        train.fused_step(Sk)
+        n_train = sum(p.numel() for p in Sk.G.parameters() if p.requires_grad)
+        opt_mb = sum(v.numel() * v.element_size() for st in Sk.opt.state.values() for v in st.values()
+                     if torch.is_tensor(v)) / 2 ** 20
+        mem = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda' else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res[f'adapter_{kind}'] = {'ms': t * 1e3, 'trainable': n_train, 'optimizer_mb': opt_mb, 'peak_mb': mem}
+        print(f'--adapter {kind:<5} {t * 1e3:9.1f} ms/step, {n_train:,} trainable, optimizer state {opt_mb:.1f} MB, '
+              f'peak memory {mem:.0f} MB{" (process RSS)" if dev.type == "cpu" else ""}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
