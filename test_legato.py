@@ -752,3 +752,24 @@ def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt):
     with pytest.raises(SystemExit, match='no such file'):
         run_train(tmp_path / 'missing.pt', tmp_path / 'x', '--iters', '1')
     assert not (tmp_path / 'x').exists()
+
+
+# -----------------------------------------------------------------------------
+# pretrain.py
+
+import pretrain  # noqa: E402
+
+
+def test_pretrain_runs_resumes_and_exports(tmp_path):
+    common = ['--out', str(tmp_path / 'run'), '--res', '32', '--zdim', '16', '--channels', '16', '--channel_base', '256',
+              '--dchannels', '8', '--mapping', '2', '--batch', '2', '--sample_every', '2', '--ckpt_every', '100']
+    pretrain.main(common + ['--iters', '2'])
+    ck = torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)
+    assert ck['step'] == 2 and (tmp_path / 'run' / 'samples_0000002.png').exists()
+    pretrain.main(common + ['--iters', '3'])  # resumes at step 2
+    assert torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)['step'] == 3
+    pretrain.main(common + ['--export', str(tmp_path / 'baby.pt')])
+    G = Generator.from_checkpoint(tmp_path / 'baby.pt')
+    assert G.cfg.img_resolution == 32 and G(torch.randn(2, 16)).shape == (2, 3, 32, 32)
+    with pytest.raises(SystemExit, match='another config'):
+        pretrain.main(common[:-10] + ['--channels', '8', '--iters', '4'])
