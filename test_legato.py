@@ -773,3 +773,41 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
     assert G.cfg.img_resolution == 32 and G(torch.randn(2, 16)).shape == (2, 3, 32, 32)
     with pytest.raises(SystemExit, match='another config'):
         pretrain.main(common[:-10] + ['--channels', '8', '--iters', '4'])
+
+
+# -----------------------------------------------------------------------------
+# evaluate.py
+
+import evaluate  # noqa: E402
+
+
+def test_frechet_distance_matches_direct_computation():
+    from scipy import linalg
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8))
+    b = rng.normal(loc=0.3, size=(400, 8)) @ rng.normal(size=(8, 8))
+    mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
+    mu2, s2 = b.mean(0), np.cov(b, rowvar=False)
+    r1 = linalg.sqrtm(s1)
+    direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(r1 @ s2 @ r1).real)  # symmetric form
+    ours = evaluate.frechet_distance(*evaluate.stats(torch.from_numpy(a)), *evaluate.stats(torch.from_numpy(b)))
+    assert ours == pytest.approx(direct, rel=1e-6)
+    assert abs(evaluate.frechet_distance(mu1, s1, mu1, s1)) < 1e-6
+
+
+def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None)
+    m = evaluate.evaluate_run(out, args, torch.device('cpu'))
+    assert m['trainable_params'] == 2688 and m['kind'] == 'ode' and math.isfinite(m['FD_dlib_pre'])
+    rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
+    assert [r['T'] for r in rows] == [0, 0.8, 1.6] and rows[0]['ID'] == 0 and rows[0]['retain_random'] == 0
+    assert (out / 'sweep_strip.png').exists() and (out / 'sweep.json').exists()
+    with pytest.raises(SystemExit, match='no such run folder'):
+        evaluate.load_run(tmp_path / 'nope', 'cpu')
+    (tmp_path / 'empty_run').mkdir()
+    with pytest.raises(SystemExit, match='no adapter.pt'):
+        evaluate.load_run(tmp_path / 'empty_run', 'cpu')
+    (tmp_path / 'reals').mkdir()
+    with pytest.raises(SystemExit, match='no .jpg/.png/.webp photos'):
+        evaluate.real_fd(*evaluate.load_run(out, 'cpu')[:3], evaluate.Judge(args, 'cpu'), tmp_path / 'reals', 'cpu')
