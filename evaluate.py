@@ -56,6 +56,134 @@ def psnr(a, b):
 
 
 # -----------------------------------------------------------------------------
+# FID's Inception-v3 (the TF-ported network of pytorch-fid; torchvision key names), for users with its weights
+
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+class _Conv(nn.Module):
+    """conv (no bias) + batch norm (eps 1e-3) + relu: torchvision's BasicConv2d."""
+
+    def __init__(self, cin, cout, k, s=1, p=0):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, s, p, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _avg(x):  # the FID network's average pools exclude the padding
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+class _A(nn.Module):
+    def __init__(self, cin, pool):
+        super().__init__()
+        self.branch1x1 = _Conv(cin, 64, 1)
+        self.branch5x5_1, self.branch5x5_2 = _Conv(cin, 48, 1), _Conv(48, 64, 5, p=2)
+        self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3 = _Conv(cin, 64, 1), _Conv(64, 96, 3, p=1), _Conv(96, 96, 3, p=1)
+        self.branch_pool = _Conv(cin, pool, 1)
+
+    def forward(self, x):
+        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))), self.branch_pool(_avg(x))], 1)
+
+
+class _B(nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.branch3x3 = _Conv(cin, 384, 3, s=2)
+        self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3 = _Conv(cin, 64, 1), _Conv(64, 96, 3, p=1), _Conv(96, 96, 3, s=2)
+
+    def forward(self, x):
+        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                          F.max_pool2d(x, 3, 2)], 1)
+
+
+class _C(nn.Module):
+    def __init__(self, cin, c7):
+        super().__init__()
+        h, v = dict(k=(1, 7), p=(0, 3)), dict(k=(7, 1), p=(3, 0))
+        self.branch1x1 = _Conv(cin, 192, 1)
+        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = _Conv(cin, c7, 1), _Conv(c7, c7, **h), _Conv(c7, 192, **v)
+        self.branch7x7dbl_1, self.branch7x7dbl_2 = _Conv(cin, c7, 1), _Conv(c7, c7, **v)
+        self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5 = _Conv(c7, c7, **h), _Conv(c7, c7, **v), _Conv(c7, 192, **h)
+        self.branch_pool = _Conv(cin, 192, 1)
+
+    def forward(self, x):
+        d = x
+        for i in range(1, 6):
+            d = getattr(self, f'branch7x7dbl_{i}')(d)
+        return torch.cat([self.branch1x1(x), self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))), d,
+                          self.branch_pool(_avg(x))], 1)
+
+
+class _D(nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.branch3x3_1, self.branch3x3_2 = _Conv(cin, 192, 1), _Conv(192, 320, 3, s=2)
+        self.branch7x7x3_1, self.branch7x7x3_2 = _Conv(cin, 192, 1), _Conv(192, 192, (1, 7), p=(0, 3))
+        self.branch7x7x3_3, self.branch7x7x3_4 = _Conv(192, 192, (7, 1), p=(3, 0)), _Conv(192, 192, 3, s=2)
+
+    def forward(self, x):
+        b = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b, F.max_pool2d(x, 3, 2)], 1)
+
+
+class _E(nn.Module):
+    def __init__(self, cin, max_pool):
+        super().__init__()
+        self.max_pool = max_pool  # the last block of the FID network max-pools its pool branch
+        self.branch1x1 = _Conv(cin, 320, 1)
+        self.branch3x3_1 = _Conv(cin, 384, 1)
+        self.branch3x3_2a, self.branch3x3_2b = _Conv(384, 384, (1, 3), p=(0, 1)), _Conv(384, 384, (3, 1), p=(1, 0))
+        self.branch3x3dbl_1, self.branch3x3dbl_2 = _Conv(cin, 448, 1), _Conv(448, 384, 3, p=1)
+        self.branch3x3dbl_3a, self.branch3x3dbl_3b = _Conv(384, 384, (1, 3), p=(0, 1)), _Conv(384, 384, (3, 1), p=(1, 0))
+        self.branch_pool = _Conv(cin, 192, 1)
+
+    def forward(self, x):
+        a = self.branch3x3_1(x)
+        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        pool = F.max_pool2d(x, 3, 1, 1) if self.max_pool else _avg(x)
+        return torch.cat([self.branch1x1(x), self.branch3x3_2a(a), self.branch3x3_2b(a), self.branch3x3dbl_3a(d),
+                          self.branch3x3dbl_3b(d), self.branch_pool(pool)], 1)
+
+
+class FIDInception(nn.Module):
+    """Inception-v3 as used for FID (pt_inception-2015-12-05-6726825d.pth): [-1, 1] images -> 2048-d pool3."""
+
+    def __init__(self, path=None):
+        super().__init__()
+        self.Conv2d_1a_3x3, self.Conv2d_2a_3x3 = _Conv(3, 32, 3, s=2), _Conv(32, 32, 3)
+        self.Conv2d_2b_3x3, self.Conv2d_3b_1x1, self.Conv2d_4a_3x3 = _Conv(32, 64, 3, p=1), _Conv(64, 80, 1), _Conv(80, 192, 3)
+        self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = _A(192, 32), _A(256, 64), _A(288, 64)
+        self.Mixed_6a = _B(288)
+        self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e = _C(768, 128), _C(768, 160), _C(768, 160), _C(768, 192)
+        self.Mixed_7a = _D(768)
+        self.Mixed_7b, self.Mixed_7c = _E(1280, False), _E(2048, True)
+        self.fc = nn.Linear(2048, 1008)  # in the weight file, unused for FID
+        if path:
+            try:
+                sd = torch.load(path, map_location='cpu', weights_only=True)
+                missing, unexpected = self.load_state_dict(sd, strict=False)
+            except Exception as e:  # noqa: BLE001
+                raise SystemExit(f'error: {path}: not a readable FID Inception state dict ({type(e).__name__})')
+            if [k for k in missing if not k.endswith('num_batches_tracked')] or unexpected:
+                raise SystemExit(f'error: {path}: not the FID Inception weights (key names differ)')
+        self.eval().requires_grad_(False)
+
+    def forward(self, images):
+        x = F.interpolate(images, size=(299, 299), mode='bilinear', align_corners=False)
+        x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, 2)
+        x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, 2)
+        for name in ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e', '7a', '7b', '7c'):
+            x = getattr(self, f'Mixed_{name}')(x)
+        return x.mean(dim=[2, 3])
+
+
+# -----------------------------------------------------------------------------
 # a run folder -> the original and the unlearned generator
 
 def load_run(run, device):
@@ -104,6 +232,15 @@ class Judge:
         self.idn = load_id_net(args.id_net, args.id_weights).to(device)
         self.device, self.n = device, args.n
         self.name = args.id_net
+        inception = getattr(args, 'inception', None)
+        self.inception = FIDInception(inception).to(device) if inception else None
+        self.fd_name = 'FID' if inception else f'FD_{args.id_net}'  # never call a descriptor distance FID
+
+    def fd_feats(self, imgs, emb=None, bs=32):
+        """Features for Frechet distances: Inception pool3 when given, else the identity descriptors."""
+        if self.inception is None:
+            return self.emb(imgs) if emb is None else emb
+        return torch.cat([self.inception(imgs[i:i + bs]) for i in range(0, len(imgs), bs)])
 
     def emb(self, imgs, bs=32):
         return torch.cat([self.idn.embed(imgs[i:i + bs]) for i in range(0, len(imgs), bs)])
@@ -152,7 +289,7 @@ def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True):
     m['retain_random'] = J.dist(fb, fa).mean().item()
     m['retain_random_psnr'] = psnr(rb, ra).mean().item()
     if fd:
-        m[f'FD_{J.name}_pre'] = frechet_distance(*stats(fb), *stats(fa))
+        m[f'{J.fd_name}_pre'] = frechet_distance(*stats(J.fd_feats(rb, fb)), *stats(J.fd_feats(ra, fa)))
     return m
 
 
@@ -193,13 +330,14 @@ def real_fd(G_s, G_u, s_kw, J, real, device):
             imgs = torch.cat([load_faces(p, G_s.cfg.img_resolution, align=False)[0] for p in list_photos(real)])
         except DataError as e:
             raise SystemExit(f'error: {e}')
-        mu, sig = stats(J.emb(imgs.to(device)))
+        with torch.no_grad():
+            mu, sig = stats(J.fd_feats(imgs.to(device)))
     z = torch.randn(J.n, G_s.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         ws = G_s.mapping(z)
-        fs, fu = J.emb(generate(G_s, ws, s_kw)), J.emb(generate(G_u, ws, {}))
+        fs, fu = J.fd_feats(generate(G_s, ws, s_kw)), J.fd_feats(generate(G_u, ws, {}))
     d_s, d_u = frechet_distance(mu, sig, *stats(fs)), frechet_distance(mu, sig, *stats(fu))
-    return {f'FD_{J.name}_real_before': d_s, f'FD_{J.name}_real_after': d_u, f'dFD_{J.name}_real': d_u - d_s}
+    return {f'{J.fd_name}_real_before': d_s, f'{J.fd_name}_real_after': d_u, f'd{J.fd_name}_real': d_u - d_s}
 
 
 # -----------------------------------------------------------------------------
@@ -307,7 +445,7 @@ def compare(runs):
         rows.append({'run': str(run), **json.load(open(p))})
     keys = ['run', 'kind', 'ID', 'ID_photo_after', 'ID_others', 'ID_heldout_photo_after', 'retain_people',
             'retain_random', 'retain_random_psnr']
-    keys += sorted({k for r in rows for k in r if k.startswith(('FD_', 'dFD_'))})
+    keys += sorted({k for r in rows for k in r if k.startswith(('FD_', 'dFD_', 'FID', 'dFID'))})
     keys += ['trainable_params', 'adapter_file_mb', 'train_wall_s']
     print(table(rows, keys))
 
@@ -373,6 +511,7 @@ def main():
     p.add_argument('--real', default=None, help='folder of real images (or .npz with mu, sigma) for dFD_real')
     p.add_argument('--id_net', default='dlib', choices=['dlib', 'arcface', 'curricularface'])
     p.add_argument('--id_weights', default=None)
+    p.add_argument('--inception', default=None, help='FID Inception weights (pt_inception-2015-12-05-6726825d.pth): real FID')
     p.add_argument('--invert_steps', type=int, default=300)
     p.add_argument('--out', default=None, help='output file for --curve / --baby-report pictures')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')

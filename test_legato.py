@@ -811,3 +811,22 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     (tmp_path / 'reals').mkdir()
     with pytest.raises(SystemExit, match='no .jpg/.png/.webp photos'):
         evaluate.real_fd(*evaluate.load_run(out, 'cpu')[:3], evaluate.Judge(args, 'cpu'), tmp_path / 'reals', 'cpu')
+
+
+def test_fid_inception_loads_official_key_names(tmp_path):
+    ref = evaluate.FIDInception()
+    sd = ref.state_dict()
+    expect = {'Conv2d_1a_3x3.conv.weight': (32, 3, 3, 3), 'Conv2d_4a_3x3.bn.running_var': (192,),
+              'Mixed_5b.branch5x5_2.conv.weight': (64, 48, 5, 5), 'Mixed_6a.branch3x3.conv.weight': (384, 288, 3, 3),
+              'Mixed_6e.branch7x7dbl_5.conv.weight': (192, 192, 1, 7), 'Mixed_7a.branch3x3_2.conv.weight': (320, 192, 3, 3),
+              'Mixed_7c.branch3x3dbl_3b.conv.weight': (384, 384, 3, 1), 'fc.weight': (1008, 2048)}
+    for k, shape in expect.items():
+        assert tuple(sd[k].shape) == shape, k
+    fake = {k: (torch.rand(v.shape) + 0.5 if 'running_var' in k else torch.randn(v.shape) * 0.05)
+            for k, v in sd.items() if not k.endswith('num_batches_tracked')}  # the FID file has no such entries
+    torch.save(fake, tmp_path / 'pt_inception.pth')
+    net = evaluate.FIDInception(tmp_path / 'pt_inception.pth')
+    assert net(torch.rand(2, 3, 64, 64) * 2 - 1).shape == (2, 2048)
+    torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
+    with pytest.raises(SystemExit, match='not the FID Inception weights'):
+        evaluate.FIDInception(tmp_path / 'other.pth')
