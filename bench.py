@@ -122,6 +122,7 @@ def main():
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--batch', type=int, default=8, help='batch of the forward-only measurements')
     p.add_argument('--skip_full', action='store_true', help='skip the --adapter full measurement')
+    p.add_argument('--skip_solvers', action='store_true', help='skip native vs torchdiffeq (slow at 256 px and up on a CPU)')
     p.add_argument('--json', default=None, help='write the results here')
     args = p.parse_args()
     dev = torch.device(args.device)
@@ -165,7 +166,7 @@ def main():
     print(f'  -> adapter overhead {t_adapt / t_plain:.2f}x')
     # 3. hand-written solvers vs torchdiffeq, forward + backward through the adapted generator
     ws1 = ws[:2]
-    for solver in ('euler', 'rk4'):
+    for solver in () if args.skip_solvers else ('euler', 'rk4'):
         def run(backend):
             S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend).square().mean().backward()
         t_nat, t_tde = (timeit(lambda b=b: run(b), dev, args.steps, args.warmup) for b in ('native', 'torchdiffeq'))
