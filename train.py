@@ -169,6 +169,21 @@ def fused_step(S):
     return L
 
 
+def invert_others(args, G, idn):
+    """{person: W+ latent} of the first photo of every other identity folder under --retain."""
+    if args.retain == 'none' or not Path(args.retain).is_dir():
+        return {}
+    forgotten = Path(args.identity).resolve()
+    faces = {}
+    for person in sorted(d for d in Path(args.retain).iterdir() if d.is_dir()):
+        if person.resolve() not in (forgotten, forgotten.parent):
+            faces[person.name] = load_faces(person, G.cfg.img_resolution, align=False)[0][:1]
+    if not faces:
+        return {}
+    ws, _, _ = invert(G, torch.cat(list(faces.values())), idn, steps=args.invert_steps)
+    return {k: ws[i:i + 1] for i, k in enumerate(faces)}
+
+
 def main(argv=None):
     args = get_args(argv)
     out = Path(args.out) if args.out else default_out(args)
@@ -188,21 +203,15 @@ def main(argv=None):
         idn = load_id_net(args.id_net, args.id_weights).to(dev)
         perc = (LPIPSVGG(args.vgg, args.lpips_lin) if args.vgg else IDFeatureDistance(idn)).to(dev)
         print(f'generator {args.ckpt} ({G.cfg.img_resolution} px); identity: {args.id_net}; perceptual: {perc.name}')
-        # who to forget, and the others to show
-        ws_u, info = resolve_identity(args.identity, G, idn, steps=args.invert_steps)
+        if args.resume:  # who to forget (and the others) were settled by the run being resumed
+            ck = torch.load(out / 'ckpt.pt', map_location=dev, weights_only=True)
+            ws_u, info, retain = ck['ws_u'].to(dev), ck['info'], {k: v.to(dev) for k, v in ck['retain'].items()}
+        else:
+            ws_u, info = resolve_identity(args.identity, G, idn, steps=args.invert_steps)
+            info.pop('photos', None)
+            retain = invert_others(args, G, idn)
         if 'inversion_id_distance' in info:
             print(f'inverted {len(ws_u)} photo(s): identity distance {[round(d, 3) for d in info["inversion_id_distance"]]}')
-        retain = {}
-        if args.retain != 'none' and Path(args.retain).is_dir():
-            forgotten = Path(args.identity).resolve()
-            for person in sorted(d for d in Path(args.retain).iterdir() if d.is_dir()):
-                if person.resolve() in (forgotten, forgotten.parent):
-                    continue
-                faces, _ = load_faces(person, G.cfg.img_resolution, align=False)
-                retain[person.name] = faces[:1]
-            if retain:
-                ws_r, _, _ = invert(G, torch.cat(list(retain.values())), idn, steps=args.invert_steps)
-                retain = {k: ws_r[i:i + 1] for i, k in enumerate(retain)}
     except (CheckpointError, DataError, ValueError) as e:
         raise SystemExit(f'error: {e}')
     out.mkdir(parents=True, exist_ok=True)
@@ -210,14 +219,11 @@ def main(argv=None):
     S = prepare(args, G, idn, perc, ws_u)
     param_report(G)
     step, wall, loss = 0, 0.0, None
-    if args.resume:  # ws_u / ws_t from the checkpoint: the run goes on exactly as it would have
-        ck = torch.load(out / 'ckpt.pt', map_location=dev, weights_only=True)
+    if args.resume:  # the run goes on exactly as it would have
         G.synthesis.load_state_dict(ck['synthesis'], strict=False)
         S.opt.load_state_dict(ck['opt'])
         S.gen.set_state(ck['gen'].to('cpu') if dev.type == 'cpu' else ck['gen'])
         step, wall = ck['step'], ck['wall']
-        S.ws_u, S.ws_t = ck['ws_u'].to(dev), ck['ws_t'].to(dev)
-        set_targets(S)
         print(f'resumed {out}/ckpt.pt at step {step}')
 
     def trainable_state():
@@ -227,7 +233,7 @@ def main(argv=None):
         if loss is not None and not torch.isfinite(loss):  # never overwrite a good checkpoint with NaNs
             raise FloatingPointError(f'non-finite loss at step {step}')
         atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(), 'step': step,
-                     'wall': wall, 'ws_u': S.ws_u, 'ws_t': S.ws_t, 'args': vars(args)}, out / 'ckpt.pt')
+                     'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain, 'args': vars(args)}, out / 'ckpt.pt')
 
     stop = {'now': False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -270,7 +276,7 @@ def main(argv=None):
         return out
 
     # results: the adapters (or the fine-tuned synthesis), a before/after picture
-    meta = {'identity': {k: v for k, v in info.items() if k != 'photos'}, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
+    meta = {'identity': info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
             'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'args': vars(args), 'steps': step, 'wall_s': wall,
             'kind': args.adapter}
     if args.adapter == 'full':
