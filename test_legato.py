@@ -830,3 +830,12 @@ def test_fid_inception_loads_official_key_names(tmp_path):
     torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
     with pytest.raises(SystemExit, match='not the FID Inception weights'):
         evaluate.FIDInception(tmp_path / 'other.pth')
+
+
+def test_train_on_the_baby_generator(tmp_path):
+    """A few steps of the real loop on the committed built-in generator with its default adapters."""
+    out = train.main(['--out', str(tmp_path / 'baby'), '--identity', 'seed:1', '--retain', 'none', '--iters', '2',
+                      '--log_every', '1'])
+    rec = [json.loads(line) for line in open(out / 'log.jsonl')]
+    assert len(rec) == 2 and all(math.isfinite(r['loss']) for r in rec)
+    assert torch.load(out / 'adapter.pt', weights_only=True)['generator_config']['img_resolution'] == 64
