@@ -24,6 +24,7 @@ import train
 from id_net import DlibFaceNet
 from losses import IDFeatureDistance, image_terms, trajectory_consistency
 from model import Generator, GeneratorConfig
+from ode_adapter import adapters
 
 CONFIGS = {
     'baby': GeneratorConfig(img_resolution=64, z_dim=128, w_dim=128, channel_base=4096, channel_max=128,
@@ -74,24 +75,23 @@ def naive_step(S):
     trajectory, and the constant target G_s(w_t) recomputed every step; one backward."""
     a, G, G_s = S.args, S.G, S.G_s
     w_adj_u, w_adj_t, w_glob = train.sample_latents(S)
+
+    def pair_loss(w, w_t):  # one batch-1 pass of each generator, then the three image terms
+        img = G.synthesis(w)
+        with torch.no_grad():
+            img_t = G_s.synthesis(w_t, **S.s_kw)
+            et, ft = train.describe(S, img_t)
+        e, f = train.describe(S, img)
+        return image_terms(img, f, e, img_t, ft, et, S.perc, S.idn.distance, a.w_pix, a.w_perc, a.w_id).sum()
+
     loss = 0
     for i in range(S.n_u):
         traj = {}
         G.synthesis(S.ws_u[i:i + 1], traj=traj)  # the trajectory pass
         loss = loss + a.w_tc * trajectory_consistency(traj, 1, S.blocks)
-        img = G.synthesis(S.ws_u[i:i + 1])
-        with torch.no_grad():
-            img_t = G_s.synthesis(S.ws_t[i:i + 1], **S.s_kw)
-            et, ft = train.describe(S, img_t)
-        e, f = train.describe(S, img)
-        loss = loss + a.w_local * image_terms(img, f, e, img_t, ft, et, S.perc, S.idn.distance, a.w_pix, a.w_perc, a.w_id).sum()
+        loss = loss + a.w_local * pair_loss(S.ws_u[i:i + 1], S.ws_t[i:i + 1])
     for j in range(len(w_adj_u)):
-        img = G.synthesis(w_adj_u[j:j + 1])
-        with torch.no_grad():
-            img_t = G_s.synthesis(w_adj_t[j:j + 1], **S.s_kw)
-            et, ft = train.describe(S, img_t)
-        e, f = train.describe(S, img)
-        loss = loss + a.w_adj * image_terms(img, f, e, img_t, ft, et, S.perc, S.idn.distance, a.w_pix, a.w_perc, a.w_id).sum()
+        loss = loss + a.w_adj * pair_loss(w_adj_u[j:j + 1], w_adj_t[j:j + 1])
     for j in range(len(w_glob)):
         img = G.synthesis(w_glob[j:j + 1])
         with torch.no_grad():
@@ -154,7 +154,7 @@ def main():
     print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
     # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights)
     with torch.no_grad():
-        for ad in (b.adapter for b in S.G.synthesis.blocks() if b.adapter is not None):
+        for ad in adapters(S.G).values():
             ad.f.net[2].weight.normal_(0, 1e-3)
         ws = S.G.mapping(torch.randn(args.batch, S.G.cfg.z_dim, device=dev))
         fwd = lambda **kw: S.G.synthesis(ws, **kw)  # noqa: E731

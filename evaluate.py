@@ -22,7 +22,7 @@ import torch
 from scipy import linalg
 from tqdm import tqdm
 
-from data import DataError, IMAGE_EXTS, invert, list_photos, load_faces, save_grid
+from data import DataError, IMAGE_EXTS, invert, list_photos, load_faces, save_grid, to_uint8
 from id_net import load_id_net
 from model import CheckpointError, Generator
 from ode_adapter import load_adapters
@@ -483,7 +483,7 @@ def baby_report(args, device):
     for i in tqdm(range(0, args.n, 50), desc='samples'):
         img = G(z[i:i + 50], psi=0.7, noise_mode='const')
         big = torch.nn.functional.interpolate(img, size=256, mode='bilinear', align_corners=False)
-        u8 = (big * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        u8 = to_uint8(big)
         found += sum(len(det(np.ascontiguousarray(x), 0)) > 0 for x in u8)
         e = idn.embed(img)
         d = torch.stack([torch.cdist(e, r).min(dim=1).values for r in ref.values()], 1)  # [n, people]

@@ -74,11 +74,11 @@ def bias_act(x, b=None, lrelu=True, gain=1.0, clamp=None):
     return x
 
 
-def modulated_conv2d(x, weight, styles, demodulate=True, up=1, noise=None, fused=True):
+def modulated_conv2d(x, weight, styles, demodulate=True, up=1, f=None, noise=None, fused=True):
     """StyleGAN2's modulated convolution. x [N,I,H,W], weight [O,I,k,k], styles [N,I] -> [N,O,H',W'].
 
     fused=True: one grouped conv with per-sample weights; fused=False: scale the input, shared conv,
-    scale the output (cheaper for large batches). Same math, ~1e-6 apart in fp32.
+    scale the output (cheaper for large batches). Same math, ~1e-6 apart in fp32. f: the [4, 4] filter of up=2.
     """
     N, I, H, W = x.shape
     O, _, kh, kw = weight.shape
@@ -107,7 +107,7 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=1, noise=None, fused
         if demodulate:
             x = x * dcoefs.to(x.dtype)[:, :, None, None]
     if up > 1:  # conv_transpose gives 2H+1; the filter (pad 1, gain 4) brings it to 2H
-        x = upfirdn2d(x, setup_filter().to(x.device), pad=(1, 1, 1, 1), gain=4)
+        x = upfirdn2d(x, f, pad=(1, 1, 1, 1), gain=4)
     if noise is not None:
         x = x + noise.to(x.dtype)
     return x
@@ -178,7 +178,7 @@ class SynthesisLayer(nn.Module):
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device) * self.noise_strength
         elif noise_mode == 'const':
             noise = self.noise_const * self.noise_strength
-        x = modulated_conv2d(x, self.weight, styles, up=self.up, noise=noise, fused=fused)
+        x = modulated_conv2d(x, self.weight, styles, up=self.up, f=self.resample_filter, noise=noise, fused=fused)
         return bias_act(x, self.bias, lrelu=True, clamp=self.conv_clamp)
 
 
