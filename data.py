@@ -192,10 +192,12 @@ def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.
     opt = torch.optim.Adam([ws], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in tqdm(range(steps), desc='invert', disable=not progress, leave=False):
-        img = G.synthesis(ws, noise_mode='const', T=0)
-        emb, feats = id_net.features(img)
-        loss = (w_pix * (img - target).square().mean(dim=[1, 2, 3]) + w_perc * perceptual(feats, feats_t)
-                + w_id * id_net.distance(emb, emb_t)).sum()
+        img = G.synthesis(ws, noise_mode='const', fused=False, T=0)  # fused=False: faster for a batch with grads
+        loss = w_pix * (img - target).square().mean(dim=[1, 2, 3])
+        if w_perc or w_id:
+            emb, feats = id_net.features(img)
+            loss = loss + w_perc * perceptual(feats, feats_t) + w_id * id_net.distance(emb, emb_t)
+        loss = loss.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

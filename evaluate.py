@@ -255,7 +255,7 @@ def generate(G, ws, kw, bs=16):
 
 
 @torch.no_grad()
-def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True):
+def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True, retain_photos=None):
     """The metric dict of one generator pair; u_kw (e.g. {'T': 0.8}) picks a point on the dial."""
     dev = J.device
     ws_u = meta['ws_u'].to(dev)
@@ -280,6 +280,10 @@ def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True):
         rb, ra = generate(G_s, w, s_kw), generate(G_u, w, u_kw)
         m[f'retain_{name}'] = J.dist(J.emb(rb), J.emb(ra)).mean().item()
         m[f'retain_{name}_psnr'] = psnr(rb, ra).mean().item()
+        if retain_photos and name in retain_photos:  # still recognised as that person? (the photo it was inverted from)
+            ep = J.emb(retain_photos[name].to(dev))
+            m[f'retain_{name}_photo_before'] = J.dist(J.emb(rb), ep).mean().item()
+            m[f'retain_{name}_photo_after'] = J.dist(J.emb(ra), ep).mean().item()
     if retain:
         m['retain_people'] = float(np.mean([m[f'retain_{k}'] for k in retain]))
     z = torch.randn(J.n, G_s.cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -304,10 +308,13 @@ def evaluate_run(run, args, device):
         files = held_out_photos(meta)
         if files:
             hp = torch.cat([load_faces(f, res)[0] for f in files]).to(device)
-            ws_h, _, _ = invert(G_s, hp, J.idn, steps=args.invert_steps)
+            ws_h, _, _ = invert(G_s, hp, J.idn, steps=args.invert_steps or 300)
             with torch.no_grad():
                 held = (ws_h, J.emb(hp))
-    m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held)
+    retain_dir = Path(meta['args'].get('retain') or 'none')
+    retain_photos = {k: load_faces(retain_dir / k, res, align=False)[0][:1] for k in (meta.get('retain_ws') or {})
+                     if (retain_dir / k).is_dir()}  # train.py inverted the first photo of each of these folders
+    m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
     m['held_out_photos'] = [f.name for f in held_out_photos(meta)]
     if args.real:
         m.update(real_fd(G_s, G_u, s_kw, J, args.real, device))
@@ -467,7 +474,7 @@ def baby_report(args, device):
     allx = torch.cat([x for x, _ in photos.values()]).to(device)
     names = [n for _, ns in photos.values() for n in ns]
     with torch.enable_grad():
-        ws, mse, dist = invert(G, allx, idn, steps=args.invert_steps, w_perc=0, w_id=0)
+        ws, mse, dist = invert(G, allx, idn, steps=args.invert_steps or 1000, w_perc=0, w_id=0)
     for n, d, e in zip(names, dist.tolist(), mse.tolist()):
         rep['inversion'][n] = {'id_distance': d, 'pixel_mse': e, 'recognised': d < 0.6}
     # held-out: the other Obama photos against the image of the latent inverted from obama_1
@@ -512,7 +519,8 @@ def main():
     p.add_argument('--id_net', default='dlib', choices=['dlib', 'arcface', 'curricularface'])
     p.add_argument('--id_weights', default=None)
     p.add_argument('--inception', default=None, help='FID Inception weights (pt_inception-2015-12-05-6726825d.pth): real FID')
-    p.add_argument('--invert_steps', type=int, default=300)
+    p.add_argument('--invert_steps', type=int, default=None,
+                   help='inversion steps (default 300; 1000 for --baby-report, whose inversion uses pixels only)')
     p.add_argument('--out', default=None, help='output file for --curve / --baby-report pictures')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args()

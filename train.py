@@ -42,11 +42,15 @@ def get_args(argv=None):
       help="folder of identity folders shown as 'others' in the picture and kept in adapter.pt ('none' to skip)")
     a('--out', default=None, help='run folder (default runs/<identity>-<adapter>, numbered if taken)')
     a('--resume', action='store_true', help='continue the run in --out from its ckpt.pt')
-    a('--iters', type=int, default=1000)
+    a('--iters', type=int, default=None,
+      help="optimisation steps (default: the paper's 1000; 500 on the built-in baby, which has forgotten by step 250 "
+           "and only loses retention after, see assets/README.md)")
     a('--lr', type=float, default=1e-4, help='Adam learning rate (trainable parameters only)')
     a('--adapter', default='ode', choices=['ode', 'residual', 'full'],
       help='ode: LEGATO; residual: one-step residual adapter x + f(x); full: GUIDE, fine-tune all of synthesis')
-    a('--hidden', type=int, default=256, help='adapter hidden width')
+    a('--hidden', type=int, default=None,
+      help="adapter hidden width (default: the generator's channel_max / 2, i.e. the paper's 256 for the official "
+           "512-channel StyleGAN2s and 64 for the 128-channel baby)")
     a('--solver', default='euler', help='euler | midpoint | rk4, or any torchdiffeq method with --backend torchdiffeq')
     a('--backend', default='native', choices=['native', 'torchdiffeq', 'adjoint'], help='ODE solver backend')
     a('--step', type=float, default=0.4, help='ODE step size h')
@@ -100,7 +104,7 @@ def prepare(args, G, idn, perc, ws_u):
         S.s_kw = {}
     else:  # adapters on a frozen G; G_s is the same network at T = 0 (exactly the original)
         T, h = (1.0, 1.0) if args.adapter == 'residual' else (args.t_end, args.step)
-        attach_adapters(G, args.hidden, T=T, h=h, solver=args.solver, backend=args.backend)
+        attach_adapters(G, args.hidden or G.cfg.channel_max // 2, T=T, h=h, solver=args.solver, backend=args.backend)
         S.G_s, S.s_kw = G, {'T': 0}
     S.syn = torch.compile(G.synthesis) if args.compile else G.synthesis
     S.amp = nullcontext() if args.amp == 'none' else \
@@ -117,7 +121,7 @@ def prepare(args, G, idn, perc, ws_u):
 def set_targets(S):
     """The constant target G_s(w_t) and its embedding/features: computed once, not every step."""
     with torch.no_grad(), S.amp:
-        S.img_t = S.G_s.synthesis(S.ws_t, **S.s_kw).float()
+        S.img_t = S.G_s.synthesis(S.ws_t, fused=False, **S.s_kw).float()
         S.emb_t, S.feats_t = describe(S, S.img_t)
 
 
@@ -146,11 +150,11 @@ def fused_step(S):
     a, n_u, n_adj = S.args, S.n_u, S.n_adj
     w_adj_u, w_adj_t, w_glob = sample_latents(S)
     with torch.no_grad(), S.amp:  # frozen generator, only the targets that change
-        img_s = S.G_s.synthesis(torch.cat([w_adj_t, w_glob]), **S.s_kw).float()
+        img_s = S.G_s.synthesis(torch.cat([w_adj_t, w_glob]), fused=False, **S.s_kw).float()
         emb_s, feats_s = describe(S, img_s)
     traj = {}
     with S.amp:  # the trainable generator over [identity, adjacency, global]
-        img = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob]), traj=traj).float()
+        img = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob]), fused=False, traj=traj).float()
     emb, feats = describe(S, img)
     sl = lambda xs, i, j: [x[i:j] for x in xs]  # noqa: E731
 
@@ -192,6 +196,8 @@ def main(argv=None):
             raise SystemExit(f'error: {out}/ckpt.pt not found; nothing to resume (pass the --out of the run)')
     elif out.exists() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
+    if args.iters is None:
+        args.iters = 500 if Path(args.ckpt).resolve() == ROOT / 'assets/baby.pt' else 1000
     if args.iters < 1 or args.lr <= 0:
         raise SystemExit('error: --iters must be >= 1 and --lr > 0')
     dev = torch.device(args.device)
