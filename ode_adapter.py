@@ -25,7 +25,7 @@ class VectorField(nn.Module):
     """f(x): Conv1x1(C -> hidden) -> LeakyReLU(0.2) -> Conv1x1(hidden -> C). Autonomous: t is ignored.
 
     The 1x1 convs are per-pixel Linear layers on a channels-last state [..., C]: the same math, and on
-    CPU about 1.4x faster than nn.Conv2d (bench.py)."""
+    CPU about 1.4x faster than nn.Conv2d."""
 
     def __init__(self, channels, hidden=256):
         super().__init__()
@@ -35,8 +35,13 @@ class VectorField(nn.Module):
         nn.init.zeros_(self.net[2].weight)  # f == 0 at init: the adapter starts as the identity map
         nn.init.zeros_(self.net[2].bias)
 
+    CHUNK = 16384  # pixels per slice on CPU: keeps the [pixels, hidden] activations in cache
+
     def forward(self, t, x):
-        return self.net(x)
+        # x: [..., C]. On CPU the pixels go through in slices: the same numbers, ~2x faster at 256 px (bench.py)
+        if x.is_cuda or x.numel() <= self.CHUNK * x.shape[-1]:
+            return self.net(x)
+        return torch.cat([self.net(r) for r in x.reshape(-1, x.shape[-1]).split(self.CHUNK)]).view_as(x)
 
 
 # -----------------------------------------------------------------------------

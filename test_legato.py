@@ -311,6 +311,21 @@ def test_zero_init_is_identity():
             assert torch.equal(a, b)
 
 
+def test_vector_field_slices_match_one_pass():
+    """On CPU a large state goes through the MLP in pixel slices: values and gradients as one pass."""
+    torch.manual_seed(0)
+    f = VectorField(8, 16)
+    torch.nn.init.normal_(f.net[2].weight)
+    x = torch.randn(3, 100, 100, 8, requires_grad=True)  # 30,000 pixels: two slices
+    assert x.numel() > f.CHUNK * 8
+    y = f(0, x)
+    ref = f.net(x)
+    assert (y - ref).abs().max() < 1e-6
+    g, = torch.autograd.grad(y.square().sum(), f.net[0].weight)
+    g_ref, = torch.autograd.grad(ref.square().sum(), f.net[0].weight)
+    assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('solver', ['euler', 'midpoint', 'rk4'])
 @pytest.mark.parametrize('T,h', [(1.6, 0.4), (1.0, 0.3), (0.5, 0.125)])
