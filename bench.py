@@ -169,7 +169,10 @@ def main():
     for solver in () if args.skip_solvers else ('euler', 'rk4'):
         def run(backend):
             S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend).square().mean().backward()
-        t_nat, t_tde = (timeit(lambda b=b: run(b), dev, args.steps, args.warmup) for b in ('native', 'torchdiffeq'))
+        for _ in range(args.warmup):
+            run('native'), run('torchdiffeq')
+        ts = [[timeit(lambda b=b: run(b), dev, 1, 0) for b in ('native', 'torchdiffeq')] for _ in range(args.steps)]
+        t_nat, t_tde = (statistics.median(col) for col in zip(*ts))  # interleaved, so drift hits both alike
         res[f'solver_{solver}'] = {'native_ms': t_nat * 1e3, 'torchdiffeq_ms': t_tde * 1e3, 'ratio': t_tde / t_nat}
         print(f'{solver:>5}: native {t_nat * 1e3:.1f} ms, torchdiffeq {t_tde * 1e3:.1f} ms -> native is '
               f'{t_tde / t_nat:.2f}x the speed')

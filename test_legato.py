@@ -828,6 +828,15 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
         evaluate.real_fd(*evaluate.load_run(out, 'cpu')[:3], evaluate.Judge(args, 'cpu'), tmp_path / 'reals', 'cpu')
 
 
+def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--snapshot_every', '1', '--lr', '1e-2')
+    assert sorted(p.name for p in (out / 'snapshots').iterdir()) == ['000000.pt', '000001.pt', '000002.pt']
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, inception=None, out=None)
+    evaluate.curve([out], args, torch.device('cpu'))
+    c = json.load(open(out / 'curve.json'))
+    assert c['steps'] == [0, 1, 2] and c['run: forgotten'][0] == 0 and c['run: forgotten'][2] > 0
+
+
 def test_fid_inception_loads_official_key_names(tmp_path):
     ref = evaluate.FIDInception()
     sd = ref.state_dict()

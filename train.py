@@ -241,6 +241,12 @@ def main(argv=None):
         atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(), 'step': step,
                      'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain, 'args': vars(args)}, out / 'ckpt.pt')
 
+    def snapshot():
+        (out / 'snapshots').mkdir(exist_ok=True)
+        atomic_save({'step': step, 'synthesis': trainable_state()}, out / 'snapshots' / f'{step:06d}.pt')
+
+    if args.snapshot_every and step == 0:  # the curves start at the untouched generator
+        snapshot()
     stop = {'now': False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     log = open(out / 'log.jsonl', 'a')
@@ -260,8 +266,7 @@ def main(argv=None):
                 log.write(json.dumps(rec) + '\n')
                 log.flush()
             if args.snapshot_every and step % args.snapshot_every == 0:
-                (out / 'snapshots').mkdir(exist_ok=True)
-                atomic_save({'step': step, 'synthesis': trainable_state()}, out / 'snapshots' / f'{step:06d}.pt')
+                snapshot()
             if step % args.ckpt_every == 0:
                 wall += time.time() - t0
                 t0 = time.time()
