@@ -500,7 +500,11 @@ def baby_report(args, device):
                 who[people[j]] += 1
     rep['samples'] = {'n': args.n, 'psi': 0.7, 'face_detected': found / args.n,
                       'recognised_as': {p: c / args.n for p, c in who.items()}}
-    save_grid(G(z[:32], psi=0.7, noise_mode='const'), args.out or ROOT / 'assets' / 'baby_samples.png', nrow=8)
+    png = Path(args.out or ROOT / 'assets' / 'baby_samples.png')
+    save_grid(G(z[:32], psi=0.7, noise_mode='const'), png, nrow=8)
+    tmp = png.with_name(png.stem + '_report.json.tmp')
+    tmp.write_text(json.dumps(rep, indent=1))
+    tmp.replace(png.with_name(png.stem + '_report.json'))  # assets/baby_samples_report.json by default
     print(json.dumps(rep, indent=1))
     return rep
 
