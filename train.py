@@ -44,7 +44,7 @@ def get_args(argv=None):
     a('--resume', action='store_true', help='continue the run in --out from its ckpt.pt')
     a('--iters', type=int, default=None,
       help="optimisation steps (default: the paper's 1000; 500 on the built-in baby, which has forgotten by step 250 "
-           "and only loses retention after, see assets/README.md)")
+           "and gains nothing after; see the README's collapse curves)")
     a('--lr', type=float, default=1e-4, help='Adam learning rate (trainable parameters only)')
     a('--adapter', default='ode', choices=['ode', 'residual', 'full'],
       help='ode: LEGATO; residual: one-step residual adapter x + f(x); full: GUIDE, fine-tune all of synthesis')
