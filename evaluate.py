@@ -49,6 +49,13 @@ def stats(feats):
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def write_json(obj, path):
+    """JSON report written to a temp file and renamed: a reader never sees half a file."""
+    tmp = Path(f'{path}.tmp')
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
 def psnr(a, b):
     """PSNR in dB of [-1, 1] images, per image."""
     mse = ((a - b) / 2).square().mean(dim=[1, 2, 3]).clamp_min(1e-12)
@@ -278,12 +285,13 @@ def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True, re
     for name, w in retain.items():
         w = w.to(dev)
         rb, ra = generate(G_s, w, s_kw), generate(G_u, w, u_kw)
-        m[f'retain_{name}'] = J.dist(J.emb(rb), J.emb(ra)).mean().item()
+        erb, era = J.emb(rb), J.emb(ra)
+        m[f'retain_{name}'] = J.dist(erb, era).mean().item()
         m[f'retain_{name}_psnr'] = psnr(rb, ra).mean().item()
         if retain_photos and name in retain_photos:  # still recognised as that person? (the photo it was inverted from)
             ep = J.emb(retain_photos[name].to(dev))
-            m[f'retain_{name}_photo_before'] = J.dist(J.emb(rb), ep).mean().item()
-            m[f'retain_{name}_photo_after'] = J.dist(J.emb(ra), ep).mean().item()
+            m[f'retain_{name}_photo_before'] = J.dist(erb, ep).mean().item()
+            m[f'retain_{name}_photo_after'] = J.dist(era, ep).mean().item()
     if retain:
         m['retain_people'] = float(np.mean([m[f'retain_{k}'] for k in retain]))
     z = torch.randn(J.n, G_s.cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -390,9 +398,7 @@ def sweep(run, args, device):
         rows.append({'T': T, **m})
         strip.append(generate(G_u, meta['ws_u'][:1].to(device), {'T': T}))
     out = Path(run)
-    with open(out / 'sweep.json.tmp', 'w') as f:
-        json.dump(rows, f, indent=1)
-    os.replace(out / 'sweep.json.tmp', out / 'sweep.json')
+    write_json(rows, out / 'sweep.json')
     save_grid(torch.cat(strip), out / 'sweep_strip.png', nrow=len(Ts))
     series = {'forgotten: before -> after': [r['ID'] for r in rows],
               'retention: random samples': [r['retain_random'] for r in rows]}
@@ -430,8 +436,7 @@ def curve(runs, args, device):
     all_series = {k: v[:len(xs_all)] for k, v in all_series.items()}
     out = Path(args.out or Path(runs[0]) / 'curve.png')
     p = plot(out, xs_all, all_series, 'training step')
-    with open(out.with_suffix('.json'), 'w') as f:
-        json.dump({'steps': xs_all, **all_series}, f, indent=1)
+    write_json({'steps': xs_all, **all_series}, out.with_suffix('.json'))
     print(f'wrote {p} and {out.with_suffix(".json")}')
 
 
@@ -502,9 +507,7 @@ def baby_report(args, device):
                       'recognised_as': {p: c / args.n for p, c in who.items()}}
     png = Path(args.out or ROOT / 'assets' / 'baby_samples.png')
     save_grid(G(z[:32], psi=0.7, noise_mode='const'), png, nrow=8)
-    tmp = png.with_name(png.stem + '_report.json.tmp')
-    tmp.write_text(json.dumps(rep, indent=1))
-    tmp.replace(png.with_name(png.stem + '_report.json'))  # assets/baby_samples_report.json by default
+    write_json(rep, png.with_name(png.stem + '_report.json'))  # assets/baby_samples_report.json by default
     print(json.dumps(rep, indent=1))
     return rep
 
@@ -542,10 +545,7 @@ def main():
             sweep(run, args, dev)
             continue
         m = evaluate_run(run, args, dev)
-        tmp = Path(run) / 'metrics.json.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(m, f, indent=1)
-        os.replace(tmp, Path(run) / 'metrics.json')
+        write_json(m, Path(run) / 'metrics.json')
         print(table([{'run': str(run), **m}], list(m)[:0] + ['run'] + [k for k in m if isinstance(m[k], float)]))
         print(f'wrote {run}/metrics.json')
 

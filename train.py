@@ -30,6 +30,7 @@ from model import CheckpointError, Generator, atomic_save
 from ode_adapter import attach_adapters, param_report, save_adapters
 
 ROOT = Path(__file__).resolve().parent
+BABY = ROOT / 'assets/baby.pt'  # the built-in generator
 
 
 def get_args(argv=None):
@@ -37,7 +38,7 @@ def get_args(argv=None):
     a = p.add_argument
     a('--identity', default=str(ROOT / 'assets/faces/obama/obama_1.png'),
       help='who to forget: a photo, a folder of photos (all forgotten together), a latent .pt/.npy, or seed:N')
-    a('--ckpt', default=str(ROOT / 'assets/baby.pt'), help='generator: official .pkl, rosinality .pt or ours')
+    a('--ckpt', default=str(BABY), help='generator: official .pkl, rosinality .pt or ours')
     a('--retain', default=str(ROOT / 'assets/faces'),
       help="folder of identity folders shown as 'others' in the picture and kept in adapter.pt ('none' to skip)")
     a('--out', default=None, help='run folder (default runs/<identity>-<adapter>, numbered if taken)')
@@ -197,7 +198,7 @@ def main(argv=None):
     elif out.exists() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
     if args.iters is None:
-        args.iters = 500 if Path(args.ckpt).resolve() == ROOT / 'assets/baby.pt' else 1000
+        args.iters = 500 if Path(args.ckpt).resolve() == BABY else 1000
     if args.iters < 1 or args.lr <= 0:
         raise SystemExit('error: --iters must be >= 1 and --lr > 0')
     dev = torch.device(args.device)
