@@ -4,6 +4,7 @@ Run: python -m pytest -q test_legato.py
 """
 import argparse
 import collections
+import copy
 import json
 import math
 import os
@@ -767,6 +768,86 @@ def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt):
     with pytest.raises(SystemExit, match='no such file'):
         run_train(tmp_path / 'missing.pt', tmp_path / 'x', '--iters', '1')
     assert not (tmp_path / 'x').exists()
+
+
+def step_grads(S):
+    """Loss terms and the trainable parameters' gradients of one fused step."""
+    L = train.fused_step(S)
+    return {k: v.item() for k, v in L.items()}, torch.cat([p.grad.flatten() for p in S.opt.param_groups[0]['params']])
+
+
+@pytest.fixture(scope='module')
+def step_setup(facenet):
+    """prepare(argv) -> S: one tiny generator and identity latent, adapters set to the same non-zero values."""
+    torch.manual_seed(0)
+    G0 = randomized(Generator(tiny_cfg(img_resolution=32, conv_clamp=256))).requires_grad_(False)
+    ws_u = G0.mapping(torch.randn(1, 32))
+
+    def make(*argv):
+        G = copy.deepcopy(G0)
+        S = train.prepare(train.get_args(['--hidden', '16', *argv]), G, facenet, IDFeatureDistance(facenet), ws_u)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in S.opt.param_groups[0]['params']:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        return S
+    return make
+
+
+def test_autocast_step_follows_fp32(step_setup):
+    """The GPU path's bf16 / fp16 autocast computes the fp32 step's losses and gradient direction (run on CPU)."""
+    L32, g32 = step_grads(step_setup())
+    Lb, gb = step_grads(step_setup('--amp', 'bf16'))
+    assert all(Lb[k] == pytest.approx(L32[k], rel=0.02, abs=1e-6) for k in L32), (Lb, L32)
+    assert torch.cosine_similarity(gb, g32, 0) > 0.99
+    S = step_setup('--amp', 'fp16')
+    for _ in range(8):  # the scaler starts at 2^16: skipped steps (inf gradients) only lower the scale
+        S.gen.manual_seed(0)  # so that the step that goes through sees the same latents as the fp32 one
+        scale = S.scaler.get_scale()
+        Lh, gh = step_grads(S)
+        if S.scaler.get_scale() == scale:
+            break
+    assert gh.isfinite().all() and torch.cosine_similarity(gh, g32, 0) > 0.99
+    assert all(Lh[k] == pytest.approx(L32[k], rel=0.02, abs=1e-6) for k in L32), (Lh, L32)
+
+
+def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
+    """--compile traces the adapted synthesis without graph breaks (same numbers as eager); the step asks the
+    device for no value (no .item() / bool(tensor), which would stall a GPU) except Adam's CPU step count."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    L_eager, g_eager = step_grads(step_setup())
+    S = step_setup()
+    S.syn = torch.compile(S.G.synthesis, backend='aot_eager', fullgraph=True)  # inductor's codegen is slow here
+    L_comp, g_comp = step_grads(S)
+    assert L_comp == pytest.approx(L_eager, rel=1e-5) and torch.allclose(g_comp, g_eager, rtol=1e-4, atol=1e-6)
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                reads.append(args[0])
+            return func(*args, **(kwargs or {}))
+    S, reads = step_setup(), []
+    train.fused_step(S)
+    with Reads():
+        train.fused_step(S)
+    steps = [st['step'] for st in S.opt.state.values()]
+    assert reads and all(any(r is s for s in steps) for r in reads)  # only Adam's per-parameter step counters
+
+
+def test_keep_freed_memory_reuses_pages():
+    """With keep_freed_memory a step that allocates and frees the same large tensors settles on reusing their
+    pages; glibc's default maps each 64 MB tensor afresh (16k page faults every time)."""
+    import resource
+    if sys.platform != 'linux':
+        pytest.skip('glibc only')
+    train.keep_freed_memory()
+    faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # noqa: E731
+    step = lambda: [torch.empty(2 ** 24).fill_(1) for _ in range(2)]  # noqa: E731
+    for _ in range(4):  # small allocations in between split freed blocks at first; it settles
+        step()
+    f0 = faults()
+    step()
+    assert faults() - f0 < 1000
 
 
 # -----------------------------------------------------------------------------
