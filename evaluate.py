@@ -319,9 +319,7 @@ def evaluate_run(run, args, device):
             ws_h, _, _ = invert(G_s, hp, J.idn, steps=args.invert_steps or 300)
             with torch.no_grad():
                 held = (ws_h, J.emb(hp))
-    retain_dir = Path(meta['args'].get('retain') or 'none')
-    retain_photos = {k: load_faces(retain_dir / k, res, align=False)[0][:1] for k in (meta.get('retain_ws') or {})
-                     if (retain_dir / k).is_dir()}  # train.py inverted the first photo of each of these folders
+    retain_photos = {k: load_faces(f, res, align=False)[0] for k, f in meta.get('retain_photos', {}).items()}
     m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
     m['held_out_photos'] = [f.name for f in held_out_photos(meta)]
     if args.real:

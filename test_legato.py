@@ -909,6 +909,26 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
         evaluate.real_fd(*evaluate.load_run(out, 'cpu')[:3], evaluate.Judge(args, 'cpu'), tmp_path / 'reals', 'cpu')
 
 
+def test_retained_photos_are_recorded_and_evaluated(tmp_path, tiny_ckpt):
+    """adapter.pt names the exact photo each kept person was inverted from; evaluate measures against that one."""
+    import shutil
+    faces = tmp_path / 'faces'
+    shutil.copytree(ROOT / 'assets' / 'faces' / 'obama', faces / 'obama')
+    shutil.copy(ROOT / 'assets' / 'faces' / 'biden' / 'biden_1.png', faces / 'zed.png')  # not a folder: no person
+    (faces / 'obama' / 'notes.txt').write_text('not a photo')
+    argv = ['--ckpt', str(tiny_ckpt), '--identity', 'seed:3', '--retain', str(faces), '--hidden', '16',
+            '--invert_steps', '2', '--iters', '2', '--ckpt_every', '1']
+    with pytest.warns(UserWarning, match='notes.txt'):
+        out = train.main(argv + ['--out', str(tmp_path / 'run')])
+    meta = torch.load(out / 'adapter.pt', weights_only=True)
+    assert meta['retain_photos'] == {'obama': str(faces / 'obama' / 'obama_1.png')} and list(meta['retain_ws']) == ['obama']
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, real=None, invert_steps=2, T=None)
+    m = evaluate.evaluate_run(out, args, torch.device('cpu'))
+    assert 0 <= m['retain_obama_photo_before'] <= 2 and 0 <= m['retain_obama_photo_after'] <= 2
+    ck = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ck['retain_photos'] == meta['retain_photos']  # a resumed run keeps them
+
+
 def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--snapshot_every', '1', '--lr', '1e-2')
     assert sorted(p.name for p in (out / 'snapshots').iterdir()) == ['000000.pt', '000001.pt', '000002.pt']

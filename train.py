@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
-from data import DataError, invert, load_faces, resolve_identity, save_grid
+from data import DataError, invert, list_photos, load_faces, resolve_identity, save_grid
 from id_net import load_id_net
 from losses import IDFeatureDistance, LPIPSVGG, adjacency_offsets, image_terms, target_latent, trajectory_consistency
 from model import CheckpointError, Generator, atomic_save
@@ -189,18 +189,17 @@ def fused_step(S):
 
 
 def invert_others(args, G, idn):
-    """{person: W+ latent} of the first photo of every other identity folder under --retain."""
+    """{person: W+ latent}, {person: photo}: the first photo of every other identity folder under --retain."""
     if args.retain == 'none' or not Path(args.retain).is_dir():
-        return {}
+        return {}, {}
     forgotten = Path(args.identity).resolve()
-    faces = {}
-    for person in sorted(d for d in Path(args.retain).iterdir() if d.is_dir()):
-        if person.resolve() not in (forgotten, forgotten.parent):
-            faces[person.name] = load_faces(person, G.cfg.img_resolution, align=False)[0][:1]
-    if not faces:
-        return {}
-    ws, _, _ = invert(G, torch.cat(list(faces.values())), idn, steps=args.invert_steps)
-    return {k: ws[i:i + 1] for i, k in enumerate(faces)}
+    photos = {p.name: str(list_photos(p)[0]) for p in sorted(Path(args.retain).iterdir())
+              if p.is_dir() and p.resolve() not in (forgotten, forgotten.parent)}
+    if not photos:
+        return {}, {}
+    faces = torch.cat([load_faces(f, G.cfg.img_resolution, align=False)[0] for f in photos.values()])
+    ws, _, _ = invert(G, faces, idn, steps=args.invert_steps)
+    return {k: ws[i:i + 1] for i, k in enumerate(photos)}, photos
 
 
 def main(argv=None):
@@ -229,10 +228,11 @@ def main(argv=None):
         if args.resume:  # who to forget (and the others) were settled by the run being resumed
             ck = torch.load(out / 'ckpt.pt', map_location=dev, weights_only=True)
             ws_u, info, retain = ck['ws_u'].to(dev), ck['info'], {k: v.to(dev) for k, v in ck['retain'].items()}
+            retain_photos = ck['retain_photos']
         else:
             ws_u, info = resolve_identity(args.identity, G, idn, steps=args.invert_steps)
             info.pop('photos', None)
-            retain = invert_others(args, G, idn)
+            retain, retain_photos = invert_others(args, G, idn)
         if 'inversion_id_distance' in info:
             print(f'inverted {len(ws_u)} photo(s): identity distance {[round(d, 3) for d in info["inversion_id_distance"]]}')
     except (CheckpointError, DataError, ValueError) as e:
@@ -256,7 +256,8 @@ def main(argv=None):
         if loss is not None and not torch.isfinite(loss):  # never overwrite a good checkpoint with NaNs
             raise FloatingPointError(f'non-finite loss at step {step}')
         atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(), 'step': step,
-                     'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain, 'args': vars(args)}, out / 'ckpt.pt')
+                     'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain, 'retain_photos': retain_photos,
+                     'args': vars(args)}, out / 'ckpt.pt')
 
     def snapshot():
         (out / 'snapshots').mkdir(exist_ok=True)
@@ -305,8 +306,8 @@ def main(argv=None):
 
     # results: the adapters (or the fine-tuned synthesis), a before/after picture
     meta = {'identity': info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
-            'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'args': vars(args), 'steps': step, 'wall_s': wall,
-            'kind': args.adapter}
+            'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'retain_photos': retain_photos, 'args': vars(args),
+            'steps': step, 'wall_s': wall, 'kind': args.adapter}
     if args.adapter == 'full':
         atomic_save({'generator_config': G.cfg.__dict__, 'synthesis': G.synthesis.state_dict(), **meta}, out / 'adapter.pt')
     else:
