@@ -166,11 +166,11 @@ def main():
         row('adapted forward T=1.6', t_adapt, args.batch, flops(lambda: fwd(T=1.6, h=0.4)))
     res['adapter_overhead'] = t_adapt / t_plain
     print(f'  -> adapter overhead {t_adapt / t_plain:.2f}x')
-    # 3. hand-written solvers vs torchdiffeq, forward + backward through the adapted generator
+    # 3. hand-written solvers vs torchdiffeq, forward + backward through the adapted generator as train.py runs it
     ws1 = ws[:2]
     for solver in () if args.skip_solvers else ('euler', 'rk4'):
         def run(backend):
-            S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend).square().mean().backward()
+            S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend, fused=False).square().mean().backward()
         for _ in range(args.warmup):
             run('native'), run('torchdiffeq')
         ts = [[timeit(lambda b=b: run(b), dev, 1, 0) for b in ('native', 'torchdiffeq')] for _ in range(args.steps)]

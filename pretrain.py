@@ -194,7 +194,7 @@ def main(argv=None):
             raise SystemExit(f'error: {ckpt_path} was trained with another config; use another --out')
         G.load_state_dict(ck['G']); G_ema.load_state_dict(ck['G_ema']); D.load_state_dict(ck['D'])
         optG.load_state_dict(ck['optG']); optD.load_state_dict(ck['optD'])
-        gen.set_state(ck['gen'].cpu() if dev.type == 'cpu' else ck['gen'])
+        gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
         torch.set_rng_state(ck['cpu_rng'])
         step, wall = ck['step'], ck['wall']
         print(f'resumed {ckpt_path} at step {step} ({wall / 3600:.2f} h of training so far)')

@@ -245,7 +245,7 @@ def main(argv=None):
     if args.resume:  # the run goes on exactly as it would have
         G.synthesis.load_state_dict(ck['synthesis'], strict=False)
         S.opt.load_state_dict(ck['opt'])
-        S.gen.set_state(ck['gen'].to('cpu') if dev.type == 'cpu' else ck['gen'])
+        S.gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
         step, wall = ck['step'], ck['wall']
         print(f'resumed {out}/ckpt.pt at step {step}')
 
