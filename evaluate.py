@@ -26,6 +26,7 @@ from data import DataError, IMAGE_EXTS, invert, list_photos, load_faces, save_gr
 from id_net import load_id_net
 from model import CheckpointError, Generator
 from ode_adapter import load_adapters
+from train import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent
 
@@ -530,6 +531,8 @@ def main():
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args()
     dev = torch.device(args.device)
+    if dev.type == 'cpu':
+        keep_freed_memory()  # large generators on CPU: reuse freed activations instead of re-mapping them
     if args.baby_report:
         return baby_report(args, dev)
     if not args.runs:
