@@ -132,11 +132,10 @@ def main():
     G0 = (Generator.from_checkpoint(args.ckpt) if args.ckpt else Generator(CONFIGS[args.config]).eval()).to(dev)
     G0.requires_grad_(False)
     idn = DlibFaceNet().to(dev)
-    peak = peak_flops(dev)
+    # the peak in the dtype the step computes in; PyTorch's default TF32 settings, as train.py runs
+    peak = peak_flops(dev, {'none': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp])
     res = {'config': args.ckpt or args.config, 'device': str(dev) if dev.type == 'cpu' else torch.cuda.get_device_name(),
            'threads': torch.get_num_threads(), 'amp': args.amp, 'peak_tflops': peak / 1e12}
-    if dev.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     def row(name, t, n_img, fl=None, extra=''):
         res[name] = {'ms': t * 1e3, 'img_per_s': n_img / t, **({'tflops': fl / t / 1e12} if fl else {})}
