@@ -153,8 +153,8 @@ def main():
     row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S)))
     res['fused_speedup'] = t_naive / t_fused
     print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
-    # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights)
-    with torch.no_grad():
+    # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights), in --amp
+    with torch.no_grad(), S.amp:
         for ad in adapters(S.G).values():
             ad.f.net[2].weight.normal_(0, 1e-3)
         ws = S.G.mapping(torch.randn(args.batch, S.G.cfg.z_dim, device=dev))
@@ -169,7 +169,9 @@ def main():
     ws1 = ws[:2]
     for solver in () if args.skip_solvers else ('euler', 'rk4'):
         def run(backend):
-            S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend, fused=False).square().mean().backward()
+            with S.amp:
+                img = S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend, fused=False)
+            img.float().square().mean().backward()
         for _ in range(args.warmup):
             run('native'), run('torchdiffeq')
         ts = [[timeit(lambda b=b: run(b), dev, 1, 0) for b in ('native', 'torchdiffeq')] for _ in range(args.steps)]
