@@ -964,3 +964,15 @@ def test_train_on_the_baby_generator(tmp_path):
     rec = [json.loads(line) for line in open(out / 'log.jsonl')]
     assert len(rec) == 2 and all(math.isfinite(r['loss']) for r in rec)
     assert torch.load(out / 'adapter.pt', weights_only=True)['generator_config']['img_resolution'] == 64
+
+
+def test_bench_runs(tmp_path, monkeypatch):
+    """bench.py end to end on the built-in layout (one timed call each: numbers meaningless, keys and signs not)."""
+    import bench
+    out = tmp_path / 'bench.json'
+    monkeypatch.setattr(sys, 'argv', ['bench.py', '--steps', '1', '--warmup', '0', '--batch', '2', '--json', str(out)])
+    bench.main()
+    r = json.load(open(out))
+    assert r['fused_speedup'] > 0 and r['adapter_overhead'] > 0 and r['solver_rk4']['ratio'] > 0
+    assert r['adapter_ode']['trainable'] == 58048 and r['adapter_full']['trainable'] > 20 * 58048
+    assert r['adapter_full']['optimizer_mb'] > r['adapter_ode']['optimizer_mb']
