@@ -126,8 +126,7 @@ def main():
     p.add_argument('--json', default=None, help='write the results here')
     args = p.parse_args()
     dev = torch.device(args.device)
-    if dev.type == 'cpu':
-        train.keep_freed_memory()  # as train.py does: naive and fused both run with it
+    train.keep_freed_memory(dev)  # as train.py does: naive and fused both run with it
     torch.manual_seed(0)
     G0 = (Generator.from_checkpoint(args.ckpt) if args.ckpt else Generator(CONFIGS[args.config]).eval()).to(dev)
     G0.requires_grad_(False)

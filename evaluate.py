@@ -531,8 +531,7 @@ def main():
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args()
     dev = torch.device(args.device)
-    if dev.type == 'cpu':
-        keep_freed_memory()  # large generators on CPU: reuse freed activations instead of re-mapping them
+    keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
     if args.baby_report:
         return baby_report(args, dev)
     if not args.runs:

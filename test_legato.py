@@ -840,7 +840,7 @@ def test_keep_freed_memory_reuses_pages():
     import resource
     if sys.platform != 'linux':
         pytest.skip('glibc only')
-    train.keep_freed_memory()
+    train.keep_freed_memory('cpu')
     faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # noqa: E731
     step = lambda: [torch.empty(2 ** 24).fill_(1) for _ in range(2)]  # noqa: E731
     for _ in range(4):  # small allocations in between split freed blocks at first; it settles

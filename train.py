@@ -97,16 +97,17 @@ def default_out(args):
     return out
 
 
-def keep_freed_memory():
-    """CPU: let malloc reuse freed tensors. glibc gives every block over 32 MB back to the OS on free and
+def keep_freed_memory(device):
+    """On CPU, let malloc reuse freed tensors. glibc gives every block over 32 MB back to the OS on free and
     page-faults it in again on the next allocation: at 256 px that was 45% of a step (BENCHMARKS.md)."""
-    if sys.platform == 'linux':
-        try:
-            libc = ctypes.CDLL('libc.so.6')
-        except OSError:  # not glibc: leave its allocator alone
-            return
-        libc.mallopt(-4, 0)   # M_MMAP_MAX = 0: large blocks come from the heap, not from fresh mmaps
-        libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD = -1: never hand the heap's free top back to the OS
+    if torch.device(device).type != 'cpu' or sys.platform != 'linux':
+        return
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:  # not glibc: leave its allocator alone
+        return
+    libc.mallopt(-4, 0)   # M_MMAP_MAX = 0: large blocks come from the heap, not from fresh mmaps
+    libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD = -1: never hand the heap's free top back to the OS
 
 
 def prepare(args, G, idn, perc, ws_u):
@@ -215,8 +216,7 @@ def main(argv=None):
     if args.iters < 1 or args.lr <= 0:
         raise SystemExit('error: --iters must be >= 1 and --lr > 0')
     dev = torch.device(args.device)
-    if dev.type == 'cpu':
-        keep_freed_memory()
+    keep_freed_memory(dev)
     torch.manual_seed(args.seed)
 
     # generator, identity network, perceptual distance
