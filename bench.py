@@ -21,8 +21,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
-from id_net import DlibFaceNet
-from losses import IDFeatureDistance, image_terms, trajectory_consistency
+from helpers import keep_freed_memory
+from id_net import DlibFaceNet, IDFeatureDistance
+from losses import describe, image_loss, trajectory_consistency
 from model import Generator, GeneratorConfig
 from ode_adapter import adapters
 
@@ -70,45 +71,46 @@ def peak_flops(dev, dtype=torch.float32):
     return max(2 * 2048 ** 3 / t, 2 * 8 * 256 * 256 * 9 * 64 * 64 / tc)
 
 
-def naive_step(S):
+def naive_step(S, cfg):
     """The official loop's shape: separate batch-1 passes for every term, a separate pass at w_u for the
-    trajectory, and the constant target G_s(w_t) recomputed every step; one backward."""
-    a, G, G_s = S.args, S.G, S.G_s
-    w_adj_u, w_adj_t, w_glob = train.sample_latents(S)
+    trajectory, and the constant target G_s(w_t) recomputed every step; one backward. The same objective as
+    train_step (test_legato.py checks the terms agree), returned as its named terms."""
+    G, G_s, n_u = S.G, S.G_s, len(S.ws_u)
+    w_adj_u, w_adj_t, w_glob = train.sample_latents(S, cfg)
 
-    def pair_loss(w, w_t):  # one batch-1 pass of each generator, then the three image terms
-        img = G.synthesis(w)
+    def seen(G_, w, **kw):
+        return describe(G_.synthesis(w, **kw), S.idn, S.perc)
+
+    def pair(w, w_t):  # one batch-1 pass of each generator, GUIDE's image loss between them
         with torch.no_grad():
-            img_t = G_s.synthesis(w_t, **S.s_kw)
-            et, ft = train.describe(S, img_t)
-        e, f = train.describe(S, img)
-        return image_terms(img, f, e, img_t, ft, et, S.perc, S.idn.distance, a.w_pix, a.w_perc, a.w_id).sum()
+            s = seen(G_s, w_t, **S.s_kw)
+        return image_loss(seen(G, w), s, S.perc, S.idn.distance, cfg).sum()
 
-    loss = 0
-    for i in range(S.n_u):
-        traj = {}
-        G.synthesis(S.ws_u[i:i + 1], traj=traj)  # the trajectory pass
-        loss = loss + a.w_tc * trajectory_consistency(traj, 1, S.blocks)
-        loss = loss + a.w_local * pair_loss(S.ws_u[i:i + 1], S.ws_t[i:i + 1])
+    L = dict(local=0, adj=0, glob=0, tc=0)
+    for i in range(n_u):  # each forgotten latent: its trajectory pass, then its local pair
+        _, traj = G.synthesis(S.ws_u[i:i + 1], return_traj=True)
+        L['tc'] = L['tc'] + trajectory_consistency(traj, 1, cfg.tc_blocks and cfg.tc_blocks.split(',')) / n_u
+        L['local'] = L['local'] + pair(S.ws_u[i:i + 1], S.ws_t[i:i + 1]) / n_u
     for j in range(len(w_adj_u)):
-        loss = loss + a.w_adj * pair_loss(w_adj_u[j:j + 1], w_adj_t[j:j + 1])
+        L['adj'] = L['adj'] + pair(w_adj_u[j:j + 1], w_adj_t[j:j + 1]) / n_u
     for j in range(len(w_glob)):
-        img = G.synthesis(w_glob[j:j + 1])
         with torch.no_grad():
-            ft = train.describe(S, G_s.synthesis(w_glob[j:j + 1], **S.s_kw))[1]
-        loss = loss + a.w_glob * S.perc(train.describe(S, img)[1], ft).sum()
+            f_s = seen(G_s, w_glob[j:j + 1], **S.s_kw).feats
+        L['glob'] = L['glob'] + S.perc(seen(G, w_glob[j:j + 1]).feats, f_s).sum()
+    L['loss'] = cfg.w_local * L['local'] + cfg.w_adj * L['adj'] + cfg.w_glob * L['glob'] + cfg.w_tc * L['tc']
     S.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    L['loss'].backward()
     S.opt.step()
+    return L
 
 
 def build(G0, idn, args, adapter):
-    """A fresh copy of the generator prepared for one adapter kind, with a random identity latent."""
+    """A fresh copy of the generator set up for one adapter kind, with a random identity latent."""
     G = copy.deepcopy(G0)
-    targs = train.get_args(['--adapter', adapter, '--amp', args.amp] + (['--compile'] if args.compile else []))
+    cfg = train.get_args(['--adapter', adapter, '--amp', args.amp] + (['--compile'] if args.compile else []))
     with torch.no_grad():
         ws_u = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(G.mapping.w_avg.device))
-    return train.prepare(targs, G, idn, IDFeatureDistance(idn), ws_u)
+    return train.setup(cfg, G, idn, IDFeatureDistance(idn), ws_u), cfg
 
 
 def main():
@@ -126,7 +128,7 @@ def main():
     p.add_argument('--json', default=None, help='write the results here')
     args = p.parse_args()
     dev = torch.device(args.device)
-    train.keep_freed_memory(dev)  # as train.py does: naive and fused both run with it
+    keep_freed_memory(dev)  # as train.py does: naive and fused both run with it
     torch.manual_seed(0)
     G0 = (Generator.from_checkpoint(args.ckpt) if args.ckpt else Generator(CONFIGS[args.config]).eval()).to(dev)
     G0.requires_grad_(False)
@@ -144,12 +146,12 @@ def main():
     print(f'{res["config"]} on {res["device"]} ({res["threads"]} threads), amp {args.amp}, '
           f'measured peak {peak / 1e12:.3f} TFLOP/s')
     # 1. fused vs naive unlearning step (ode adapters)
-    S = build(G0, idn, args, 'ode')
-    n_img = S.n_u + S.n_adj + S.args.n_glob
-    t_fused = timeit(lambda: train.fused_step(S), dev, args.steps, args.warmup)
-    row('fused step (ode)', t_fused, n_img, flops(lambda: train.fused_step(S)))
-    t_naive = timeit(lambda: naive_step(S), dev, args.steps, args.warmup)
-    row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S)))
+    S, cfg = build(G0, idn, args, 'ode')
+    n_img = len(S.ws_u) * (1 + cfg.n_adj) + cfg.n_glob
+    t_fused = timeit(lambda: train.train_step(S, cfg), dev, args.steps, args.warmup)
+    row('fused step (ode)', t_fused, n_img, flops(lambda: train.train_step(S, cfg)))
+    t_naive = timeit(lambda: naive_step(S, cfg), dev, args.steps, args.warmup)
+    row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S, cfg)))
     res['fused_speedup'] = t_naive / t_fused
     print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
     # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights), in --amp
@@ -181,11 +183,11 @@ def main():
     # 4. ode vs full fine-tuning: step time and memory
     kinds = ['ode'] + ([] if args.skip_full else ['full'])
     for kind in kinds:
-        Sk = S if kind == 'ode' else build(G0, idn, args, kind)
+        Sk, cfg_k = (S, cfg) if kind == 'ode' else build(G0, idn, args, kind)
         if dev.type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
-        t = t_fused if kind == 'ode' else timeit(lambda: train.fused_step(Sk), dev, args.steps, args.warmup)
-        train.fused_step(Sk)
+        t = t_fused if kind == 'ode' else timeit(lambda: train.train_step(Sk, cfg_k), dev, args.steps, args.warmup)
+        train.train_step(Sk, cfg_k)
         n_train = sum(p.numel() for p in Sk.G.parameters() if p.requires_grad)
         opt_mb = sum(v.numel() * v.element_size() for st in Sk.opt.state.values() for v in st.values()
                      if torch.is_tensor(v)) / 2 ** 20

