@@ -118,7 +118,7 @@ def main():
     p.add_argument('--config', default='baby', choices=list(CONFIGS))
     p.add_argument('--ckpt', default=None, help='a real generator instead of --config')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--amp', default='none', choices=['none', 'bf16', 'fp16'])
+    p.add_argument('--amp', default='none', choices=list(train.AMP))
     p.add_argument('--compile', action='store_true')
     p.add_argument('--steps', type=int, default=5, help='timed steps per measurement (median)')
     p.add_argument('--warmup', type=int, default=2)
@@ -134,7 +134,7 @@ def main():
     G0.requires_grad_(False)
     idn = DlibFaceNet().to(dev)
     # the peak in the dtype the step computes in; PyTorch's default TF32 settings, as train.py runs
-    peak = peak_flops(dev, {'none': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp])
+    peak = peak_flops(dev, train.AMP[args.amp] or torch.float32)
     res = {'config': args.ckpt or args.config, 'device': str(dev) if dev.type == 'cpu' else torch.cuda.get_device_name(),
            'threads': torch.get_num_threads(), 'amp': args.amp, 'peak_tflops': peak / 1e12}
 
@@ -154,6 +154,16 @@ def main():
     row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S, cfg)))
     res['fused_speedup'] = t_naive / t_fused
     print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
+    # 1b. person mode (--forget person): + n_mine mined latents and 3 kept people in both forwards
+    with torch.no_grad():
+        dev_ = S.ws_u.device
+        pool = S.G.mapping(torch.randn(64, S.G.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(dev_))
+        refs = S.idn.embed(S.G.synthesis(pool[:8], T=0))
+    P = train.Person(refs, torch.arange(8, device=dev_) % 4, pool, pool[-3:].clone())
+    t_person = timeit(lambda: train.train_step(S, cfg, P), dev, args.steps, args.warmup)
+    row('person-mode step (ode)', t_person, n_img + cfg.n_mine + 3)
+    res['person_step_ratio'] = t_person / t_fused
+    print(f'  -> person mode costs {t_person / t_fused:.2f}x the paper\'s step')
     # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights), in --amp
     with torch.no_grad(), S.amp:
         for ad in adapters(S.G).values():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from helpers import model_file
+from helpers import load, model_file
 from id_net import IDFeatureDistance
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
@@ -188,7 +188,7 @@ def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.
     opt = torch.optim.Adam([ws], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in tqdm(range(steps), desc='invert', disable=not progress, leave=False):
-        img = G.synthesis(ws, noise_mode='const', fused=False, **kw)  # fused=False: faster for a batch with grads
+        img = G.synthesis(ws, noise_mode='const', fused=False, **kw)  # fused=False: NVIDIA's training path
         loss = w_pix * (img - target).square().mean(dim=[1, 2, 3])
         if w_perc or w_id:
             emb, feats = id_net.features(img)
@@ -210,7 +210,7 @@ def load_latent(path, G):
     [num_ws, w_dim] are broadcast."""
     p = str(path)
     try:
-        x = torch.from_numpy(np.load(p)) if p.endswith('.npy') else torch.load(p, map_location='cpu', weights_only=True)
+        x = torch.from_numpy(np.load(p)) if p.endswith('.npy') else load(p, 'a latent file')
     except Exception as e:  # noqa: BLE001
         raise DataError(f'{path}: not a readable latent file ({type(e).__name__}); save a tensor with torch.save or np.save') from None
     if isinstance(x, dict):

@@ -77,7 +77,7 @@ class Judge:
 
     def __init__(self, args, device):
         self.idn = load_id_net(args.id_net, args.id_weights).to(device)
-        self.device, self.n, self.seed = device, args.n, getattr(args, 'seed', 0)
+        self.device, self.n, self.seed = device, args.n, seeds(args)[0] if hasattr(args, 'seed') else 0
         self.name = args.id_net
         inception = getattr(args, 'inception', None)
         self.inception = FIDInception(inception).to(device) if inception else None
@@ -234,6 +234,27 @@ def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):
             **census.counts(before, census.embed(generate(G_u, ws, u_kw)))}, before
 
 
+def seeds(args):
+    """--seed 1,2,3 -> [1, 2, 3]: the leak is counted on each, the rest on the first."""
+    return [int(s) for s in str(args.seed).split(',')]
+
+
+def leak_summary(runs, census):
+    """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers."""
+    out = {}
+    for judge in census.refs:
+        for key in ('leak_before', 'leak_after'):
+            v = np.array([r[judge][key] for r in runs])
+            out[f'{key.replace("leak_", f"leak_{judge}_")}'] = float(v.mean())
+            out[f'{key.replace("leak_", f"leak_{judge}_")}_sd'] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        for name in census.names[1:]:  # the kept people's shares of the samples
+            for when in ('before', 'after'):
+                out[f'share_{judge}_{name}_{when}'] = float(np.mean([r[judge][f'share_{when}'][name] for r in runs]))
+        if judge == 'dlib_cpp':
+            out['face_after'] = float(np.mean([r[judge]['face_after'] for r in runs]))
+    return out
+
+
 def reprojection(G_s, G_u, s_kw, u_kw, photos, J, steps):
     """The attack: project the person's photos by pixels alone (no identity network) into the original and into
     the unlearned generator at its dial setting; the identity distance of each projection to its photo."""
@@ -265,13 +286,11 @@ def evaluate_run(run, args, device):
     m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
     m['held_out_photos'] = [f.name for f in held_out_photos(meta)]
     census = Census(known_people(meta, G_s, s_kw), J, DlibCpp() if dlib_available() else None)
-    lk, _ = leak(G_s, G_u, s_kw, {}, census, args.n, args.seed)
-    for judge in census.refs:  # the headline numbers at the top level, the details under 'leak'
-        m[f'leak_{judge}_before'], m[f'leak_{judge}_after'] = lk[judge]['leak_before'], lk[judge]['leak_after']
-    m['leak'] = lk
+    m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, census, args.n, seed)[0] for seed in seeds(args)}
+    m.update(leak_summary(m['leak'].values(), census))
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
-        m.update(reprojection(G_s, G_u, s_kw, {}, known_people(meta, G_s, s_kw, res)['forgotten'], J,
-                              args.invert_steps or 300))
+        photos = next(iter(known_people(meta, G_s, s_kw, res).values()))
+        m.update(reprojection(G_s, G_u, s_kw, {}, photos, J, args.invert_steps or 300))
     if args.real:
         m.update(real_fd(G_s, G_u, s_kw, J, args.real, device))
     m['trainable_params'] = sum(v.numel() for v in meta['state_dict'].values()) if 'state_dict' in meta else \
@@ -302,7 +321,7 @@ def real_fd(G_s, G_u, s_kw, J, real, device):
 # -----------------------------------------------------------------------------
 # pictures
 
-def plot(path, xs, series, xlabel):
+def plot(path, xs, series, xlabel, ylabel='identity distance', line=0.6):
     """A line plot with matplotlib when installed; else the numbers go to a CSV next to it."""
     try:
         import matplotlib
@@ -317,9 +336,10 @@ def plot(path, xs, series, xlabel):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, ys in series.items():
         ax.plot(xs, ys, marker='o', label=name)
-    ax.axhline(0.6, color='grey', ls=':', lw=1, label='dlib same-person threshold')
+    if line is not None:
+        ax.axhline(line, color='grey', ls=':', lw=1, label='dlib same-person threshold')
     ax.set_xlabel(xlabel)
-    ax.set_ylabel('identity distance')
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -335,11 +355,14 @@ def sweep(run, args, device):
     T_train = meta['adapter']['T']
     Ts = [float(t) for t in args.T.split(',')] if args.T else [round(x, 4) for x in np.linspace(0, 2 * T_train, 9)]
     J = Judge(args, device)
-    photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution)[0] if meta['identity'].get('kind') == 'photos' else None
-    rows, strip = [], []
+    photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution)[0] \
+        if meta['identity'].get('kind') == 'photos' else None
+    census = Census(known_people(meta, G_s, s_kw), J, DlibCpp() if dlib_available() else None)
+    rows, strip, before = [], [], None
     for T in tqdm(Ts, desc='sweep'):
         m = measure(G_s, G_u, s_kw, {'T': T}, meta, J, photos_u, fd=False)
-        rows.append({'T': T, **m})
+        lk, before = leak(G_s, G_u, s_kw, {'T': T}, census, args.n, seeds(args)[0], before)
+        rows.append({'T': T, **m, **{f'leak_{j}_after': lk[j]['leak_after'] for j in census.refs}, 'leak': lk})
         strip.append(generate(G_u, meta['ws_u'][:1].to(device), {'T': T}))
     out = Path(run)
     write_json(rows, out / 'sweep.json')
@@ -351,8 +374,10 @@ def sweep(run, args, device):
     if rows[0].get('retain_people') is not None:
         series['retention: other people'] = [r['retain_people'] for r in rows]
     p = plot(out / 'sweep.png', Ts, series, 'integration time T')
-    print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random']))
-    print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}')
+    leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in census.refs}
+    p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person', None)
+    print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in census.refs]]))
+    print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}, {p2}')
     return rows
 
 
@@ -401,7 +426,7 @@ def compare(runs):
         rows.append({'run': str(run), **json.load(open(p))})
     keys = ['run', 'kind', 'ID', 'ID_photo_after', 'ID_others', 'ID_heldout_photo_after', 'retain_people',
             'retain_random', 'retain_random_psnr']
-    keys += sorted({k for r in rows for k in r if k.startswith(('FD_', 'dFD_', 'FID', 'dFID'))})
+    keys += sorted({k for r in rows for k in r if k.startswith(('leak_', 'share_', 'FD_', 'dFD_', 'FID', 'dFID'))})
     keys += ['trainable_params', 'adapter_file_mb', 'train_wall_s']
     print(table(rows, keys))
 
@@ -434,7 +459,7 @@ def baby_report(args, device):
     # 2. random samples: face detected (dlib HOG after upsampling to 256), recognised as one of the people
     det = dlib.get_frontal_face_detector()
     ref = {p: idn.embed(x.to(device)) for p, (x, _) in photos.items()}
-    ws = eval_latents(G, args.n, args.seed)  # psi 0.7
+    ws = eval_latents(G, args.n, seeds(args)[0])  # psi 0.7
     found, who = 0, {p: 0 for p in people}
     for i in tqdm(range(0, args.n, 50), desc='samples'):
         img = G.synthesis(ws[i:i + 50], noise_mode='const')
@@ -466,8 +491,8 @@ def main():
     p.add_argument('--baby-report', dest='baby_report', action='store_true', help="the built-in generator's report")
     p.add_argument('--ckpt', default=str(ROOT / 'assets/baby.pt'), help='generator for --baby-report')
     p.add_argument('--n', type=int, default=1000, help='random samples for the leak / retention / Frechet distances / report')
-    p.add_argument('--seed', type=int, default=0,
-                   help='evaluation seed (its own stream: never the latents training drew); repeat with others for a spread')
+    p.add_argument('--seed', default='0', help='evaluation seed(s), e.g. 1,2,3: the leak is counted on each (mean and '
+                   'spread); a stream of its own, never the latents training drew')
     p.add_argument('--real', default=None, help='folder of real images (or .npz with mu, sigma) for dFD_real')
     p.add_argument('--id_net', default='dlib', choices=ID_NETS)
     p.add_argument('--id_weights', default=None)

@@ -110,10 +110,13 @@ def shows_person(emb, refs, owner, id_distance, threshold):
     return ((owner[best.indices] == 0) & (best.values < threshold)).float()
 
 
-def person_loss(u, s, n_mined, perceptual, id_distance, w):
-    """What forgetting the person adds -> {person, keep}. u/s rows: [mined latents of the person (n_mined) |
-    kept people's latents]; s holds the frozen generator's images of the mined latents' GUIDE targets and of the
-    kept people as they were. Each mined latent is pushed to its own target (a mean, as the local term), the
-    kept people are held (a sum, as the global term)."""
-    return dict(person=image_loss(u.rows(0, n_mined), s.rows(0, n_mined), perceptual, id_distance, w).mean(),
+def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, margin):
+    """What forgetting the person adds -> {person, anchor, keep}. u/s rows: [mined latents of the person (n_mined) |
+    kept people's latents], s drawn by the frozen generator. A mined sample's identity is pushed past `margin` from
+    every photo of the person (refs of owner 0, a hinge), the rest of its image held (perceptual, as the global term);
+    the kept people are held with GUIDE's image loss (summed, as the global term)."""
+    mu, ms = u.rows(0, n_mined), s.rows(0, n_mined)
+    d = id_distance(mu.emb[:, None], refs[None]).masked_fill(owner != 0, float('inf'))  # [n_mined, P], no sync
+    near = d.min(1).values  # distance to the person's nearest photo
+    return dict(person=(margin - near).clamp_min(0).mean(), anchor=perceptual(mu.feats, ms.feats).sum(),
                 keep=image_loss(u.rows(n_mined), s.rows(n_mined), perceptual, id_distance, w).sum())

@@ -27,8 +27,8 @@ from model import Generator
 class VectorField(nn.Module):
     """f(x): Conv1x1(C -> hidden) -> LeakyReLU(0.2) -> Conv1x1(hidden -> C). Autonomous: t is ignored.
 
-    The 1x1 convs are per-pixel Linear layers on a channels-last state [..., C]: the same math, and on
-    CPU about 1.4x faster than nn.Conv2d."""
+    The 1x1 convs are per-pixel Linear layers on a channels-last state [..., C]: the same math as nn.Conv2d,
+    faster on CPU (BENCHMARKS.md)."""
     CHUNK = 16384  # pixels per slice on CPU: keeps the [pixels, hidden] activations in cache
 
     def __init__(self, channels, hidden=256):
@@ -40,7 +40,7 @@ class VectorField(nn.Module):
         nn.init.zeros_(self.net[2].bias)
 
     def forward(self, t, x):
-        # x: [..., C]. On CPU the pixels go through in slices: the same numbers, ~2x faster at 256 px (bench.py)
+        # x: [..., C]. On CPU the pixels go through in slices: the same numbers, faster (BENCHMARKS.md)
         if x.is_cuda or x.numel() <= self.CHUNK * x.shape[-1]:
             return self.net(x)
         return torch.cat([self.net(r) for r in x.reshape(-1, x.shape[-1]).split(self.CHUNK)]).view_as(x)
@@ -143,7 +143,8 @@ class ODEAdapter(nn.Module):
             return x, [x]
         dtype = x.dtype
         xc = x.float().permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: the state the ODE integrates
-        out, states = integrate(self.f, xc, T, self.h if h is None else h, solver or self.solver, backend or self.backend)
+        h, solver, backend = self.h if h is None else h, solver or self.solver, backend or self.backend
+        out, states = integrate(self.f, xc, T, h, solver, backend)
         return out.permute(0, 3, 1, 2).to(dtype), states
 
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from data import load_faces, save_grid
 from id_net import DlibFaceNet
-from model import Generator, GeneratorConfig, atomic_save, bias_act, setup_filter, upfirdn2d
+from helpers import atomic_save, load
+from model import Generator, GeneratorConfig, bias_act, setup_filter, upfirdn2d
 
 # -----------------------------------------------------------------------------
 # the discriminator (StyleGAN2 resnet D, equalised learning rate)
@@ -189,7 +190,7 @@ def main(argv=None):
     step, wall = 0, 0.0
 
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        ck = load(ckpt_path, 'a pretrain.py checkpoint', map_location=dev)
         if ck['config'] != cfg.__dict__:
             raise SystemExit(f'error: {ckpt_path} was trained with another config; use another --out')
         G.load_state_dict(ck['G']); G_ema.load_state_dict(ck['G_ema']); D.load_state_dict(ck['D'])

@@ -33,6 +33,7 @@ from ode_adapter import BACKENDS, attach_adapters, param_report, save_adapters
 ROOT = Path(__file__).resolve().parent
 BABY = ROOT / 'assets/baby.pt'  # the built-in generator
 ADAPTERS = ('ode', 'residual', 'full')
+AMP = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}  # autocast dtypes
 
 
 def arg(default, help, choices=None):
@@ -45,15 +46,17 @@ class Config:
     """Every setting of a run; the command line is built from it and checkpoints store it as a plain dict."""
     # who to forget, from what, and who to keep
     identity: str = arg(str(ROOT / 'assets/faces/obama/obama_1.png'),
-                        'who to forget: a photo, a folder of photos (all forgotten together), a latent .pt/.npy, or seed:N')
+                        'who to forget: a photo, a folder of photos (all forgotten together), a latent .pt/.npy, '
+                        'or seed:N')
     ckpt: str = arg(str(BABY), 'generator: official .pkl, rosinality .pt or ours')
     retain: str = arg(str(ROOT / 'assets/faces'), "folder of identity folders shown as 'others' in the picture and "
                                                    "kept in adapter.pt ('none' to skip)")
     out: str = arg(None, 'run folder (default runs/<identity>-<adapter>, numbered if taken)')
     resume: bool = arg(False, 'continue the run in --out from its ckpt.pt')
     # optimisation
-    iters: int = arg(None, "optimisation steps (default: the paper's 1000; 500 on the built-in baby, which has "
-                           "forgotten by step 250 and gains nothing after; see the README's collapse curves)")
+    iters: int = arg(None, "optimisation steps (default: the paper's 1000; on the built-in baby 500 with --forget "
+                           "latent, which has forgotten by step 250 (the README's collapse curves), and 300 with "
+                           "--forget person, whose leak is gone by step 150 and whose step costs 2.3x)")
     lr: float = arg(1e-4, 'Adam learning rate (trainable parameters only), as the official code')
     # the adapter and its dial
     adapter: str = arg('ode', 'ode: LEGATO; residual: one-step residual adapter x + f(x); full: GUIDE, fine-tune '
@@ -85,8 +88,9 @@ class Config:
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
     mine_n: int = arg(2000, 'random samples searched for the person at the start (psi ~ U(0.5, 1))')
     mine_every: int = arg(100, 'every K steps, search mine_n / 4 samples of the adapted generator for the person again')
-    n_mine: int = arg(4, "mined latents of the person per step, each pushed to its own GUIDE target")
-    w_person: float = arg(1.0, 'weight of the mined latents (as w_local for the forgotten latents)')
+    n_mine: int = arg(4, 'mined latents of the person per step, pushed out of the identity, kept a face')
+    margin: float = arg(0.1, "how far past the identity network's threshold a mined sample is pushed")
+    w_person: float = arg(10.0, 'weight of the identity hinge on the mined latents')
     w_keep: float = arg(1.0, "weight of holding the kept people's latents to their original images")
     # judging networks
     id_net: str = arg('dlib', 'identity network of the loss (dlib works offline)', ID_NETS)
@@ -100,13 +104,14 @@ class Config:
     snapshot_every: int = arg(0, 'keep adapter snapshots every K steps (for collapse curves)')
     seed: int = arg(0, 'seed of the training latents: same seed, same numbers on CPU')
     device: str = arg('cuda' if torch.cuda.is_available() else 'cpu', 'cpu or cuda')
-    amp: str = arg('none', 'autocast dtype for the generators (bf16/fp16 on GPUs)', ('none', 'bf16', 'fp16'))
+    amp: str = arg('none', 'autocast dtype for the generators (bf16/fp16 on GPUs)', tuple(AMP))
     compile: bool = arg(False, 'torch.compile the synthesis network')
 
 
 def get_args(argv=None):
     """The command line, one flag per Config field."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in fields(Config):
         if f.type is bool:
             p.add_argument(f'--{f.name}', action='store_true', help=f.metadata['help'])
@@ -157,8 +162,7 @@ def setup(cfg, G, idn, perc, ws_u):
         T, h = (1.0, 1.0) if cfg.adapter == 'residual' else (cfg.t_end, cfg.step)
         attach_adapters(G, cfg.hidden or G.cfg.channel_max // 2, T=T, h=h, solver=cfg.solver, backend=cfg.backend)
         G_s, s_kw = G, {'T': 0}
-    amp = nullcontext() if cfg.amp == 'none' else \
-        torch.autocast(dev.type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[cfg.amp])
+    amp = nullcontext() if cfg.amp == 'none' else torch.autocast(dev.type, dtype=AMP[cfg.amp])
     ws_t = target_latent(ws_u, G.mapping.w_avg, cfg.target_d, cfg.target, cfg.scale_d)
     with torch.no_grad(), amp:
         tgt = describe(G_s.synthesis(ws_t, fused=False, **s_kw).float(), idn, perc)
@@ -185,20 +189,21 @@ def train_step(S, cfg, P=None):
     """One step: sample latents, frozen forward, trainable forward, loss, backward. No host sync.
     With P (--forget person) mined latents of the person and the kept people join the batch and the loss."""
     w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg)
-    w_p_u, w_p_t = person_latents(S, P, cfg) if P else ([], [])
+    w_p = person_latents(S, P, cfg) if P else []
     with torch.no_grad(), S.amp:  # what each latent should look like: [G_s(w_t) (constant) | G_s(w_t + delta) | G_s(w)]
-        s = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *w_p_t]), fused=False, **S.s_kw).float(),
+        s = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *w_p]), fused=False, **S.s_kw).float(),
                                S.idn, S.perc))
     with S.amp:  # what the trainable generator draws for [w_u | w_u + delta | w]
-        img, traj = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob, *w_p_u]), fused=False, return_traj=True)
+        img, traj = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob, *w_p]), fused=False, return_traj=True)
     u = describe(img.float(), S.idn, S.perc)
     n_u, n_adj, b = len(S.ws_u), len(w_adj_u), len(S.ws_u) + len(w_adj_u) + len(w_glob)
     # person mode: global samples that showed the person (frozen image) are no longer preserved
     keep = 1 - shows_person(s.emb[n_u + n_adj:b], P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD) if P else None
     L = unlearning_loss(u.rows(0, b), s.rows(0, b), traj, n_u, n_adj, S.perc, S.idn.distance, cfg, keep)
     if P:
-        L.update(person_loss(u.rows(b), s.rows(b), cfg.n_mine, S.perc, S.idn.distance, cfg))
-        L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_keep * L['keep']
+        L.update(person_loss(u.rows(b), s.rows(b), cfg.n_mine, P.refs, P.owner, S.perc, S.idn.distance, cfg,
+                             S.idn.THRESHOLD + cfg.margin))
+        L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_glob * L['anchor'] + cfg.w_keep * L['keep']
     S.opt.zero_grad(set_to_none=True)
     S.scaler.scale(L['loss']).backward()
     S.scaler.step(S.opt)
@@ -219,11 +224,9 @@ class Person:
 
 
 def person_latents(S, P, cfg):
-    """This step's person rows: n_mine pool latents -> their GUIDE targets; the kept people -> themselves."""
+    """This step's person rows: n_mine latents drawn from the pool, then the kept people's latents."""
     idx = torch.randint(len(P.pool), (cfg.n_mine,), generator=S.gen, device=P.pool.device)
-    w_m = P.pool[idx]
-    w_t = target_latent(w_m, S.G.mapping.w_avg, cfg.target_d, cfg.target, cfg.scale_d)
-    return [w_m, P.keep_ws], [w_t, P.keep_ws]
+    return [P.pool[idx], P.keep_ws]
 
 
 @torch.no_grad()
@@ -242,8 +245,8 @@ def mine(S, P, G, kw, n, bs=64):
 
 
 def setup_person(S, photos, retain, retain_faces):
-    """Person mode: reference faces (training photos only), the kept people, and the first pool mined from the
-    original generator. Returns None (the paper's method) when the generator draws nobody who is the person."""
+    """Who the person is: reference faces (the training photos only, or the forgotten latent's image) and the
+    kept people (their photos and latents); the pool starts empty."""
     dev = S.ws_u.device
     with torch.no_grad():
         faces = photos.to(dev) if photos is not None else S.G_s.synthesis(S.ws_u, **S.s_kw)
@@ -279,7 +282,7 @@ def main(argv=None):
     elif out.exists() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
     if cfg.iters is None:
-        cfg.iters = 500 if Path(cfg.ckpt).resolve() == BABY else 1000
+        cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 300 if cfg.forget == 'person' else 500
     if cfg.iters < 1 or cfg.lr <= 0:
         raise SystemExit('error: --iters must be >= 1 and --lr > 0')
     dev = torch.device(cfg.device)
@@ -301,7 +304,8 @@ def main(argv=None):
             photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
             retain, retain_photos = invert_others(cfg, G, idn)
         if 'inversion_id_distance' in info:
-            print(f'inverted {len(ws_u)} photo(s): identity distance {[round(d, 3) for d in info["inversion_id_distance"]]}')
+            print(f'inverted {len(ws_u)} photo(s): identity distance '
+                  f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
     except (CheckpointError, DataError, ValueError) as e:
         raise SystemExit(f'error: {e}')
     out.mkdir(parents=True, exist_ok=True)
@@ -360,7 +364,7 @@ def main(argv=None):
                     rec['pool'] = len(P.pool)
                 if not all(math.isfinite(v) for v in rec.values()):
                     raise FloatingPointError(f'non-finite loss at step {step}: {rec}')
-                pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'tc', 'person', 'keep')})
+                pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'person')})
                 log.write(json.dumps(rec) + '\n')
                 log.flush()
             if cfg.snapshot_every and step % cfg.snapshot_every == 0:
@@ -389,13 +393,15 @@ def main(argv=None):
             'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'retain_photos': retain_photos, 'args': asdict(cfg),
             'steps': step, 'wall_s': wall, 'kind': cfg.adapter, 'mined': len(P.pool)}
     if cfg.adapter == 'full':
-        atomic_save({'generator_config': G.cfg.__dict__, 'synthesis': G.synthesis.state_dict(), **meta}, out / 'adapter.pt')
+        atomic_save({'generator_config': asdict(G.cfg), 'synthesis': G.synthesis.state_dict(), **meta},
+                    out / 'adapter.pt')
     else:
         save_adapters(G, out / 'adapter.pt', **meta)
     with torch.no_grad():
         z = torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev)
         w_r = G.mapping(z, psi=0.7)
-        was = shows_person(idn.embed(S.G_s.synthesis(w_r, **S.s_kw)), P.refs, P.owner, idn.distance, idn.THRESHOLD).bool()
+        img_r = S.G_s.synthesis(w_r, **S.s_kw)
+        was = shows_person(idn.embed(img_r), P.refs, P.owner, idn.distance, idn.THRESHOLD).bool()
         rows = [S.ws_u, *retain.values(), w_r[~was][:6], w_r[was][:6]]  # the last row: samples that were the person
         ws_all = torch.cat(rows)
         before = S.G_s.synthesis(ws_all, **S.s_kw)
