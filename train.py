@@ -89,7 +89,7 @@ class Config:
     mine_n: int = arg(2000, 'random samples searched for the person at the start (psi ~ U(0.5, 1))')
     mine_every: int = arg(100, 'every K steps, search mine_n / 4 samples of the adapted generator for the person again')
     n_mine: int = arg(4, 'mined latents of the person per step, pushed out of the identity, kept a face')
-    margin: float = arg(0.1, "how far past the identity network's threshold a mined sample is pushed")
+    margin: float = arg(0.25, "how far past the identity network's threshold a mined sample is pushed")
     w_person: float = arg(10.0, 'weight of the identity hinge on the mined latents')
     w_keep: float = arg(1.0, "weight of holding the kept people's latents to their original images")
     # judging networks
