@@ -402,14 +402,12 @@ def main(argv=None):
         w_r = G.mapping(z, psi=0.7)
         img_r = S.G_s.synthesis(w_r, **S.s_kw)
         was = shows_person(idn.embed(img_r), P.refs, P.owner, idn.distance, idn.THRESHOLD).bool()
-        rows = [S.ws_u, *retain.values(), w_r[~was][:6], w_r[was][:6]]  # the last row: samples that were the person
-        ws_all = torch.cat(rows)
-        before = S.G_s.synthesis(ws_all, **S.s_kw)
-        after = G.synthesis(ws_all)
-    save_grid(torch.stack([before, after], 1).flatten(0, 1), out / 'before_after.png', nrow=2 * min(len(ws_all), 6))
-    print(f'done in {wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs: before | after; '
-          f'forgotten first, then {", ".join(retain) or "no others"}, then random samples, then '
-          f'{was.sum().item()} of 64 samples that showed the person)')
+        groups = [torch.cat([S.ws_u, *retain.values()])[:6], w_r[~was][:6], w_r[was][:6]]  # one row each
+        pairs = [torch.stack([S.G_s.synthesis(g, **S.s_kw), G.synthesis(g)], 1).flatten(0, 1) for g in groups if len(g)]
+    blank = -torch.ones(12, *pairs[0].shape[1:], device=dev)  # black cells fill each row to 6 pairs
+    save_grid(torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs]), out / 'before_after.png', nrow=12)
+    print(f'done in {wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
+          f'forgotten face and {", ".join(retain) or "no others"}; random samples; samples that showed the person)')
     return out
 
 
