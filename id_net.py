@@ -246,6 +246,7 @@ class IRNet(nn.Module):
                 body.append(_BottleneckIR(cin, depth, 2 if i == 0 else 1, se))
                 cin = depth
         self.body = nn.Sequential(*body)
+        self.stage_ends = np.cumsum(self.UNITS[num_layers]).tolist()  # units after which the resolution halves
         self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(), nn.Flatten(), nn.Linear(512 * 7 * 7, 512),
                                           nn.BatchNorm1d(512))
 
@@ -267,6 +268,16 @@ class IRNet(nn.Module):
 
     def embed(self, images):
         return self(ffhq_crop(images, self.FFHQ_CROP, 112))
+
+    def features(self, images):
+        """Embedding and the feature maps at the end of each stage (56, 28, 14, 7 px) of [-1, 1] aligned images:
+        the offline perceptual stand-in and the inversion read these, as they read dlib's stages."""
+        x, feats = self.input_layer(ffhq_crop(images, self.FFHQ_CROP, 112)), []
+        for i, unit in enumerate(self.body, 1):
+            x = unit(x)
+            if i in self.stage_ends:
+                feats.append(x)
+        return F.normalize(self.output_layer(x), dim=1), feats
 
     @staticmethod
     def distance(a, b):

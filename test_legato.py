@@ -993,6 +993,24 @@ def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
         assert reads and all(any(r is s for s in steps) for r in reads)  # only Adam's per-parameter step counters
 
 
+def test_arcface_runs_inversion_and_the_step(step_setup):
+    """The paper's identity network (IR-SE50, random weights built in memory) serves everywhere dlib does:
+    inversion (its stage features), the fused step's perceptual stand-in, and the person mode's hinge."""
+    net = IRNet(50, True).eval().requires_grad_(False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    emb, feats = net.features(x)
+    assert torch.allclose(emb, net.embed(x), atol=1e-6) and [f.shape[-1] for f in feats] == [56, 28, 14, 7]
+    S, cfg = step_setup()
+    ws, _, _ = data.invert(S.G, x, net, steps=2, progress=False)
+    assert ws.shape == (2, S.G.num_ws, 32)
+    S = train.setup(cfg, S.G, net, IDFeatureDistance(net), S.ws_u)
+    pool = S.G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
+    P = train.Person(net.embed(S.G.synthesis(pool[:3], T=0)), torch.tensor([0, 1, 2]), pool, pool[:2].clone())
+    for person in (None, P):
+        L = train.train_step(S, cfg, person)
+        assert all(torch.isfinite(v) for v in L.values()) and L['local'] > 0
+
+
 # -----------------------------------------------------------------------------
 # train.py / evaluate.py: forgetting the person (the leak, mining, the re-projection attack)
 
