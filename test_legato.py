@@ -15,6 +15,7 @@ import os
 import pickle
 import resource
 import shutil
+import signal
 import sys
 import types
 import warnings
@@ -881,6 +882,40 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
     assert ('person' in rec[-1]) == (forget == 'person')
     if forget == 'person':  # mined at the start (64 samples), then 16 more searched at step 2
         assert 0 < rec[0]['pool'] <= 64 and rec[0]['pool'] < rec[-1]['pool'] <= rec[0]['pool'] + 16
+
+
+@pytest.mark.parametrize('mode', [('--forget', 'person'), ('--forget', 'latent', '--adapter', 'full')])
+def test_sigint_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypatch, capsys, mode):
+    """Ctrl-C lands inside step 2: the step finishes, the run checkpoints, exits 130 and prints a hint that,
+    run as printed (no other flag), ends with the adapters of a run that was never interrupted."""
+    extra = [*mode, '--iters', '4', '--mine_every', '2', '--lr', '1e-3']
+    a = run_train(tiny_ckpt, tmp_path / 'a', *extra)
+    real_step, calls = train.train_step, []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C would, in the middle of the step
+        return real_step(*args)
+    monkeypatch.setattr(train, 'train_step', interrupted_step)
+    with pytest.raises(SystemExit) as e:
+        run_train(tiny_ckpt, tmp_path / 'b', *extra)
+    assert e.value.code == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    assert hint == f'interrupted at step 2; continue with: python train.py --out {tmp_path / "b"} --resume'
+    monkeypatch.setattr(train, 'train_step', real_step)
+    b = train.main(hint.split('python train.py ')[1].split())
+    key = 'synthesis' if 'full' in mode else 'state_dict'
+    sa, sb = (torch.load(p / 'adapter.pt', weights_only=True)[key] for p in (a, b))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt):
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--forget', 'latent')
+    with pytest.raises(SystemExit, match=r'--adapter full differs from the run \(ode\)'):
+        train.main(['--out', str(out), '--resume', '--adapter', 'full'])
+    with pytest.raises(SystemExit, match=r'--iters 1 is below the step the run reached \(2\)'):
+        train.main(['--out', str(out), '--resume', '--iters', '1'])
 
 
 def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt):

@@ -17,7 +17,7 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -108,17 +108,41 @@ class Config:
     compile: bool = arg(False, 'torch.compile the synthesis network')
 
 
-def get_args(argv=None):
-    """The command line, one flag per Config field."""
+RESUMABLE = ('out', 'resume', 'iters', 'device', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt')  # --resume may change
+
+
+def parser(only_given=False):
+    """The command line, one flag per Config field (only_given: parse to just the flags on the command line)."""
+    may_change = ', '.join('--' + k for k in RESUMABLE[2:])
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog=f"--resume restores the run's settings; only {may_change} may differ",
+                                argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
         if f.type is bool:
             p.add_argument(f'--{f.name}', action='store_true', help=f.metadata['help'])
         else:
-            p.add_argument(f'--{f.name}', type=f.type, default=f.default, help=f.metadata['help'],
-                           choices=f.metadata['choices'])
-    return Config(**vars(p.parse_args(argv)))
+            p.add_argument(f'--{f.name}', type=f.type, help=f.metadata['help'], choices=f.metadata['choices'],
+                           **({} if only_given else {'default': f.default}))
+    return p
+
+
+def get_args(argv=None):
+    return Config(**vars(parser().parse_args(argv)))
+
+
+def resumed(cfg, given, ck, path):
+    """--resume: the run's own settings from its checkpoint; a given flag outside RESUMABLE must agree with them."""
+    known = {f.name for f in fields(Config)}
+    run = Config(**{'forget': 'latent', **{k: v for k, v in ck['args'].items() if k in known}})  # older runs: paper's
+    for k in sorted(given - set(RESUMABLE)):
+        if getattr(cfg, k) != getattr(run, k):
+            raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); drop it '
+                             f'to resume (only {", ".join("--" + r for r in RESUMABLE[2:])} may change) or use a new --out')
+    run = replace(run, resume=True, **{k: getattr(cfg, k) for k in given & set(RESUMABLE) - {'resume'}})
+    if run.iters < ck['step']:
+        raise SystemExit(f'error: {path}: --iters {run.iters} is below the step the run reached ({ck["step"]})')
+    return run
 
 
 def default_out(cfg):
@@ -274,11 +298,16 @@ def invert_others(cfg, G, idn):
 
 
 def main(argv=None):
-    cfg = get_args(argv)
+    cfg, given = get_args(argv), set(vars(parser(only_given=True).parse_args(argv)))
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if cfg.resume:
         if not (out / 'ckpt.pt').exists():
             raise SystemExit(f'error: {out}/ckpt.pt not found; nothing to resume (pass the --out of the run)')
+        try:
+            ck = load(out / 'ckpt.pt', 'a train.py checkpoint')
+        except CheckpointError as e:
+            raise SystemExit(f'error: {e}')
+        cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
     elif out.exists() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
     if cfg.iters is None:
@@ -296,7 +325,6 @@ def main(argv=None):
         perc = (LPIPSVGG(cfg.vgg, cfg.lpips_lin) if cfg.vgg else IDFeatureDistance(idn)).to(dev)
         print(f'generator {cfg.ckpt} ({G.cfg.img_resolution} px); identity: {cfg.id_net}; perceptual: {perc.name}')
         if cfg.resume:  # who to forget (and the others) were settled by the run being resumed
-            ck = load(out / 'ckpt.pt', 'a train.py checkpoint', map_location=dev)
             ws_u, info, retain = ck['ws_u'].to(dev), ck['info'], {k: v.to(dev) for k, v in ck['retain'].items()}
             retain_photos = ck['retain_photos']
         else:
@@ -308,6 +336,9 @@ def main(argv=None):
                   f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
     except (CheckpointError, DataError, ValueError) as e:
         raise SystemExit(f'error: {e}')
+    except KeyboardInterrupt:
+        print('interrupted before training started; nothing was written')
+        raise SystemExit(130) from None
     out.mkdir(parents=True, exist_ok=True)
 
     S = setup(cfg, G, idn, perc, ws_u)
@@ -318,7 +349,8 @@ def main(argv=None):
         S.opt.load_state_dict(ck['opt'])
         S.gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
         step, wall = ck['step'], ck['wall']
-        P = Person(**{k: v.to(dev) for k, v in ck['person'].items()})
+        P = Person(**{k: v.to(dev) for k, v in ck['person'].items()}) if ck.get('person') else \
+            setup_person(S, None, retain, {})  # a run from before person mode
         print(f'resumed {out}/ckpt.pt at step {step}')
     else:  # who the person is (the picture at the end needs it in either mode)
         retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
@@ -345,13 +377,13 @@ def main(argv=None):
 
     if cfg.snapshot_every and step == 0:  # the curves start at the untouched generator
         snapshot()
-    stop = {'now': False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    stop = {'sig': 0}  # Ctrl-C (SIGINT) and SIGTERM stop the run between steps, never inside one
+    handlers = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in (signal.SIGINT, signal.SIGTERM)}
     log = open(out / 'log.jsonl', 'a')
     pbar = tqdm(total=cfg.iters, initial=step, desc=f'unlearn ({cfg.adapter})', dynamic_ncols=True)
     t0 = time.time()
     try:
-        while step < cfg.iters and not stop['now']:
+        while step < cfg.iters and not stop['sig']:
             if person and cfg.mine_every and step and step % cfg.mine_every == 0:  # where does G still draw them?
                 P.pool = torch.cat([P.pool, mine(S, P, S.G, {}, cfg.mine_n // 4)])
             L = train_step(S, cfg, person)
@@ -373,20 +405,21 @@ def main(argv=None):
                 wall += time.time() - t0
                 t0 = time.time()
                 save_ckpt()
-    except KeyboardInterrupt:
-        stop['now'] = True
     except FloatingPointError as e:
         pbar.close()
         raise SystemExit(f'error: {e}; stopped, the last good checkpoint is {out}/ckpt.pt (lower --lr?)')
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
     pbar.close()
     wall += time.time() - t0
     try:
         save_ckpt()
     except FloatingPointError as e:
         raise SystemExit(f'error: {e}; stopped, the last good checkpoint is {out}/ckpt.pt (lower --lr?)')
-    if stop['now']:
+    if stop['sig']:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
         print(f'interrupted at step {step}; continue with: python train.py --out {out} --resume')
-        return out
+        raise SystemExit(128 + stop['sig'])
 
     # results: the adapters (or the fine-tuned synthesis), a before/after picture
     meta = {'identity': info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
