@@ -69,7 +69,7 @@ def image_loss(u, s, perceptual, id_distance, w):
     return w.w_pix * mse + w.w_perc * perceptual(u.feats, s.feats) + w.w_id * id_distance(u.emb, s.emb)
 
 
-def trajectory_consistency(traj, n, blocks=None):
+def trajectory_consistency(traj, n, blocks=None, device=None):
     """LEGATO's smoothness term: the mean squared increment between successive grid states, averaged over steps
     and over the adapters (all, or those named in `blocks`, e.g. ['b128']); only the first n samples (the
     forgotten latents) count. Each increment counts once (the official code counts the last one twice)."""
@@ -79,7 +79,7 @@ def trajectory_consistency(traj, n, blocks=None):
             continue
         steps = [(b[:n] - a[:n]).square().mean() for a, b in zip(states[:-1], states[1:])]
         terms.append(torch.stack(steps).mean())
-    return torch.stack(terms).mean() if terms else torch.zeros(())
+    return torch.stack(terms).mean() if terms else torch.zeros((), device=device)
 
 
 def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_weight=None):
@@ -94,7 +94,7 @@ def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_wei
              # GUIDE sums over the adjacency samples of each forgotten latent, and over the global samples
              adj=image_loss(u.rows(a, b), s.rows(a, b), perceptual, id_distance, w).view(n_u, -1).sum(1).mean(),
              glob=perceptual(u.rows(b).feats, s.rows(b).feats),  # perceptual only, as GUIDE
-             tc=trajectory_consistency(traj, n_u, w.tc_blocks and w.tc_blocks.split(',')).to(u.img.device))
+             tc=trajectory_consistency(traj, n_u, w.tc_blocks and w.tc_blocks.split(','), u.img.device))
     L['glob'] = L['glob'].sum() if glob_weight is None else (L['glob'] * glob_weight).sum()
     L['loss'] = w.w_local * L['local'] + w.w_adj * L['adj'] + w.w_glob * L['glob'] + w.w_tc * L['tc']
     return L
@@ -113,7 +113,8 @@ def shows_person(emb, refs, owner, id_distance, threshold):
 def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, margin):
     """What forgetting the person adds -> {person, anchor, keep}. u/s rows: [mined latents of the person (n_mined) |
     kept people's latents], s drawn by the frozen generator. A mined sample's identity is pushed past `margin` from
-    every photo of the person (refs of owner 0, a hinge), the rest of its image held (perceptual, as the global term);
+    every photo of the person (refs of owner 0, a hinge), the rest of its image held ('anchor': perceptual, as the
+    global term, and weighted by w_glob in train.py);
     the kept people are held with GUIDE's image loss (summed, as the global term)."""
     mu, ms = u.rows(0, n_mined), s.rows(0, n_mined)
     d = id_distance(mu.emb[:, None], refs[None]).masked_fill(owner != 0, float('inf'))  # [n_mined, P], no sync

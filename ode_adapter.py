@@ -13,6 +13,7 @@ torchdiffeq's rk4, i.e. Kutta's 3/8 rule). backend='torchdiffeq' / 'adjoint' run
 adaptive ones such as 'dopri5', through torchdiffeq.odeint / odeint_adjoint.
 """
 import copy
+import functools
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -103,6 +104,12 @@ def time_grid(T, h):
     return pts
 
 
+@functools.lru_cache(maxsize=64)
+def grid_tensor(grid, dtype, device):
+    """The grid on the device, made once per (grid, dtype, device): a copy from the host would stall a GPU."""
+    return torch.tensor(grid, dtype=dtype, device=device)
+
+
 def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
     """Integrate dx/dt = f(t, x) over [0, T] with step h -> (x(T), states at the grid points)."""
     grid = time_grid(T, h)
@@ -114,11 +121,11 @@ def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
                              f'(adaptive solvers such as dopri5 need backend="torchdiffeq")')
         if len(grid) == 1:
             return x, [x]
-        return SOLVERS[solver](f, x, torch.tensor(grid, dtype=x.dtype, device=x.device))
+        return SOLVERS[solver](f, x, grid_tensor(tuple(grid), x.dtype, x.device))
     import torchdiffeq
     if len(grid) == 1:
         return x, [x]
-    t = torch.tensor(grid, dtype=x.dtype, device=x.device)
+    t = grid_tensor(tuple(grid), x.dtype, x.device)
     odeint = torchdiffeq.odeint_adjoint if backend == 'adjoint' else torchdiffeq.odeint
     try:  # fixed-grid methods step exactly on t (torchdiffeq's default grid), adaptive ones output at t
         out = odeint(f, x, t, method=solver)
@@ -137,7 +144,7 @@ class ODEAdapter(nn.Module):
         self.res, self.T, self.h, self.solver, self.backend = res, T, h, solver, backend
 
     def forward(self, x, T=None, h=None, solver=None, backend=None):
-        # x: [N, C, H, W]; states: [N, H, W, C]. In fp16 blocks the ODE runs in fp32, the parameters stay fp32
+        # x: [N, C, H, W]; states: [N, H, W, C] fp32 (at T = 0 just [x]). fp16 blocks: the ODE runs in fp32
         T = self.T if T is None else T
         if T == 0:
             return x, [x]

@@ -5,9 +5,10 @@ Make a generator forget one identity: LEGATO's Neural-ODE adapters trained with 
     python train.py --identity photos/ --ckpt ffhq.pkl --device cuda
     python train.py --adapter full                        # GUIDE's baseline: fine-tune the whole synthesis
 
-Each step is fused: one batched forward of the trainable generator over [identity, adjacency, global]
-latents, one no-grad forward of the frozen generator over the targets that change (those that never
-change are computed once), one backward; the host syncs only at the log interval.
+Each step is fused: one batched forward of the trainable generator over [identity, adjacency, global
+(, mined, kept)] latents, one no-grad forward of the frozen generator over what they should look like (the
+identity's target, which never changes, is computed once), one backward. The step itself reads nothing back
+from the device (fp16's loss scaler aside); logging, person-mode searches and checkpoints do, at their intervals.
 Writes to --out: adapter.pt, before_after.png, log.jsonl, and ckpt.pt for --resume.
 """
 import argparse
@@ -55,7 +56,7 @@ class Config:
     resume: bool = arg(False, 'continue the run in --out from its ckpt.pt')
     # optimisation
     iters: int = arg(None, "optimisation steps (default: the paper's 1000; on the built-in baby 500 with --forget "
-                           "latent, which has forgotten by step 250 (the README's collapse curves), and 300 with "
+                           "latent, which has forgotten by step 100 (the README's collapse curves), and 300 with "
                            "--forget person, whose leak is gone by step 150 and whose step costs 2.3x)")
     lr: float = arg(1e-4, 'Adam learning rate (trainable parameters only), as the official code')
     # the adapter and its dial
@@ -87,10 +88,10 @@ class Config:
     forget: str = arg('person', "person: also forget the person's samples found among random latents, keep the others' "
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
     mine_n: int = arg(2000, 'random samples searched for the person at the start (psi ~ U(0.5, 1))')
-    mine_every: int = arg(100, 'every K steps, search mine_n / 4 samples of the adapted generator for the person again')
+    mine_every: int = arg(100, 'every K steps search mine_n / 4 samples of the adapted generator again (0: never)')
     n_mine: int = arg(4, 'mined latents of the person per step, pushed out of the identity, kept a face')
     margin: float = arg(0.25, "how far past the identity network's threshold a mined sample is pushed")
-    w_person: float = arg(10.0, 'weight of the identity hinge on the mined latents')
+    w_person: float = arg(10.0, 'weight of the identity hinge on the mined latents (their images are held by w_glob)')
     w_keep: float = arg(1.0, "weight of holding the kept people's latents to their original images")
     # judging networks
     id_net: str = arg('dlib', 'identity network of the loss (dlib works offline)', ID_NETS)
@@ -99,7 +100,7 @@ class Config:
     lpips_lin: str = arg(None, "LPIPS v0.1 linear heads (lpips' weights/v0.1/vgg.pth) for --vgg")
     invert_steps: int = arg(300, 'optimisation steps to invert each photo')
     # bookkeeping and speed
-    log_every: int = arg(50, 'log interval: the only host sync of the loop')
+    log_every: int = arg(50, 'log interval (reads the losses back from the device)')
     ckpt_every: int = arg(250, 'checkpoint interval (also on Ctrl-C / SIGTERM)')
     snapshot_every: int = arg(0, 'keep adapter snapshots every K steps (for collapse curves)')
     seed: int = arg(0, 'seed of the training latents: same seed, same numbers on CPU')
@@ -108,7 +109,7 @@ class Config:
     compile: bool = arg(False, 'torch.compile the synthesis network')
 
 
-RESUMABLE = ('out', 'resume', 'iters', 'device', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt')  # --resume may change
+RESUMABLE = ('out', 'resume', 'iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt')  # --resume may change these
 
 
 def parser(only_given=False):
@@ -137,8 +138,9 @@ def resumed(cfg, given, ck, path):
     run = Config(**{'forget': 'latent', **{k: v for k, v in ck['args'].items() if k in known}})  # older runs: paper's
     for k in sorted(given - set(RESUMABLE)):
         if getattr(cfg, k) != getattr(run, k):
-            raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); drop it '
-                             f'to resume (only {", ".join("--" + r for r in RESUMABLE[2:])} may change) or use a new --out')
+            may = ', '.join('--' + r for r in RESUMABLE[2:])
+            raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); '
+                             f'drop it to resume (only {may} may change) or use a new --out')
     run = replace(run, resume=True, **{k: getattr(cfg, k) for k in given & set(RESUMABLE) - {'resume'}})
     if run.iters < ck['step']:
         raise SystemExit(f'error: {path}: --iters {run.iters} is below the step the run reached ({ck["step"]})')
@@ -203,7 +205,7 @@ def sample_latents(S, cfg):
     z = torch.randn(n_u * cfg.n_adj + cfg.n_glob, S.G.cfg.z_dim, generator=S.gen, device=dev)
     alpha = torch.rand(n_u, cfg.n_adj, generator=S.gen, device=dev) * cfg.alpha_max
     with torch.no_grad():
-        w_r = S.G.mapping(z)  # [n_adj + n_glob, L, C], psi 1
+        w_r = S.G.mapping(z)  # [n_u * n_adj + n_glob, L, C], psi 1
         w_adj, w_glob = w_r[:n_u * cfg.n_adj], w_r[n_u * cfg.n_adj:]
         delta = adjacency_offsets(S.ws_u, w_adj.view(n_u, cfg.n_adj, *w_r.shape[1:]), alpha).flatten(0, 1)
         return S.ws_u.repeat_interleave(cfg.n_adj, 0) + delta, S.ws_t.repeat_interleave(cfg.n_adj, 0) + delta, w_glob
@@ -211,21 +213,23 @@ def sample_latents(S, cfg):
 
 def train_step(S, cfg, P=None):
     """One step: sample latents, frozen forward, trainable forward, loss, backward. No host sync.
-    With P (--forget person) mined latents of the person and the kept people join the batch and the loss."""
+    With P (--forget person) mined latents of the person and the kept people join the batch and the loss.
+    Rows of both batches: [w_u (n_u) | w_u + delta (n_u * n_adj) | global (n_glob) | mined (n_mine) | kept]."""
     w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg)
     w_p = person_latents(S, P, cfg) if P else []
-    with torch.no_grad(), S.amp:  # what each latent should look like: [G_s(w_t) (constant) | G_s(w_t + delta) | G_s(w)]
+    with torch.no_grad(), S.amp:  # what each should look like: [G_s(w_t) (constant) | G_s(w_t + delta) | G_s(w) ...]
         s = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *w_p]), fused=False, **S.s_kw).float(),
                                S.idn, S.perc))
-    with S.amp:  # what the trainable generator draws for [w_u | w_u + delta | w]
+    with S.amp:  # what the trainable generator draws for [w_u | w_u + delta | w ...]
         img, traj = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob, *w_p]), fused=False, return_traj=True)
     u = describe(img.float(), S.idn, S.perc)
-    n_u, n_adj, b = len(S.ws_u), len(w_adj_u), len(S.ws_u) + len(w_adj_u) + len(w_glob)
+    n_u, n_adj_rows, p0 = len(S.ws_u), len(w_adj_u), len(S.ws_u) + len(w_adj_u) + len(w_glob)  # p0: person rows
     # person mode: global samples that showed the person (frozen image) are no longer preserved
-    keep = 1 - shows_person(s.emb[n_u + n_adj:b], P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD) if P else None
-    L = unlearning_loss(u.rows(0, b), s.rows(0, b), traj, n_u, n_adj, S.perc, S.idn.distance, cfg, keep)
+    glob_weight = 1 - shows_person(s.emb[n_u + n_adj_rows:p0], P.refs, P.owner, S.idn.distance,
+                                   S.idn.THRESHOLD) if P else None
+    L = unlearning_loss(u.rows(0, p0), s.rows(0, p0), traj, n_u, n_adj_rows, S.perc, S.idn.distance, cfg, glob_weight)
     if P:
-        L.update(person_loss(u.rows(b), s.rows(b), cfg.n_mine, P.refs, P.owner, S.perc, S.idn.distance, cfg,
+        L.update(person_loss(u.rows(p0), s.rows(p0), cfg.n_mine, P.refs, P.owner, S.perc, S.idn.distance, cfg,
                              S.idn.THRESHOLD + cfg.margin))
         L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_glob * L['anchor'] + cfg.w_keep * L['keep']
     S.opt.zero_grad(set_to_none=True)
@@ -255,7 +259,8 @@ def person_latents(S, P, cfg):
 
 @torch.no_grad()
 def mine(S, P, G, kw, n, bs=64):
-    """Latents among n random ones (psi ~ U(0.5, 1), the step's random stream) whose image, drawn with kw,
+    """Latents among n random ones (psi ~ U(0.5, 1); drawn from the step's random stream S.gen, which is why
+    ckpt.pt keeps the pool with it) whose image, drawn with kw,
     the identity network puts nearest the person within its threshold. Reads the result back (a host sync)."""
     dev = P.refs.device
     z = torch.randn(n, G.cfg.z_dim, generator=S.gen, device=dev)
@@ -358,7 +363,7 @@ def main(argv=None):
         if cfg.forget == 'person':  # find the person among the original generator's samples
             P.pool = mine(S, P, S.G_s, S.s_kw, cfg.mine_n)
             print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person' +
-                  ('' if len(P.pool) else "; nobody beyond the given latents: this run is the paper's method"))
+                  ('' if len(P.pool) else "; nobody beyond the given latents: this run trains the paper's objective"))
     person = P if cfg.forget == 'person' and len(P.pool) else None  # None: the paper's method
 
     def trainable_state():
@@ -390,7 +395,7 @@ def main(argv=None):
             loss = L['loss'].detach()
             step += 1
             pbar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.iters:  # the only host sync
+            if step % cfg.log_every == 0 or step == cfg.iters:  # reads the losses back (a host sync)
                 rec = {'step': step, **{k: v.item() for k, v in L.items()}, 'wall': round(wall + time.time() - t0, 2)}
                 if person:
                     rec['pool'] = len(P.pool)
