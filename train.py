@@ -60,13 +60,14 @@ class Config:
                            "--forget person, whose leak is gone by step 150 and whose step costs 2.3x)")
     lr: float = arg(1e-4, 'Adam learning rate (trainable parameters only), as the official code')
     # the adapter and its dial
-    adapter: str = arg('ode', 'ode: LEGATO; residual: one-step residual adapter x + f(x); full: GUIDE, fine-tune '
-                              'all of synthesis', ADAPTERS)
+    adapter: str = arg('ode', 'ode: LEGATO; residual: one-step residual adapter x + f(x) (ignores --t_end, --step, '
+                              '--solver); full: GUIDE, fine-tune all of synthesis', ADAPTERS)
     hidden: int = arg(None, "adapter hidden width (default: the generator's channel_max / 2, i.e. the paper's 256 "
                             "for the official 512-channel StyleGAN2s and 64 for the 128-channel baby)")
     solver: str = arg('euler', "the paper's Euler; midpoint | rk4, or any torchdiffeq method with --backend "
                                "torchdiffeq")
-    backend: str = arg('native', 'ODE solver backend: hand-written, torchdiffeq, or its adjoint (memory)', BACKENDS)
+    backend: str = arg('native', 'ODE solver backend: hand-written, torchdiffeq, or its adjoint (less memory; its '
+                                 'gradients match backprop through the steps only as h -> 0)', BACKENDS)
     step: float = arg(0.4, "ODE step size h (the paper's)")
     t_end: float = arg(1.6, "ODE integration time T, the forgetting dial (the paper's)")
     # GUIDE's objective
@@ -185,8 +186,8 @@ def setup(cfg, G, idn, perc, ws_u):
         G_s, s_kw = copy.deepcopy(G).requires_grad_(False), {}
         G.synthesis.requires_grad_(True)
     else:  # adapters on a frozen G; G_s is the same network at T = 0 (exactly the original)
-        T, h = (1.0, 1.0) if cfg.adapter == 'residual' else (cfg.t_end, cfg.step)
-        attach_adapters(G, cfg.hidden or G.cfg.channel_max // 2, T=T, h=h, solver=cfg.solver, backend=cfg.backend)
+        T, h, solver = (1.0, 1.0, 'euler') if cfg.adapter == 'residual' else (cfg.t_end, cfg.step, cfg.solver)
+        attach_adapters(G, cfg.hidden or G.cfg.channel_max // 2, T=T, h=h, solver=solver, backend=cfg.backend)
         G_s, s_kw = G, {'T': 0}
     amp = nullcontext() if cfg.amp == 'none' else torch.autocast(dev.type, dtype=AMP[cfg.amp])
     ws_t = target_latent(ws_u, G.mapping.w_avg, cfg.target_d, cfg.target, cfg.scale_d)
