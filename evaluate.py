@@ -274,23 +274,23 @@ def evaluate_run(run, args, device):
     ident = meta['identity']
     photos_u = held = None
     res = G_s.cfg.img_resolution
+    files = held_out_photos(meta)
     if ident.get('kind') == 'photos':
-        photos_u, _ = load_faces(ident['path'], res)
-        files = held_out_photos(meta)
+        photos_u, names = load_faces(ident['path'], res)
+        hp = torch.cat([photos_u[:0]] + [load_faces(f, res)[0] for f in files]).to(device)
         if files:
-            hp = torch.cat([load_faces(f, res)[0] for f in files]).to(device)
             ws_h, _, _ = invert(G_s, hp, J.idn, steps=args.invert_steps or 300)
             with torch.no_grad():
                 held = (ws_h, J.emb(hp))
     retain_photos = {k: load_faces(f, res, align=False)[0] for k, f in meta.get('retain_photos', {}).items()}
     m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
-    m['held_out_photos'] = [f.name for f in held_out_photos(meta)]
+    m['held_out_photos'] = [f.name for f in files]
     census = Census(known_people(meta, G_s, s_kw), J, DlibCpp() if dlib_available() else None)
     m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, census, args.n, seed)[0] for seed in seeds(args)}
     m.update(leak_summary(m['leak'].values(), census))
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
-        photos = next(iter(known_people(meta, G_s, s_kw, res).values()))
-        m.update(reprojection(G_s, G_u, s_kw, {}, photos, J, args.invert_steps or 300))
+        m['reproject_photos'] = names + [f.stem for f in files]
+        m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))
     if args.real:
         m.update(real_fd(G_s, G_u, s_kw, J, args.real, device))
     m['trainable_params'] = sum(v.numel() for v in meta['state_dict'].values()) if 'state_dict' in meta else \

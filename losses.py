@@ -114,8 +114,8 @@ def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, margin):
     """What forgetting the person adds -> {person, anchor, keep}. u/s rows: [mined latents of the person (n_mined) |
     kept people's latents], s drawn by the frozen generator. A mined sample's identity is pushed past `margin` from
     every photo of the person (refs of owner 0, a hinge), the rest of its image held ('anchor': perceptual, as the
-    global term, and weighted by w_glob in train.py);
-    the kept people are held with GUIDE's image loss (summed, as the global term)."""
+    global term, and weighted by w_glob in train.py); the kept people are held with GUIDE's image loss (summed, as
+    the global term)."""
     mu, ms = u.rows(0, n_mined), s.rows(0, n_mined)
     d = id_distance(mu.emb[:, None], refs[None]).masked_fill(owner != 0, float('inf'))  # [n_mined, P], no sync
     near = d.min(1).values  # distance to the person's nearest photo

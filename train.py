@@ -111,14 +111,14 @@ class Config:
 
 
 RESUMABLE = ('out', 'resume', 'iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt')  # --resume may change these
+MAY_CHANGE = ', '.join('--' + k for k in RESUMABLE[2:])  # as the help and the errors name them
 
 
 def parser(only_given=False):
     """The command line, one flag per Config field (only_given: parse to just the flags on the command line)."""
-    may_change = ', '.join('--' + k for k in RESUMABLE[2:])
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog=f"--resume restores the run's settings; only {may_change} may differ",
+                                epilog=f"--resume restores the run's settings; only {MAY_CHANGE} may differ",
                                 argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
         if f.type is bool:
@@ -139,9 +139,8 @@ def resumed(cfg, given, ck, path):
     run = Config(**{'forget': 'latent', **{k: v for k, v in ck['args'].items() if k in known}})  # older runs: paper's
     for k in sorted(given - set(RESUMABLE)):
         if getattr(cfg, k) != getattr(run, k):
-            may = ', '.join('--' + r for r in RESUMABLE[2:])
             raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); '
-                             f'drop it to resume (only {may} may change) or use a new --out')
+                             f'drop it to resume (only {MAY_CHANGE} may change) or use a new --out')
     run = replace(run, resume=True, **{k: getattr(cfg, k) for k in given & set(RESUMABLE) - {'resume'}})
     if run.iters < ck['step']:
         raise SystemExit(f'error: {path}: --iters {run.iters} is below the step the run reached ({ck["step"]})')
@@ -260,9 +259,9 @@ def person_latents(S, P, cfg):
 
 @torch.no_grad()
 def mine(S, P, G, kw, n, bs=64):
-    """Latents among n random ones (psi ~ U(0.5, 1); drawn from the step's random stream S.gen, which is why
-    ckpt.pt keeps the pool with it) whose image, drawn with kw,
-    the identity network puts nearest the person within its threshold. Reads the result back (a host sync)."""
+    """Latents among n random ones whose image, drawn by G with kw, the identity network puts nearest the person
+    within its threshold. psi ~ U(0.5, 1); the draws come from the step's random stream S.gen, which is why ckpt.pt
+    keeps the pool with it. Reads the result back (a host sync)."""
     dev = P.refs.device
     z = torch.randn(n, G.cfg.z_dim, generator=S.gen, device=dev)
     psi = 0.5 + 0.5 * torch.rand(n, 1, 1, generator=S.gen, device=dev)
