@@ -239,7 +239,9 @@ def resolve_identity(spec, G, id_net, steps=300, progress=True):
         try:
             seed = int(spec[5:])
         except ValueError:
-            raise DataError(f'{spec}: write seed:N with an integer N') from None
+            seed = -1
+        if not 0 <= seed < 2 ** 63:
+            raise DataError(f'{spec}: write seed:N with an integer 0 <= N < 2**63') from None
         z = torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
         with torch.no_grad():
             return G.mapping(z), {'kind': 'seed', 'seed': seed}

@@ -13,6 +13,7 @@ computed on the identity network's 128-d descriptors and named FD_<net>, never F
 """
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -22,12 +23,10 @@ from scipy import linalg
 from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
-from helpers import CheckpointError, keep_freed_memory, write_json
+from helpers import ROOT, CheckpointError, device, keep_freed_memory, load, write_json
 from id_net import ID_NETS, DlibCpp, FIDInception, load_id_net
 from model import Generator
 from ode_adapter import load_run
-
-ROOT = Path(__file__).resolve().parent
 
 
 # -----------------------------------------------------------------------------
@@ -164,7 +163,7 @@ def known_people(meta, G_s, s_kw, size=256):
     ident, out = meta['identity'], {}
     if ident.get('kind') == 'photos':
         p = Path(ident['path'])
-        out[(p if p.is_dir() else p.parent).name] = load_faces(p if p.is_dir() else p.parent, size)[0]
+        out[ident.get('name') or (p if p.is_dir() else p.parent).name] = load_faces(p if p.is_dir() else p.parent, size)[0]
     else:
         img = generate(G_s, meta['ws_u'].to(G_s.mapping.w_avg.device), s_kw).cpu()
         out['forgotten'] = torch.nn.functional.interpolate(img, size=size, mode='bilinear', align_corners=False)
@@ -236,7 +235,21 @@ def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):
 
 def seeds(args):
     """--seed 1,2,3 -> [1, 2, 3]: the leak is counted on each, the rest on the first."""
-    return [int(s) for s in str(args.seed).split(',')]
+    try:
+        return [int(s) for s in str(args.seed).split(',')]
+    except ValueError:
+        raise ValueError(f'--seed {args.seed}: write integers separated by commas, e.g. 1,2,3') from None
+
+
+def times(spec):
+    """--T 0,0.8,1.6 -> [0.0, 0.8, 1.6]: integration times, finite and >= 0."""
+    try:
+        Ts = [float(t) for t in spec.split(',')]
+    except ValueError:
+        raise ValueError(f'--T {spec}: write numbers separated by commas, e.g. 0,0.8,1.6') from None
+    if not all(math.isfinite(t) and t >= 0 for t in Ts):
+        raise ValueError(f'--T {spec}: each integration time must be a finite number >= 0')
+    return Ts
 
 
 def leak_summary(runs, census):
@@ -269,7 +282,7 @@ def reprojection(G_s, G_u, s_kw, u_kw, photos, J, steps):
 
 
 def evaluate_run(run, args, device):
-    G_s, G_u, s_kw, meta = load_run(run, device)
+    G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
     J = Judge(args, device)
     ident = meta['identity']
     photos_u = held = None
@@ -349,11 +362,11 @@ def plot(path, xs, series, xlabel, ylabel='identity distance', line=0.6):
 
 def sweep(run, args, device):
     """The dial: the trained adapters evaluated at several integration times T, no retraining."""
-    G_s, G_u, s_kw, meta = load_run(run, device)
+    G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
     if meta.get('kind') == 'full':
         raise SystemExit(f'error: {run}: a full fine-tune has no dial (train with --adapter ode)')
     T_train = meta['adapter']['T']
-    Ts = [float(t) for t in args.T.split(',')] if args.T else [round(x, 4) for x in np.linspace(0, 2 * T_train, 9)]
+    Ts = times(args.T) if args.T else [round(x, 4) for x in np.linspace(0, 2 * T_train, 9)]
     J = Judge(args, device)
     photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution)[0] \
         if meta['identity'].get('kind') == 'photos' else None
@@ -386,13 +399,13 @@ def curve(runs, args, device):
     J = Judge(args, device)
     all_series, xs_all = {}, None
     for run in runs:
-        G_s, G_u, s_kw, meta = load_run(run, device)
+        G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
         snaps = sorted((Path(run) / 'snapshots').glob('*.pt'))
         if not snaps:
             raise SystemExit(f'error: {run}: no snapshots; train with --snapshot_every K')
         ids, rets, xs = [], [], []
         for s in tqdm(snaps, desc=str(run)):
-            ck = torch.load(s, map_location=device, weights_only=True)
+            ck = load(s, 'an adapter snapshot written by train.py', device)
             G_u.synthesis.load_state_dict(ck['synthesis'], strict=False)
             m = measure(G_s, G_u, s_kw, {}, meta, J, fd=False)
             xs.append(ck['step'])
@@ -438,11 +451,12 @@ def compare(runs):
 def baby_report(args, device):
     """Can the baby generator draw faces, and does it know the four people? (dlib, 64x64 output)"""
     import dlib
-    G = Generator.from_checkpoint(args.ckpt).to(device)
+    ckpt = args.ckpt or str(ROOT / 'assets/baby.pt')
+    G = Generator.from_checkpoint(ckpt).to(device)
     idn = load_id_net('dlib').to(device)
     people = sorted(d.name for d in (ROOT / 'assets/faces').iterdir() if d.is_dir())
     photos = {p: load_faces(ROOT / 'assets/faces' / p, G.cfg.img_resolution, align=False) for p in people}
-    rep = {'ckpt': args.ckpt, 'inversion': {}}
+    rep = {'ckpt': ckpt, 'inversion': {}}
     # 1. every demo photo inverts to a latent recognised as that person. The inversion optimises pixels only:
     # with dlib's own distance in the objective even a random generator's W+ is pushed to 'look like' anyone.
     allx = torch.cat([x for x, _ in photos.values()]).to(device)
@@ -489,7 +503,8 @@ def main():
     p.add_argument('--curve', action='store_true', help='ID / retention over training from snapshots')
     p.add_argument('--compare', action='store_true', help='markdown table of the runs\' metrics.json')
     p.add_argument('--baby-report', dest='baby_report', action='store_true', help="the built-in generator's report")
-    p.add_argument('--ckpt', default=str(ROOT / 'assets/baby.pt'), help='generator for --baby-report')
+    p.add_argument('--ckpt', default=None, help="the generator: default the run's own (the same weights in another file "
+                   'are accepted), the built-in baby for --baby-report')
     p.add_argument('--n', type=int, default=1000, help='random samples for the leak / retention / Frechet distances / report')
     p.add_argument('--seed', default='0', help='evaluation seed(s), e.g. 1,2,3: the leak is counted on each (mean and '
                    'spread); a stream of its own, never the latents training drew')
@@ -502,12 +517,17 @@ def main():
     p.add_argument('--out', default=None, help='output file for --curve / --baby-report pictures')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args()
-    dev = torch.device(args.device)
-    keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
-    try:
+    try:  # every bad file or setting: one line, no traceback
+        dev = device(args.device)
+        seeds(args), args.T and times(args.T)  # the flags, checked before any work
+        if args.n < 1 or (args.invert_steps is not None and args.invert_steps < 1):
+            raise ValueError('--n and --invert_steps must be >= 1')
+        keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
         return run(args, dev, p)
-    except (CheckpointError, DataError, ValueError) as e:  # every bad file or setting: one line, no traceback
+    except (CheckpointError, DataError, ValueError, OSError) as e:
         raise SystemExit(f'error: {e}')
+    except KeyboardInterrupt:
+        raise SystemExit('interrupted; the files written so far are complete, the rest were not written') from None
 
 
 def run(args, dev, p):

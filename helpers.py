@@ -1,7 +1,9 @@
 """
-Small generic helpers any file may import: safe loading, atomic writes, weight files, the CPU allocator.
+Small generic helpers any file may import: safe loading, atomic writes, portable paths, weight files, the CPU
+allocator.
 """
 import ctypes
+import hashlib
 import importlib.util
 import json
 import os
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parent  # the repository: paths inside it are stored relative to it
 
 
 class CheckpointError(ValueError):
@@ -26,17 +30,59 @@ def load(path, what, map_location='cpu'):
 
 
 def atomic_save(obj, path):
-    """torch.save to path + '.tmp', then rename: a crash never leaves a half-written file."""
-    path = str(path)
-    torch.save(obj, path + '.tmp')
-    os.replace(path + '.tmp', path)
+    """torch.save to path + '.tmp', then rename: a crash (or a full disk) never leaves a half-written file."""
+    tmp = f'{path}.tmp'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_json(obj, path):
     """JSON report written to a temp file and renamed: a reader never sees half a file."""
     tmp = Path(f'{path}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def portable(path):
+    """A path as a run stores it: relative to the repository when it lies inside it (the run then works in any
+    clone), else absolute. None, 'none' and seed:N pass through."""
+    if path is None or path == 'none' or str(path).startswith('seed:'):
+        return path
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def in_repo(path):
+    """A stored path back: relative ones are inside this repository."""
+    if path is None or path == 'none' or str(path).startswith('seed:') or Path(path).is_absolute():
+        return path
+    return str(ROOT / path)
+
+
+def device(name):
+    """--device -> torch.device; a ValueError naming the fix when this machine has no such device."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f'--device {name}: not a device; use cpu or cuda') from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {name}: this machine has no CUDA GPU PyTorch can use; use --device cpu')
+    return dev
+
+
+def digest(module):
+    """sha256 of a module's weights (names, shapes, values): the same generator in any file format or folder."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def model_file(name):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helpers import CheckpointError, atomic_save, load
+from helpers import CheckpointError, atomic_save, digest, in_repo, load
 from model import Generator
 
 
@@ -207,15 +207,28 @@ def load_adapters(G, path):
     return ck
 
 
-def load_run(run, device):
-    """A train.py run folder -> (G_s, G_u, kwargs that make G_s the original, the adapter.pt dict)."""
+def load_run(run, device, ckpt=None):
+    """A train.py run folder -> (G_s, G_u, kwargs that make G_s the original, the adapter.pt dict). The generator is
+    the run's own (a path inside the repository is found in any clone) or `ckpt`, which must hold the same weights;
+    the photos' paths in the dict point into the run folder."""
     run, path = Path(run), Path(run) / 'adapter.pt'
     if not run.is_dir():
         raise CheckpointError(f'{run}: no such run folder')
     if not path.exists():
         raise CheckpointError(f'{run}: no adapter.pt (the run did not finish; resume it with train.py --resume)')
     meta = load(path, 'an adapter file written by train.py')
-    G = Generator.from_checkpoint(meta['args']['ckpt'])
+    if not isinstance(meta, dict) or 'args' not in meta:
+        raise CheckpointError(f'{path}: not an adapter file written by train.py')
+    gen = ckpt or in_repo(meta['args']['ckpt'])
+    if not Path(gen).exists():
+        raise CheckpointError(f"{run}: the run's generator {gen} is not here; pass it with --ckpt")
+    G = Generator.from_checkpoint(gen)
+    if meta.get('generator_sha', digest(G)) != digest(G):
+        raise CheckpointError(f'{gen}: other weights than the generator {run} was trained on; pass that one with --ckpt')
+    ident = meta['identity']
+    if ident.get('kind') == 'photos':  # relative: inside the run folder (absolute in runs from before they were)
+        ident['path'] = str(run / ident['path'])
+    meta['retain_photos'] = {k: str(run / v) for k, v in (meta.get('retain_photos') or {}).items()}
     if meta.get('kind') == 'full':  # GUIDE's fine-tune: the whole synthesis network was saved
         G_u = copy.deepcopy(G)
         G_u.synthesis.load_state_dict(meta['synthesis'])

@@ -919,13 +919,25 @@ def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt):
         train.main(['--out', str(out), '--resume', '--iters', '1'])
 
 
-def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt):
+def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt, monkeypatch):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
     with pytest.raises(SystemExit, match='already exists; pass --resume'):
         run_train(tiny_ckpt, out, '--iters', '2')
-    with pytest.raises(SystemExit, match='non-finite loss'):
-        run_train(tiny_ckpt, tmp_path / 'nan', '--iters', '4', '--w_tc', 'nan')
-    assert not (tmp_path / 'nan' / 'adapter.pt').exists()
+    real_loss, calls = train.unlearning_loss, []
+
+    def nan_from_step_3(*args, **kw):
+        calls.append(1)
+        L = real_loss(*args, **kw)
+        return {**L, 'loss': L['loss'] * float('nan')} if len(calls) >= 3 else L
+    monkeypatch.setattr(train, 'unlearning_loss', nan_from_step_3)
+    with pytest.raises(SystemExit, match='non-finite loss at step 3.*nothing was kept'):
+        run_train(tiny_ckpt, tmp_path / 'nan', '--iters', '4', '--log_every', '1', '--ckpt_every', '10')
+    assert not (tmp_path / 'nan').exists()  # no checkpoint yet: the run leaves nothing behind
+    calls.clear()
+    with pytest.raises(SystemExit, match=f'non-finite loss at step 3.*the last good checkpoint is {tmp_path}/nan2'):
+        run_train(tiny_ckpt, tmp_path / 'nan2', '--iters', '4', '--log_every', '1', '--ckpt_every', '1')
+    assert torch.load(tmp_path / 'nan2' / 'ckpt.pt', weights_only=True)['step'] == 2
+    assert not (tmp_path / 'nan2' / 'adapter.pt').exists()
     with pytest.raises(SystemExit, match='no such file'):
         run_train(tmp_path / 'missing.pt', tmp_path / 'x', '--iters', '1')
     assert not (tmp_path / 'x').exists()
@@ -1143,7 +1155,7 @@ def test_frechet_distance_matches_direct_computation():
 
 def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
-    args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None, seed=0)
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None, seed=0, ckpt=None)
     m = evaluate.evaluate_run(out, args, torch.device('cpu'))
     assert m['trainable_params'] == 2688 and m['kind'] == 'ode' and math.isfinite(m['FD_dlib_pre'])
     rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
@@ -1171,15 +1183,18 @@ def test_retained_photos_are_recorded_and_evaluated(tmp_path, tiny_ckpt, facenet
     with pytest.warns(UserWarning, match='notes.txt'):
         out = train.main(argv + ['--out', str(tmp_path / 'run')])
     meta = torch.load(out / 'adapter.pt', weights_only=True)
-    assert meta['retain_photos'] == {'obama': str(faces / 'obama' / 'obama_1.png')} and list(meta['retain_ws']) == ['obama']
-    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, real=None, invert_steps=2, T=None, seed=0)
+    assert meta['retain_photos'] == {'obama': 'photos/keep/obama/obama_1.png'} and list(meta['retain_ws']) == ['obama']
+    kept = out / 'photos/keep/obama'  # the run keeps a copy of the kept person's photos, nothing else
+    assert sorted(f.name for f in kept.iterdir()) == ['obama_1.png', 'obama_2.png', 'obama_3.png']
+    assert (kept / 'obama_1.png').read_bytes() == (faces / 'obama' / 'obama_1.png').read_bytes()
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, real=None, invert_steps=2, T=None, seed=0, ckpt=None)
     m = evaluate.evaluate_run(out, args, torch.device('cpu'))
     G = Generator.from_checkpoint(tiny_ckpt)  # the original generator
     G_u = Generator.from_checkpoint(tiny_ckpt)
     load_adapters(G_u, out / 'adapter.pt')
     w = meta['retain_ws']['obama']
     with torch.no_grad():
-        photo = facenet.embed(load_faces(meta['retain_photos']['obama'], G.cfg.img_resolution, align=False)[0])
+        photo = facenet.embed(load_faces(faces / 'obama' / 'obama_1.png', G.cfg.img_resolution, align=False)[0])
         before = (facenet.embed(G.synthesis(w)) - photo).norm(dim=1).mean().item()  # dlib: Euclidean distance
         after = (facenet.embed(G_u.synthesis(w)) - photo).norm(dim=1).mean().item()
     assert m['retain_obama_photo_before'] == pytest.approx(before, rel=1e-5)
@@ -1191,7 +1206,7 @@ def test_retained_photos_are_recorded_and_evaluated(tmp_path, tiny_ckpt, facenet
 def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--snapshot_every', '1', '--lr', '1e-2')
     assert sorted(p.name for p in (out / 'snapshots').iterdir()) == ['000000.pt', '000001.pt', '000002.pt']
-    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, inception=None, out=None)
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, inception=None, out=None, ckpt=None)
     evaluate.curve([out], args, torch.device('cpu'))
     c = json.load(open(out / 'curve.json'))
     assert c['steps'] == [0, 1, 2] and c['run: forgotten'][0] == 0 and c['run: forgotten'][2] > 0

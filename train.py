@@ -15,6 +15,8 @@ import argparse
 import copy
 import json
 import math
+import os
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -24,14 +26,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data import DataError, invert, list_photos, load_faces, resolve_identity, save_grid
-from helpers import CheckpointError, atomic_save, keep_freed_memory, load
+from data import IMAGE_EXTS, DataError, invert, list_photos, load_faces, resolve_identity, save_grid
+from helpers import ROOT, CheckpointError, atomic_save, device, digest, in_repo, keep_freed_memory, load, portable
 from id_net import ID_NETS, IDFeatureDistance, LPIPSVGG, load_id_net
 from losses import Seen, adjacency_offsets, describe, person_loss, shows_person, target_latent, unlearning_loss
 from model import Generator
-from ode_adapter import BACKENDS, attach_adapters, param_report, save_adapters
+from ode_adapter import BACKENDS, attach_adapters, integrate, param_report, save_adapters
 
-ROOT = Path(__file__).resolve().parent
 BABY = ROOT / 'assets/baby.pt'  # the built-in generator
 ADAPTERS = ('ode', 'residual', 'full')
 AMP = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}  # autocast dtypes
@@ -110,15 +111,17 @@ class Config:
     compile: bool = arg(False, 'torch.compile the synthesis network')
 
 
-RESUMABLE = ('out', 'resume', 'iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt')  # --resume may change these
+RESUMABLE = ('out', 'resume', 'iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt', 'device')  # may change
 MAY_CHANGE = ', '.join('--' + k for k in RESUMABLE[2:])  # as the help and the errors name them
+PATHS = ('identity', 'ckpt', 'retain', 'id_weights', 'vgg', 'lpips_lin')  # stored relative to the repo when inside
 
 
 def parser(only_given=False):
     """The command line, one flag per Config field (only_given: parse to just the flags on the command line)."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog=f"--resume restores the run's settings; only {MAY_CHANGE} may differ",
+                                epilog=f"--resume restores the run's settings; only {MAY_CHANGE} may differ "
+                                       "(--ckpt: the same weights in another file or folder)",
                                 argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
         if f.type is bool:
@@ -133,18 +136,65 @@ def get_args(argv=None):
     return Config(**vars(parser().parse_args(argv)))
 
 
+def stored(cfg):
+    """The settings as a checkpoint keeps them: a plain dict, paths inside the repository relative to it."""
+    return {k: portable(v) if k in PATHS else v for k, v in asdict(cfg).items()}
+
+
 def resumed(cfg, given, ck, path):
     """--resume: the run's own settings from its checkpoint; a given flag outside RESUMABLE must agree with them."""
     known = {f.name for f in fields(Config)}
-    run = Config(**{'forget': 'latent', **{k: v for k, v in ck['args'].items() if k in known}})  # older runs: paper's
+    run = Config(**{'forget': 'latent',  # runs from before person mode trained the paper's objective
+                    **{k: in_repo(v) if k in PATHS else v for k, v in ck['args'].items() if k in known}})
+    same = lambda k, v: portable(v) if k in PATHS else v  # noqa: E731 - a path may be spelled two ways
     for k in sorted(given - set(RESUMABLE)):
-        if getattr(cfg, k) != getattr(run, k):
+        if same(k, getattr(cfg, k)) != same(k, getattr(run, k)):
             raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); '
                              f'drop it to resume (only {MAY_CHANGE} may change) or use a new --out')
     run = replace(run, resume=True, **{k: getattr(cfg, k) for k in given & set(RESUMABLE) - {'resume'}})
     if run.iters < ck['step']:
-        raise SystemExit(f'error: {path}: --iters {run.iters} is below the step the run reached ({ck["step"]})')
+        raise SystemExit(f'error: {path}: --iters {run.iters} is below the step the run reached ({ck["step"]}); '
+                         f'pass a higher --iters to train on, or evaluate the run as it is')
     return run
+
+
+def check(cfg, out):
+    """Every setting that can be wrong, checked before any expensive work: the first problem, as one line."""
+    def bad(k, rule):
+        raise SystemExit(f'error: --{k} {getattr(cfg, k)}: must be {rule}')
+    for k in ('lr', 't_end', 'step', 'target_d'):
+        if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) > 0):
+            bad(k, 'a finite number > 0' + (' (T = 0 is the original generator)' if k == 't_end' else ''))
+    for k in ('alpha_max', 'margin', 'w_pix', 'w_perc', 'w_id', 'w_local', 'w_adj', 'w_glob', 'w_tc', 'w_person',
+              'w_keep'):
+        if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) >= 0):
+            bad(k, 'a finite number >= 0')
+    for k in ('iters', 'hidden', 'log_every', 'ckpt_every', 'invert_steps', 'n_mine', 'mine_n'):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
+            bad(k, '>= 1')
+    for k in ('n_adj', 'n_glob', 'snapshot_every', 'mine_every'):
+        if getattr(cfg, k) < 0:
+            bad(k, '>= 0 (0: none)')
+    try:  # the solver and its backend, on a one-number ODE
+        integrate(lambda t, x: -x, torch.zeros(1), cfg.t_end, cfg.step, cfg.solver,
+                  'native' if cfg.backend == 'native' else 'torchdiffeq')
+    except ValueError as e:
+        raise SystemExit(f'error: --solver {cfg.solver} --backend {cfg.backend}: {e}')
+    if cfg.lpips_lin and not cfg.vgg:
+        raise SystemExit('error: --lpips_lin needs --vgg (the VGG16 weights its linear heads sit on)')
+    if cfg.retain != 'none' and not Path(cfg.retain).is_dir():
+        raise SystemExit(f'error: --retain {cfg.retain}: no such folder; pass a folder of identity folders, or none')
+    try:
+        device(cfg.device)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f'error: --out {out} is a file; choose a folder')
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise SystemExit(f'error: --out {out}: cannot write in {parent}; choose a folder you can write to')
 
 
 def default_out(cfg):
@@ -190,6 +240,9 @@ def setup(cfg, G, idn, perc, ws_u):
         G_s, s_kw = G, {'T': 0}
     amp = nullcontext() if cfg.amp == 'none' else torch.autocast(dev.type, dtype=AMP[cfg.amp])
     ws_t = target_latent(ws_u, G.mapping.w_avg, cfg.target_d, cfg.target, cfg.scale_d)
+    if not torch.isfinite(ws_t).all():  # (w_u - w_avg) / ||w_u - w_avg|| with w_u = w_avg
+        raise ValueError(f"{cfg.identity}: a latent equals the generator's average latent, which has no direction to "
+                         'extrapolate from; use --target average or another identity')
     with torch.no_grad(), amp:
         tgt = describe(G_s.synthesis(ws_t, fused=False, **s_kw).float(), idn, perc)
     return Step(G=G, G_s=G_s, s_kw=s_kw, syn=torch.compile(G.synthesis) if cfg.compile else G.synthesis, idn=idn,
@@ -302,9 +355,44 @@ def invert_others(cfg, G, idn):
     return {k: ws[i:i + 1] for i, k in enumerate(photos)}, photos
 
 
-def main(argv=None):
+@torch.no_grad()
+def before_after(S, P, retain, path):
+    """Pairs before | after, one row each: the forgotten face and the kept people; random samples (psi 0.7); random
+    samples that showed the person."""
+    G, dev = S.G, S.ws_u.device
+    w_r = G.mapping(torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev), psi=0.7)
+    was = shows_person(S.idn.embed(S.G_s.synthesis(w_r, **S.s_kw)), P.refs, P.owner, S.idn.distance,
+                       S.idn.THRESHOLD).bool()
+    groups = [torch.cat([S.ws_u, *retain.values()])[:6], w_r[~was][:6], w_r[was][:6]]
+    pairs = [torch.stack([S.G_s.synthesis(g, **S.s_kw), G.synthesis(g)], 1).flatten(0, 1) for g in groups if len(g)]
+    blank = -torch.ones(12, *pairs[0].shape[1:], device=dev)  # black cells fill each row to 6 pairs
+    save_grid(torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs]), path, nrow=12)
+
+
+def keep_photos(info, retain_photos, out):
+    """Copy the photos evaluation reads into the run folder (the forgotten person's folder, held-out photos included,
+    and each kept person's) and point the run at them: a run folder copied anywhere evaluates."""
+    def copy(folder, dest):
+        dest.mkdir(parents=True)
+        for f in folder.iterdir():
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+                shutil.copy2(f, dest / f.name)
+    if info['kind'] == 'photos':
+        p = Path(info['path'])
+        folder = p if p.is_dir() else p.parent
+        copy(folder, out / 'photos/forget')
+        info.update(source=portable(p), name=folder.name, path='photos/forget' + ('' if p.is_dir() else f'/{p.name}'))
+    elif info['kind'] == 'latent':
+        info['path'] = portable(info['path'])
+    for name, photo in retain_photos.items():
+        copy(Path(photo).parent, out / 'photos/keep' / name)
+        retain_photos[name] = f'photos/keep/{name}/{Path(photo).name}'
+
+
+def start(argv):
+    """The run's settings (a resumed run's own), where it goes, and its checkpoint when resuming."""
     cfg, given = get_args(argv), set(vars(parser(only_given=True).parse_args(argv)))
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    out, ck = Path(cfg.out) if cfg.out else default_out(cfg), None
     if cfg.resume:
         if not (out / 'ckpt.pt').exists():
             raise SystemExit(f'error: {out}/ckpt.pt not found; nothing to resume (pass the --out of the run)')
@@ -317,15 +405,38 @@ def main(argv=None):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
     if cfg.iters is None:
         cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 300 if cfg.forget == 'person' else 500
-    if cfg.iters < 1 or cfg.lr <= 0:
-        raise SystemExit('error: --iters must be >= 1 and --lr > 0')
+    check(cfg, out)
+    return cfg, out, ck
+
+
+def main(argv=None):
+    cfg, out, ck = start(argv)
     dev = torch.device(cfg.device)
     keep_freed_memory(dev)
     torch.manual_seed(cfg.seed)
+    existed = out.exists()
 
-    # generator, identity network, perceptual distance
+    def abandon(msg, code=None):
+        """Stop with msg (exit 1, or code): a run that fails before its first checkpoint leaves nothing behind."""
+        if not cfg.resume and not (out / 'ckpt.pt').exists():
+            shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir()
+        if code:
+            print(msg)
+        raise SystemExit(code or msg)
+
+    # generator, identity network, perceptual distance, who to forget and keep
     try:
-        G = Generator.from_checkpoint(cfg.ckpt).to(dev)
+        G = Generator.from_checkpoint(cfg.ckpt)
+        sha = digest(G)
+        if cfg.resume and ck.get('generator_sha', sha) != sha:
+            raise CheckpointError(f'{cfg.ckpt}: other weights than the generator this run was trained on; pass that '
+                                  'generator with --ckpt')
+        G = G.to(dev)
+        if cfg.tc_blocks and set(cfg.tc_blocks.split(',')) - {f'b{b.resolution}' for b in G.synthesis.blocks()[1:]}:
+            raise ValueError(f'--tc_blocks {cfg.tc_blocks}: this generator has adapters on '
+                             f'{",".join(f"b{b.resolution}" for b in G.synthesis.blocks()[1:])} only')
         idn = load_id_net(cfg.id_net, cfg.id_weights).to(dev)
         perc = (LPIPSVGG(cfg.vgg, cfg.lpips_lin) if cfg.vgg else IDFeatureDistance(idn)).to(dev)
         print(f'generator {cfg.ckpt} ({G.cfg.img_resolution} px); identity: {cfg.id_net}; perceptual: {perc.name}')
@@ -334,36 +445,41 @@ def main(argv=None):
             retain_photos = ck['retain_photos']
         else:
             ws_u, info = resolve_identity(cfg.identity, G, idn, steps=cfg.invert_steps)
+            if not torch.isfinite(ws_u).all():
+                raise DataError(f'{cfg.identity}: the latent holds NaN or Inf values; pass a finite latent')
             photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
             retain, retain_photos = invert_others(cfg, G, idn)
+            retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
+            out.mkdir(parents=True, exist_ok=True)
+            keep_photos(info, retain_photos, out)
         if 'inversion_id_distance' in info:
             print(f'inverted {len(ws_u)} photo(s): identity distance '
                   f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
-    except (CheckpointError, DataError, ValueError) as e:
-        raise SystemExit(f'error: {e}')
+        S = setup(cfg, G, idn, perc, ws_u)
+        param_report(G)
+        step, wall, loss = 0, 0.0, None
+        if cfg.resume:  # the run goes on exactly as it would have
+            G.synthesis.load_state_dict(ck['synthesis'], strict=False)
+            S.opt.load_state_dict(ck['opt'])
+            step, wall = ck['step'], ck['wall']
+            if torch.device(ck['args']['device']).type == dev.type:
+                S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
+            else:  # a CPU stream cannot continue on a GPU (or back): a new one, from the seed and the step
+                S.gen.manual_seed(cfg.seed + step)
+                print(f'resuming a {ck["args"]["device"]} run on {dev}: new random stream (seed {cfg.seed} + step {step})')
+            P = Person(**{k: v.to(dev) for k, v in ck['person'].items()}) if ck.get('person') else \
+                setup_person(S, None, retain, {})  # a run from before person mode
+            print(f'resumed {out}/ckpt.pt at step {step}')
+        else:  # who the person is (the picture at the end needs it in either mode)
+            P = setup_person(S, photos, retain, retain_faces)
+            if cfg.forget == 'person':  # find the person among the original generator's samples
+                P.pool = mine(S, P, S.G_s, S.s_kw, cfg.mine_n)
+                print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person' +
+                      ('' if len(P.pool) else "; nobody beyond the given latents: this run trains the paper's objective"))
+    except (CheckpointError, DataError, ValueError, OSError) as e:
+        abandon(f'error: {e}')
     except KeyboardInterrupt:
-        print('interrupted before training started; nothing was written')
-        raise SystemExit(130) from None
-    out.mkdir(parents=True, exist_ok=True)
-
-    S = setup(cfg, G, idn, perc, ws_u)
-    param_report(G)
-    step, wall, loss = 0, 0.0, None
-    if cfg.resume:  # the run goes on exactly as it would have
-        G.synthesis.load_state_dict(ck['synthesis'], strict=False)
-        S.opt.load_state_dict(ck['opt'])
-        S.gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
-        step, wall = ck['step'], ck['wall']
-        P = Person(**{k: v.to(dev) for k, v in ck['person'].items()}) if ck.get('person') else \
-            setup_person(S, None, retain, {})  # a run from before person mode
-        print(f'resumed {out}/ckpt.pt at step {step}')
-    else:  # who the person is (the picture at the end needs it in either mode)
-        retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
-        P = setup_person(S, photos, retain, retain_faces)
-        if cfg.forget == 'person':  # find the person among the original generator's samples
-            P.pool = mine(S, P, S.G_s, S.s_kw, cfg.mine_n)
-            print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person' +
-                  ('' if len(P.pool) else "; nobody beyond the given latents: this run trains the paper's objective"))
+        abandon('interrupted before training started; nothing was written', 130)
     person = P if cfg.forget == 'person' and len(P.pool) else None  # None: the paper's method
 
     def trainable_state():
@@ -374,20 +490,20 @@ def main(argv=None):
             raise FloatingPointError(f'non-finite loss at step {step}')
         atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(), 'step': step,
                      'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain, 'retain_photos': retain_photos,
-                     'person': vars(P), 'args': asdict(cfg)}, out / 'ckpt.pt')
+                     'person': vars(P), 'args': stored(cfg), 'generator_sha': sha}, out / 'ckpt.pt')
 
     def snapshot():
         (out / 'snapshots').mkdir(exist_ok=True)
         atomic_save({'step': step, 'synthesis': trainable_state()}, out / 'snapshots' / f'{step:06d}.pt')
 
-    if cfg.snapshot_every and step == 0:  # the curves start at the untouched generator
-        snapshot()
     stop = {'sig': 0}  # Ctrl-C (SIGINT) and SIGTERM stop the run between steps, never inside one
     handlers = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in (signal.SIGINT, signal.SIGTERM)}
-    log = open(out / 'log.jsonl', 'a')
     pbar = tqdm(total=cfg.iters, initial=step, desc=f'unlearn ({cfg.adapter})', dynamic_ncols=True)
     t0 = time.time()
     try:
+        if cfg.snapshot_every and step == 0:  # the curves start at the untouched generator
+            snapshot()
+        log = open(out / 'log.jsonl', 'a')
         while step < cfg.iters and not stop['sig']:
             if person and cfg.mine_every and step and step % cfg.mine_every == 0:  # where does G still draw them?
                 P.pool = torch.cat([P.pool, mine(S, P, S.G, {}, cfg.mine_n // 4)])
@@ -410,40 +526,33 @@ def main(argv=None):
                 wall += time.time() - t0
                 t0 = time.time()
                 save_ckpt()
-    except FloatingPointError as e:
         pbar.close()
-        raise SystemExit(f'error: {e}; stopped, the last good checkpoint is {out}/ckpt.pt (lower --lr?)')
+        wall += time.time() - t0
+        save_ckpt()
+    except (FloatingPointError, OSError) as e:
+        pbar.close()
+        kept = f'the last good checkpoint is {out}/ckpt.pt' if (out / 'ckpt.pt').exists() else 'nothing was kept'
+        abandon(f'error: {e}; stopped, {kept}' + (' (a lower --lr?)' if isinstance(e, FloatingPointError) else ''))
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    pbar.close()
-    wall += time.time() - t0
-    try:
-        save_ckpt()
-    except FloatingPointError as e:
-        raise SystemExit(f'error: {e}; stopped, the last good checkpoint is {out}/ckpt.pt (lower --lr?)')
     if stop['sig']:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
         print(f'interrupted at step {step}; continue with: python train.py --out {out} --resume')
         raise SystemExit(128 + stop['sig'])
 
     # results: the adapters (or the fine-tuned synthesis), a before/after picture
     meta = {'identity': info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
-            'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'retain_photos': retain_photos, 'args': asdict(cfg),
-            'steps': step, 'wall_s': wall, 'kind': cfg.adapter, 'mined': len(P.pool)}
-    if cfg.adapter == 'full':
-        atomic_save({'generator_config': asdict(G.cfg), 'synthesis': G.synthesis.state_dict(), **meta},
-                    out / 'adapter.pt')
-    else:
-        save_adapters(G, out / 'adapter.pt', **meta)
-    with torch.no_grad():
-        z = torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev)
-        w_r = G.mapping(z, psi=0.7)
-        img_r = S.G_s.synthesis(w_r, **S.s_kw)
-        was = shows_person(idn.embed(img_r), P.refs, P.owner, idn.distance, idn.THRESHOLD).bool()
-        groups = [torch.cat([S.ws_u, *retain.values()])[:6], w_r[~was][:6], w_r[was][:6]]  # one row each
-        pairs = [torch.stack([S.G_s.synthesis(g, **S.s_kw), G.synthesis(g)], 1).flatten(0, 1) for g in groups if len(g)]
-    blank = -torch.ones(12, *pairs[0].shape[1:], device=dev)  # black cells fill each row to 6 pairs
-    save_grid(torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs]), out / 'before_after.png', nrow=12)
+            'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'retain_photos': retain_photos, 'args': stored(cfg),
+            'generator_sha': sha, 'steps': step, 'wall_s': wall, 'kind': cfg.adapter, 'mined': len(P.pool)}
+    try:
+        if cfg.adapter == 'full':
+            atomic_save({'generator_config': asdict(G.cfg), 'synthesis': G.synthesis.state_dict(), **meta},
+                        out / 'adapter.pt')
+        else:
+            save_adapters(G, out / 'adapter.pt', **meta)
+        before_after(S, P, retain, out / 'before_after.png')
+    except OSError as e:
+        raise SystemExit(f'error: {e}; the run is checkpointed: python train.py --out {out} --resume writes the results')
     print(f'done in {wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
           f'forgotten face and {", ".join(retain) or "no others"}; random samples; samples that showed the person)')
     return out
