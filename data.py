@@ -153,19 +153,26 @@ def to_uint8(img):
     return (img.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images, path, nrow=None):
-    """Save a list/tensor of [-1, 1] images [N, 3, H, W] as one PNG grid, written atomically."""
+def grid(images, nrow=None):
+    """[-1, 1] images [N, 3, H, W] -> one [rows * H, nrow * W, 3] uint8 picture, filled row by row."""
     x = to_uint8(torch.as_tensor(images))
     n, h, w, c = x.shape
     nrow = nrow or int(np.ceil(np.sqrt(n)))
-    ncol = int(np.ceil(n / nrow))
-    grid = np.zeros((ncol * h, nrow * w, c), np.uint8)
+    out = np.zeros((int(np.ceil(n / nrow)) * h, nrow * w, c), np.uint8)
     for i in range(n):
         r, q = divmod(i, nrow)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
-    tmp = str(path) + '.tmp.png'
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+        out[r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
+    return out
+
+
+def save_grid(images, path, nrow=None):
+    """Save [-1, 1] images [N, 3, H, W] as one PNG grid, written atomically."""
+    tmp = f'{path}.tmp.png'
+    try:
+        Image.fromarray(grid(images, nrow)).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # -----------------------------------------------------------------------------

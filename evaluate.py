@@ -334,7 +334,7 @@ def real_fd(G_s, G_u, s_kw, J, real, device):
 # -----------------------------------------------------------------------------
 # pictures
 
-def plot(path, xs, series, xlabel, ylabel='identity distance', line=0.6):
+def plot(path, xs, series, xlabel, ylabel='identity distance', line=None):
     """A line plot with matplotlib when installed; else the numbers go to a CSV next to it."""
     try:
         import matplotlib
@@ -350,7 +350,7 @@ def plot(path, xs, series, xlabel, ylabel='identity distance', line=0.6):
     for name, ys in series.items():
         ax.plot(xs, ys, marker='o', label=name)
     if line is not None:
-        ax.axhline(line, color='grey', ls=':', lw=1, label='dlib same-person threshold')
+        ax.axhline(line, color='grey', ls=':', lw=1, label='same-person threshold')
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
@@ -386,9 +386,9 @@ def sweep(run, args, device):
         series['forgotten: to its photo'] = [r['ID_photo_after'] for r in rows]
     if rows[0].get('retain_people') is not None:
         series['retention: other people'] = [r['retain_people'] for r in rows]
-    p = plot(out / 'sweep.png', Ts, series, 'integration time T')
+    p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=J.idn.THRESHOLD)
     leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in census.refs}
-    p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person', None)
+    p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person')
     print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in census.refs]]))
     print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}, {p2}')
     return rows
@@ -417,7 +417,7 @@ def curve(runs, args, device):
         xs_all = xs if xs_all is None or len(xs) < len(xs_all) else xs_all
     all_series = {k: v[:len(xs_all)] for k, v in all_series.items()}
     out = Path(args.out or Path(runs[0]) / 'curve.png')
-    p = plot(out, xs_all, all_series, 'training step')
+    p = plot(out, xs_all, all_series, 'training step', line=J.idn.THRESHOLD)
     write_json({'steps': xs_all, **all_series}, out.with_suffix('.json'))
     print(f'wrote {p} and {out.with_suffix(".json")}')
 
@@ -495,7 +495,7 @@ def baby_report(args, device):
     return rep
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('runs', nargs='*', help='run folders written by train.py')
     p.add_argument('--sweep', action='store_true', help='evaluate the adapters over integration times T')
@@ -516,7 +516,7 @@ def main():
                    help='inversion steps (default 300; 1000 for --baby-report, whose inversion uses pixels only)')
     p.add_argument('--out', default=None, help='output file for --curve / --baby-report pictures')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:  # every bad file or setting: one line, no traceback
         dev = device(args.device)
         seeds(args), args.T and times(args.T)  # the flags, checked before any work

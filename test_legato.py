@@ -35,6 +35,7 @@ import data
 import evaluate
 import helpers
 import pretrain
+import sample
 import train
 from data import DataError, load_faces, load_image
 from helpers import CheckpointError
@@ -177,6 +178,41 @@ def step_setup(facenet):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
         return S, cfg
     return make
+
+
+def random_like(sd, scale=0.1):
+    """Random values of a state dict's shapes (positive running variances; integer buffers kept)."""
+    return {k: (torch.rand(v.shape) + 0.5 if 'running_var' in k else torch.randn(v.shape) * scale)
+            if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def vgg16_state(scale=0.1):
+    """A torchvision-format VGG16 state dict with random conv weights (the classifier is ignored)."""
+    sd, c, i = {}, 3, 0
+    for v in LPIPSVGG.CFG:
+        if v == 'M':
+            i += 1
+            continue
+        sd[f'features.{i}.weight'], sd[f'features.{i}.bias'] = torch.randn(v, c, 3, 3) * scale, torch.zeros(v)
+        c, i = v, i + 2
+    sd['classifier.0.weight'] = torch.zeros(1)
+    return sd
+
+
+@pytest.fixture(scope='session')
+def weight_files(tmp_path_factory):
+    """Random-weight files in the official formats a user passes: ArcFace IR-SE50 and CurricularFace IR-101 (as
+    saved from DataParallel), torchvision VGG16 and LPIPS v0.1 heads, FID Inception."""
+    d = tmp_path_factory.mktemp('weights')
+    torch.manual_seed(0)
+    for arch, net in (('arcface', IRNet(50, True)), ('curricularface', IRNet(100, False))):
+        torch.save({'module.' + k: v for k, v in random_like(net.state_dict()).items()}, d / f'{arch}.pth')
+    torch.save(vgg16_state(), d / 'vgg16.pth')
+    torch.save({f'lin{k}.model.1.weight': torch.rand(1, ch, 1, 1) for k, ch in enumerate((64, 128, 256, 512, 512))},
+               d / 'vgg_lin.pth')
+    torch.save({k: v for k, v in random_like(FIDInception().state_dict(), 0.05).items()
+                if not k.endswith('num_batches_tracked')}, d / 'inception.pth')  # the FID file has no such entries
+    return {p.stem: p for p in d.iterdir()}
 
 
 @pytest.fixture(scope='module')
@@ -620,7 +656,7 @@ def test_embed_is_differentiable(facenet):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_irnet_loads_official_key_layouts(tmp_path):
+def test_irnet_loads_official_key_layouts(tmp_path, weight_files):
     for arch, units, se in (('arcface', 24, True), ('curricularface', 49, False)):
         ref = IRNet(50 if se else 100, se)
         sd = ref.state_dict()
@@ -634,12 +670,10 @@ def test_irnet_loads_official_key_layouts(tmp_path):
         assert ('body.0.res_layer.5.fc1.weight' in sd) == se and f'body.{units}.res_layer.0.weight' not in sd
         if se:
             assert sd['body.3.res_layer.5.fc2.weight'].shape == (128, 8, 1, 1)
-        path = tmp_path / f'{arch}.pth'
-        fake = {k: (torch.rand(v.shape) + 0.5 if 'running_var' in k else torch.randn(v.shape) * 0.1)
-                if v.is_floating_point() else v for k, v in sd.items()}
-        torch.save({'module.' + k: v for k, v in fake.items()}, path)  # as saved from DataParallel
-        net = load_id_net(arch, path)
-        e = net.embed(torch.rand(2, 3, 256, 256) * 2 - 1)
+        net = load_id_net(arch, weight_files[arch])  # random weights under these keys, 'module.' prefixed
+        x = torch.rand(2, 3, 256, 256) * 2 - 1
+        e, feats = net.features(x)  # its stage outputs serve as the perceptual stand-in (inversion, the step)
+        assert torch.allclose(e, net.embed(x), atol=1e-6) and [f.shape[-1] for f in feats] == [56, 28, 14, 7]
         assert e.shape == (2, 512) and torch.allclose(e.norm(dim=1), torch.ones(2))
         assert net.distance(e[0], e[0]).abs() < 1e-5
     torch.save({'x': torch.zeros(1)}, tmp_path / 'wrong.pth')
@@ -649,7 +683,7 @@ def test_irnet_loads_official_key_layouts(tmp_path):
         load_id_net('curricularface')
 
 
-def test_fid_inception_loads_official_key_names(tmp_path):
+def test_fid_inception_loads_official_key_names(tmp_path, weight_files):
     ref = FIDInception()
     sd = ref.state_dict()
     expect = {'Conv2d_1a_3x3.conv.weight': (32, 3, 3, 3), 'Conv2d_4a_3x3.bn.running_var': (192,),
@@ -658,10 +692,7 @@ def test_fid_inception_loads_official_key_names(tmp_path):
               'Mixed_7c.branch3x3dbl_3b.conv.weight': (384, 384, 3, 1), 'fc.weight': (1008, 2048)}
     for k, shape in expect.items():
         assert tuple(sd[k].shape) == shape, k
-    fake = {k: (torch.rand(v.shape) + 0.5 if 'running_var' in k else torch.randn(v.shape) * 0.05)
-            for k, v in sd.items() if not k.endswith('num_batches_tracked')}  # the FID file has no such entries
-    torch.save(fake, tmp_path / 'pt_inception.pth')
-    net = FIDInception(tmp_path / 'pt_inception.pth')
+    net = FIDInception(weight_files['inception'])  # random weights under these keys
     assert net(torch.rand(2, 3, 64, 64) * 2 - 1).shape == (2, 2048)
     torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
     with pytest.raises(ValueError, match='not the FID Inception weights'):
@@ -681,24 +712,14 @@ def lpips_reference(fa, fb, lins=None):
     return total
 
 
-def test_perceptual_distances(tmp_path, facenet):
+def test_perceptual_distances(tmp_path, facenet, weight_files):
     """The offline stand-in and LPIPS-VGG16 (unit heads, and LPIPS v0.1's heads read from a file) compute LPIPS's
     formula on their feature maps; zero on identical images."""
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     y = x.flip(-1)
-    sd, c, i = {}, 3, 0  # LPIPS from a torchvision-format VGG16 state dict (random weights here)
-    for v in LPIPSVGG.CFG:
-        if v == 'M':
-            i += 1
-            continue
-        sd[f'features.{i}.weight'], sd[f'features.{i}.bias'] = torch.randn(v, c, 3, 3) * 0.1, torch.zeros(v)
-        c, i = v, i + 2
-    sd['classifier.0.weight'] = torch.zeros(1)  # the rest of torchvision's vgg16 is ignored
-    torch.save(sd, tmp_path / 'vgg16.pth')
-    lins = [torch.rand(1, ch, 1, 1) for ch in (64, 128, 256, 512, 512)]  # as in lpips' weights/v0.1/vgg.pth
-    torch.save({f'lin{k}.model.1.weight': w for k, w in enumerate(lins)}, tmp_path / 'vgg_lin.pth')
-    for perc, w in ((IDFeatureDistance(facenet), None), (LPIPSVGG(tmp_path / 'vgg16.pth'), None),
-                    (LPIPSVGG(tmp_path / 'vgg16.pth', tmp_path / 'vgg_lin.pth'), lins)):
+    vgg, lin = weight_files['vgg16'], weight_files['vgg_lin']  # random VGG16 weights, LPIPS heads as in lpips' files
+    lins = list(torch.load(lin, weights_only=True).values())
+    for perc, w in ((IDFeatureDistance(facenet), None), (LPIPSVGG(vgg), None), (LPIPSVGG(vgg, lin), lins)):
         fx, fy = perc.features(x), perc.features(y)
         d = perc(fx, fy)
         assert torch.allclose(perc(fx, fx), torch.zeros(2)) and (d > 0).all()
@@ -1041,24 +1062,6 @@ def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
         assert reads and all(any(r is s for s in steps) for r in reads)  # only Adam's per-parameter step counters
 
 
-def test_arcface_runs_inversion_and_the_step(step_setup):
-    """The paper's identity network (IR-SE50, random weights built in memory) serves everywhere dlib does:
-    inversion (its stage features), the fused step's perceptual stand-in, and the person mode's hinge."""
-    net = IRNet(50, True).eval().requires_grad_(False)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    emb, feats = net.features(x)
-    assert torch.allclose(emb, net.embed(x), atol=1e-6) and [f.shape[-1] for f in feats] == [56, 28, 14, 7]
-    S, cfg = step_setup()
-    ws, _, _ = data.invert(S.G, x, net, steps=2, progress=False)
-    assert ws.shape == (2, S.G.num_ws, 32)
-    S = train.setup(cfg, S.G, net, IDFeatureDistance(net), S.ws_u)
-    pool = S.G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
-    P = train.Person(net.embed(S.G.synthesis(pool[:3], T=0)), torch.tensor([0, 1, 2]), pool, pool[:2].clone())
-    for person in (None, P):
-        L = train.train_step(S, cfg, person)
-        assert all(torch.isfinite(v) for v in L.values()) and L['local'] > 0
-
-
 # -----------------------------------------------------------------------------
 # train.py / evaluate.py: forgetting the person (the leak, mining, the re-projection attack)
 
@@ -1210,6 +1213,53 @@ def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
     evaluate.curve([out], args, torch.device('cpu'))
     c = json.load(open(out / 'curve.json'))
     assert c['steps'] == [0, 1, 2] and c['run: forgotten'][0] == 0 and c['run: forgotten'][2] > 0
+
+
+# -----------------------------------------------------------------------------
+# every path a user takes: train.py, evaluate.py and sample.py from the command line, end to end
+
+MATRIX = [  # identity network, who to forget, train flags, evaluate flags, sample flags: each value at least once
+    ('arcface', 'folder', ['--solver', 'euler'], [], ['--gif', '--frames', '2']),
+    ('curricularface', 'seed', ['--adapter', 'residual', '--forget', 'latent'], ['--sweep', '--T', '0,1'], []),
+    ('dlib', 'photo', ['--adapter', 'full', '--amp', 'bf16', '--snapshot_every', '1'], ['--curve'], ['--gif']),
+    ('dlib', 'latent', ['--solver', 'rk4', '--backend', 'torchdiffeq', '--vgg', 'vgg16', '--lpips_lin', 'vgg_lin'],
+     ['--real', 'obama'], ['--T', '0,0.5', '--seeds', '0-2,7']),
+    ('dlib', 'seed', ['--solver', 'midpoint', '--backend', 'adjoint', '--tc_blocks', 'b16'], ['--compare'], None),
+]
+
+
+@pytest.mark.parametrize('net,who,train_flags,eval_flags,sample_flags', MATRIX)
+def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, eval_flags, sample_flags, capsys):
+    files = {**weight_files, 'obama': ROOT / 'assets/faces/obama'}
+    if who == 'latent':
+        torch.save(torch.randn(32) * 0.5, tmp_path / 'w.pt')  # one W latent, broadcast to W+
+    identity = {'photo': files['obama'] / 'obama_1.png', 'folder': files['obama'], 'seed': 'seed:3',
+                'latent': tmp_path / 'w.pt'}[who]
+    net_flags = ['--id_net', net] + (['--id_weights', str(files[net])] if net != 'dlib' else [])
+    path = lambda f: str(files.get(f, f))  # noqa: E731 - names of weight files -> their paths
+    out = train.main(['--ckpt', str(tiny_ckpt), '--out', str(tmp_path / 'run'), '--identity', str(identity),
+                      '--hidden', '8', '--iters', '2', '--invert_steps', '1', '--mine_n', '8', '--n_mine', '1',
+                      '--n_adj', '1', '--n_glob', '1', '--retain', 'none', *net_flags, *map(path, train_flags)])
+    meta = torch.load(out / 'adapter.pt', weights_only=True)
+    assert meta['steps'] == 2 and meta['args']['id_net'] == net and (out / 'before_after.png').exists()
+    common = [str(out), '--n', '4', '--invert_steps', '1', *net_flags]
+    if '--compare' in eval_flags or not eval_flags:
+        evaluate.main(common)
+        m = json.load(open(out / 'metrics.json'))
+        assert m['id_net'] == net and math.isfinite(m['ID']) and 0 <= m[f'leak_{net}_after'] <= 1
+    if eval_flags:
+        evaluate.main(common + list(map(path, eval_flags)))
+    written = {'--sweep': ['sweep.json', 'sweep_leak'], '--curve': ['curve.json', 'curve'], '--real': ['metrics.json']}
+    assert [f for flag in eval_flags for f in written.get(flag, []) if not list(out.glob(f + '*'))] == []  # .png/.csv
+    if '--real' in eval_flags:
+        assert math.isfinite(json.load(open(out / 'metrics.json'))[f'dFD_{net}_real'])
+    if sample_flags is not None:
+        png = sample.main([str(out), *sample_flags])
+        rows = 2 if '--T' in sample_flags or 'full' in train_flags else 2  # default: T = 0 and the trained T
+        cols = 4 if '--seeds' in sample_flags else 16
+        assert Image.open(png).size == (32 * cols, 32 * rows)
+        assert png.with_suffix('.gif').exists() == ('--gif' in sample_flags)
+    assert 'Traceback' not in capsys.readouterr().err
 
 
 # -----------------------------------------------------------------------------

@@ -356,17 +356,23 @@ def invert_others(cfg, G, idn):
 
 
 @torch.no_grad()
-def before_after(S, P, retain, path):
-    """Pairs before | after, one row each: the forgotten face and the kept people; random samples (psi 0.7); random
-    samples that showed the person."""
+def before_after(S, P, retain, path, n=6):
+    """Pairs before | after, n a row: the forgotten face and the kept people; random samples (psi 0.7); random
+    samples that showed the person (the first n of each among 64, embedded 16 at a time until both rows are full)."""
     G, dev = S.G, S.ws_u.device
     w_r = G.mapping(torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev), psi=0.7)
-    was = shows_person(S.idn.embed(S.G_s.synthesis(w_r, **S.s_kw)), P.refs, P.owner, S.idn.distance,
-                       S.idn.THRESHOLD).bool()
-    groups = [torch.cat([S.ws_u, *retain.values()])[:6], w_r[~was][:6], w_r[was][:6]]
+    was = []
+    for w in w_r.split(16):
+        if len(was) and min(torch.cat(was).sum(), (~torch.cat(was)).sum()) >= n:
+            break
+        was.append(shows_person(S.idn.embed(S.G_s.synthesis(w, **S.s_kw)), P.refs, P.owner, S.idn.distance,
+                                S.idn.THRESHOLD).bool())
+    was = torch.cat(was)
+    w_r = w_r[:len(was)]
+    groups = [torch.cat([S.ws_u, *retain.values()])[:n], w_r[~was][:n], w_r[was][:n]]
     pairs = [torch.stack([S.G_s.synthesis(g, **S.s_kw), G.synthesis(g)], 1).flatten(0, 1) for g in groups if len(g)]
-    blank = -torch.ones(12, *pairs[0].shape[1:], device=dev)  # black cells fill each row to 6 pairs
-    save_grid(torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs]), path, nrow=12)
+    blank = -torch.ones(2 * n, *pairs[0].shape[1:], device=dev)  # black cells fill each row to n pairs
+    save_grid(torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs]), path, nrow=2 * n)
 
 
 def keep_photos(info, retain_photos, out):

@@ -1,0 +1,101 @@
+"""
+Draw from an unlearned generator at chosen settings of the forgetting dial (nanoGPT's sample.py).
+
+    python sample.py runs/obama_1-ode                            # seeds 0-15 at T = 0 and the trained T
+    python sample.py runs/obama_1-ode --T 0,0.8,1.6 --seeds 0-7  # a row per T, a column per seed
+    python sample.py runs/obama_1-ode --gif                      # the dial from 0 to the trained T, animated
+
+Seed N draws z from torch seed N, as train.py's --identity seed:N does (that identity is --seeds N --psi 1).
+Writes <run>/samples.png (and samples.gif). A --adapter full run has no dial: its rows are before and after.
+"""
+import argparse
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from data import DataError, grid, save_grid
+from evaluate import generate, times
+from helpers import CheckpointError, device
+from ode_adapter import load_run
+
+
+def parse_seeds(spec):
+    """'0-3,10' -> [0, 1, 2, 3, 10]."""
+    seeds = []
+    try:
+        for part in spec.split(','):
+            a, _, b = part.partition('-')
+            seeds += range(int(a), int(b or a) + 1)
+    except ValueError:
+        raise ValueError(f'--seeds {spec}: write seeds and ranges, e.g. 0-15 or 1,5,7') from None
+    if not seeds or min(seeds) < 0 or max(seeds) >= 2 ** 63:
+        raise ValueError(f'--seeds {spec}: seeds are integers 0 <= N < 2**63, ranges low-high')
+    return seeds
+
+
+def latents(G, seeds, psi):
+    """One W latent per seed, truncated towards w_avg by psi: [len(seeds), num_ws, w_dim]."""
+    z = torch.cat([torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    with torch.no_grad():
+        return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
+
+
+def save_gif(frames, path, ms):
+    """Pictures [H, W, 3] uint8 -> a looping GIF, the last frame held; written atomically."""
+    tmp = f'{path}.tmp.gif'
+    try:
+        ims = [Image.fromarray(f) for f in frames]
+        ims[0].save(tmp, save_all=True, append_images=ims[1:], duration=[ms] * (len(ims) - 1) + [1500], loop=0)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('run', help='a run folder written by train.py')
+    p.add_argument('--T', default=None, help='comma-separated integration times (default: 0 and the trained T)')
+    p.add_argument('--seeds', default='0-15', help='seeds and ranges, e.g. 0-15 or 1,5,7')
+    p.add_argument('--psi', type=float, default=0.7, help='truncation psi (1: no truncation)')
+    p.add_argument('--gif', action='store_true', help='also animate the dial from 0 to the largest T asked')
+    p.add_argument('--frames', type=int, default=24, help='frames of the GIF')
+    p.add_argument('--out', default=None, help='output PNG (default <run>/samples.png; the GIF beside it)')
+    p.add_argument('--ckpt', default=None, help="the generator, when not at the run's stored path (same weights)")
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    args = p.parse_args(argv)
+    try:
+        dev, seeds = device(args.device), parse_seeds(args.seeds)
+        Ts = times(args.T) if args.T else None
+        if not math.isfinite(args.psi) or args.frames < 2:
+            raise ValueError('--psi must be a finite number and --frames >= 2')
+        G_s, G_u, s_kw, meta = load_run(args.run, dev, args.ckpt)
+        full = meta.get('kind') == 'full'
+        if full and Ts:
+            raise ValueError(f'{args.run}: a full fine-tune has no dial; drop --T (its rows are before and after)')
+        ws = latents(G_s, seeds, args.psi)
+        png = Path(args.out or Path(args.run) / 'samples.png')
+        if full:
+            rows, Ts = [generate(G_s, ws, s_kw), generate(G_u, ws, {})], ['before', 'after']
+        else:
+            Ts = Ts or [0.0, meta['adapter']['T']]
+            rows = [generate(G_u, ws, {'T': T}) for T in tqdm(Ts, desc='T')]
+        save_grid(torch.cat(rows), png, nrow=len(seeds))
+        print(f'wrote {png}: rows T = {", ".join(map(str, Ts))}; columns seeds {args.seeds}, psi {args.psi}')
+        if args.gif:
+            dial = [None] * 2 if full else np.linspace(0, max(Ts), args.frames).tolist()
+            frames = [grid(rows[i] if full else generate(G_u, ws, {'T': T}), len(seeds))
+                      for i, T in enumerate(tqdm(dial, desc='gif'))]
+            save_gif(frames, png.with_suffix('.gif'), 800 if full else 80)
+            print(f'wrote {png.with_suffix(".gif")}: ' + ('before, after' if full else f'T from 0 to {max(Ts)}'))
+    except (CheckpointError, DataError, ValueError, OSError) as e:
+        raise SystemExit(f'error: {e}')
+    return png
+
+
+if __name__ == '__main__':
+    main()
