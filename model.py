@@ -531,8 +531,8 @@ def load_official_pkl(path):
     try:
         with open(path, 'rb') as f:
             data = _AllowListUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f'{path}: {e}') from None
+    except (pickle.UnpicklingError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable network pickle ({e}); pass NVIDIA's network-snapshot .pkl") from None
     if isinstance(data, dict) and isinstance(data.get('G_ema'), dict) and 'state' in data['G_ema']:
         G = data['G_ema']
     elif isinstance(data, tuple) and len(data) == 3:

@@ -905,10 +905,11 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
         assert 0 < rec[0]['pool'] <= 64 and rec[0]['pool'] < rec[-1]['pool'] <= rec[0]['pool'] + 16
 
 
-@pytest.mark.parametrize('mode', [('--forget', 'person'), ('--forget', 'latent', '--adapter', 'full')])
-def test_sigint_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypatch, capsys, mode):
-    """Ctrl-C lands inside step 2: the step finishes, the run checkpoints, exits 130 and prints a hint that,
-    run as printed (no other flag), ends with the adapters of a run that was never interrupted."""
+@pytest.mark.parametrize('mode,sig', [(('--forget', 'person'), signal.SIGINT),
+                                      (('--forget', 'latent', '--adapter', 'full'), signal.SIGTERM)])
+def test_a_signal_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypatch, capsys, mode, sig):
+    """Ctrl-C (or SIGTERM) lands inside step 2: the step finishes, the run checkpoints, exits 130 (143) and prints
+    a hint that, run as printed (no other flag), ends with the adapters of a run that was never interrupted."""
     extra = [*mode, '--iters', '4', '--mine_every', '2', '--lr', '1e-3']
     a = run_train(tiny_ckpt, tmp_path / 'a', *extra)
     real_step, calls = train.train_step, []
@@ -916,13 +917,13 @@ def test_sigint_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypatc
     def interrupted_step(*args):
         calls.append(1)
         if len(calls) == 2:
-            signal.raise_signal(signal.SIGINT)  # as Ctrl-C would, in the middle of the step
+            signal.raise_signal(sig)  # as Ctrl-C or a scheduler would, in the middle of the step
         return real_step(*args)
     monkeypatch.setattr(train, 'train_step', interrupted_step)
-    handler = signal.getsignal(signal.SIGINT)  # the default, or SIG_IGN under nohup: the run restores either
+    handler = signal.getsignal(sig)  # the default, or SIG_IGN under nohup: the run restores either
     with pytest.raises(SystemExit) as e:
         run_train(tiny_ckpt, tmp_path / 'b', *extra)
-    assert e.value.code == 130 and signal.getsignal(signal.SIGINT) == handler
+    assert e.value.code == 128 + sig and signal.getsignal(sig) == handler
     hint = capsys.readouterr().out.strip().splitlines()[-1]
     assert hint == f'interrupted at step 2; continue with: python train.py --out {tmp_path / "b"} --resume'
     monkeypatch.setattr(train, 'train_step', real_step)
@@ -932,12 +933,25 @@ def test_sigint_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypatc
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt):
+def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt, capsys):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--forget', 'latent')
     with pytest.raises(SystemExit, match=r'--adapter full differs from the run \(ode\)'):
         train.main(['--out', str(out), '--resume', '--adapter', 'full'])
     with pytest.raises(SystemExit, match=r'--iters 1 is below the step the run reached \(2\)'):
         train.main(['--out', str(out), '--resume', '--iters', '1'])
+    torch.manual_seed(1)
+    Generator(tiny_cfg(img_resolution=32, conv_clamp=256)).save(tmp_path / 'other.pt')  # same shapes, other weights
+    with pytest.raises(SystemExit, match=r'other\.pt: other weights than the generator this run was trained on'):
+        train.main(['--out', str(out), '--resume', '--iters', '3', '--ckpt', str(tmp_path / 'other.pt')])
+    shutil.copy(tiny_ckpt, tmp_path / 'moved.pt')  # the same weights elsewhere: accepted
+    ck = torch.load(out / 'ckpt.pt', weights_only=True)
+    torch.save({**ck, 'args': {**ck['args'], 'device': 'cuda'}}, out / 'ckpt.pt')  # as if trained on a GPU
+    if not torch.cuda.is_available():  # the run's own device is restored, and this machine has none
+        with pytest.raises(SystemExit, match='--device cuda: this machine has no CUDA GPU'):
+            train.main(['--out', str(out), '--resume', '--iters', '3'])
+    train.main(['--out', str(out), '--resume', '--iters', '3', '--ckpt', str(tmp_path / 'moved.pt'), '--device', 'cpu'])
+    assert 'resuming a cuda run on cpu: new random stream' in capsys.readouterr().out
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['step'] == 3
 
 
 def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt, monkeypatch):
@@ -1260,6 +1274,136 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
         assert Image.open(png).size == (32 * cols, 32 * rows)
         assert png.with_suffix('.gif').exists() == ('--gif' in sample_flags)
     assert 'Traceback' not in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, tiny_ckpt):
+    return run_train(tiny_ckpt, tmp_path_factory.mktemp('runs') / 'run', '--iters', '2')
+
+
+def bad_files(d):
+    """Files a user might pass by mistake."""
+    (d / 'notes.txt').write_text('not a checkpoint')
+    shutil.copy(d / 'notes.txt', d / 'text.pkl')
+    torch.save(torch.full((32,), float('nan')), d / 'nan.pt')
+    torch.save(torch.zeros(32), d / 'w_avg.pt')  # the tiny generator's w_avg (it was never trained)
+    return d
+
+
+TRAIN_CASES = [  # (flags, what the one line says)
+    (['--step', '0'], '--step 0.0: must be a finite number > 0'),
+    (['--t_end', '-1'], '--t_end -1.0: must be a finite number > 0'),
+    (['--t_end', 'nan'], '--t_end nan: must be a finite number > 0'),
+    (['--lr', 'inf'], '--lr inf: must be a finite number > 0'),
+    (['--w_person', '-1'], '--w_person -1.0: must be a finite number >= 0'),
+    (['--log_every', '0'], '--log_every 0: must be >= 1'),
+    (['--ckpt_every', '0'], '--ckpt_every 0: must be >= 1'),
+    (['--hidden', '0'], '--hidden 0: must be >= 1'),
+    (['--invert_steps', '0'], '--invert_steps 0: must be >= 1'),
+    (['--n_glob', '-1'], '--n_glob -1: must be >= 0'),
+    (['--solver', 'dopri5'], "--solver dopri5 --backend native: unknown solver 'dopri5'"),
+    (['--solver', 'nope', '--backend', 'torchdiffeq'], "torchdiffeq cannot run solver 'nope'"),
+    (['--tc_blocks', 'b999'], '--tc_blocks b999: this generator has adapters on b8,b16,b32 only'),
+    (['--retain', 'missing_folder'], '--retain missing_folder: no such folder'),
+    (['--lpips_lin', 'notes.txt'], '--lpips_lin needs --vgg'),
+    (['--vgg', 'notes.txt'], 'notes.txt: not a torchvision VGG16'),
+    (['--id_net', 'arcface'], 'the arcface identity network needs its weights'),
+    (['--id_net', 'curricularface', '--id_weights', 'notes.txt'], 'notes.txt: not the curricularface backbone'),
+    (['--device', 'banana'], '--device banana: not a device'),
+    (['--ckpt', 'text.pkl'], "text.pkl: not a readable network pickle (invalid load key, 'n'.); pass NVIDIA's"),
+    (['--ckpt', 'missing.pt'], 'missing.pt: no such file'),
+    (['--out', 'notes.txt'], 'notes.txt is a file'),
+    (['--out', 'notes.txt/run'], 'cannot write in'),
+    (['--identity', 'seed:abc'], 'seed:abc: write seed:N with an integer'),
+    (['--identity', 'seed:99999999999999999999'], 'write seed:N with an integer 0 <= N < 2**63'),
+    (['--identity', 'nowhere.png'], 'nowhere.png: no such file or folder'),
+    (['--identity', 'notes.txt'], 'notes.txt: not a readable image'),
+    (['--identity', 'nan.pt'], 'nan.pt: the latent holds NaN or Inf values'),
+    (['--identity', 'w_avg.pt'], "w_avg.pt: a latent equals the generator's average latent"),
+]
+
+
+@pytest.mark.parametrize('flags,says', TRAIN_CASES, ids=[' '.join(f) for f, _ in TRAIN_CASES])
+def test_train_bad_settings_say_why_in_one_line(tmp_path, tiny_ckpt, monkeypatch, flags, says):
+    """Each stops before training with one line naming the problem, exit 1, and nothing written."""
+    monkeypatch.chdir(bad_files(tmp_path))
+    before = sorted(tmp_path.rglob('*'))
+    with pytest.raises(SystemExit) as e:
+        train.main(['--ckpt', str(tiny_ckpt), '--out', 'run', '--identity', 'seed:3', '--retain', 'none',
+                    '--iters', '2', '--hidden', '8', '--mine_n', '8', *flags])
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and '\n' not in msg and says in msg, msg
+    assert sorted(tmp_path.rglob('*')) == before  # no run folder, no .tmp
+
+
+def test_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, tiny_ckpt, monkeypatch):
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *a, **kw):  # the second checkpoint hits a full disk half-way through
+        if str(f).endswith('ckpt.pt.tmp') and len(saves) == 1:
+            Path(f).write_bytes(b'half a file')
+            raise OSError(28, 'No space left on device')
+        saves.append(f) if str(f).endswith('ckpt.pt.tmp') else None
+        return real_save(obj, f, *a, **kw)
+    monkeypatch.setattr(torch, 'save', save)
+    with pytest.raises(SystemExit, match=r'No space left on device; stopped, the last good checkpoint is .*ckpt\.pt$'):
+        run_train(tiny_ckpt, tmp_path / 'run', '--iters', '4', '--ckpt_every', '1')
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == ['ckpt.pt', 'log.jsonl']  # no ckpt.pt.tmp
+    assert torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)['step'] == 1
+
+
+def test_no_cuda_says_so(tmp_path, tiny_ckpt):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU')
+    with pytest.raises(SystemExit, match='--device cuda: this machine has no CUDA GPU PyTorch can use; use --device cpu'):
+        run_train(tiny_ckpt, tmp_path / 'run', '--device', 'cuda')
+    assert not (tmp_path / 'run').exists()
+
+
+EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
+    ('evaluate', ['RUN', '--sweep', '--T', 'abc'], '--T abc: write numbers separated by commas'),
+    ('evaluate', ['RUN', '--sweep', '--T', '0,-1'], '--T 0,-1: each integration time must be a finite number >= 0'),
+    ('evaluate', ['RUN', '--sweep', '--T', 'nan'], '--T nan: each integration time must be a finite number >= 0'),
+    ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
+    ('evaluate', ['RUN', '--n', '0'], '--n and --invert_steps must be >= 1'),
+    ('evaluate', ['RUN', '--device', 'banana'], '--device banana: not a device'),
+    ('evaluate', ['RUN', '--ckpt', 'missing.pt'], "the run's generator missing.pt is not here; pass it with --ckpt"),
+    ('evaluate', ['RUN', '--ckpt', 'OTHER'], 'other weights than the generator'),
+    ('evaluate', ['TRUNCATED'], 'adapter.pt: not an adapter file written by train.py'),
+    ('evaluate', ['nowhere'], 'nowhere: no such run folder'),
+    ('evaluate', ['--compare', 'RUN'], 'no metrics.json; run python evaluate.py'),
+    ('sample', ['RUN', '--seeds', 'x'], '--seeds x: write seeds and ranges'),
+    ('sample', ['RUN', '--seeds', '5-2'], '--seeds 5-2: seeds are integers'),
+    ('sample', ['RUN', '--T', '-1'], '--T -1: each integration time must be a finite number >= 0'),
+    ('sample', ['RUN', '--psi', 'nan'], '--psi must be a finite number'),
+    ('sample', ['nowhere'], 'nowhere: no such run folder'),
+]
+
+
+@pytest.mark.parametrize('script,flags,says', EVAL_CASES, ids=[f'{s} ' + ' '.join(f) for s, f, _ in EVAL_CASES])
+def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, monkeypatch, script, flags, says):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_run, tmp_path / 'run')
+    shutil.copytree(tiny_run, tmp_path / 'truncated')
+    data_ = (tmp_path / 'truncated/adapter.pt').read_bytes()
+    (tmp_path / 'truncated/adapter.pt').write_bytes(data_[:len(data_) // 2])
+    torch.manual_seed(1)
+    Generator(tiny_cfg(img_resolution=32, conv_clamp=256)).save(tmp_path / 'other.pt')
+    names = {'RUN': 'run', 'TRUNCATED': 'truncated', 'OTHER': 'other.pt'}
+    before = sorted(tmp_path.rglob('*'))
+    with pytest.raises(SystemExit) as e:
+        {'evaluate': evaluate, 'sample': sample}[script].main([names.get(f, f) for f in flags])
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and '\n' not in msg and says in msg, msg
+    assert sorted(tmp_path.rglob('*')) == before
+
+
+def test_a_full_run_has_no_dial(tmp_path, tiny_ckpt):
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '1', '--adapter', 'full', '--forget', 'latent')
+    with pytest.raises(SystemExit, match='a full fine-tune has no dial; drop --T'):
+        sample.main([str(out), '--T', '0,1'])
+    png = sample.main([str(out), '--seeds', '0-3'])  # before and after
+    assert Image.open(png).size == (4 * 32, 2 * 32)
 
 
 # -----------------------------------------------------------------------------

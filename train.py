@@ -193,7 +193,7 @@ def check(cfg, out):
     parent = out
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise SystemExit(f'error: --out {out}: cannot write in {parent}; choose a folder you can write to')
 
 
@@ -407,7 +407,7 @@ def start(argv):
         except CheckpointError as e:
             raise SystemExit(f'error: {e}')
         cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
-    elif out.exists() and any(out.iterdir()):
+    elif out.is_dir() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
     if cfg.iters is None:
         cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 300 if cfg.forget == 'person' else 500
