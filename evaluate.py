@@ -23,7 +23,8 @@ from scipy import linalg
 from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
-from helpers import ROOT, CheckpointError, device, keep_freed_memory, load, write_json
+from helpers import (ROOT, CheckpointError, device, distributed, gather, keep_freed_memory, load, reduce_sum, shard,
+                     world, write_json)
 from id_net import ID_NETS, DlibCpp, FIDInception, load_id_net
 from model import Generator
 from ode_adapter import load_run
@@ -44,8 +45,12 @@ def frechet_distance(mu1, s1, mu2, s2):
 
 
 def stats(feats):
-    f = feats.double().cpu().numpy()
-    return f.mean(0), np.cov(f, rowvar=False)
+    """Mean and covariance of features [N, D], over every process's samples: from moments summed over the ranks."""
+    f = feats.double()
+    n = reduce_sum(torch.tensor(float(len(f)), dtype=f.dtype, device=f.device))
+    mu = reduce_sum(f.sum(0)) / n
+    cov = (reduce_sum(f.T @ f) - n * torch.outer(mu, mu)) / (n - 1)
+    return mu.cpu().numpy(), cov.cpu().numpy()
 
 
 def psnr(a, b):
@@ -143,11 +148,11 @@ def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True, re
             m[f'retain_{name}_photo_after'] = J.dist(era, ep).mean().item()
     if retain:
         m['retain_people'] = float(np.mean([m[f'retain_{k}'] for k in retain]))
-    ws_r = eval_latents(G_s, J.n, J.seed, psi=1)
+    ws_r = shard(eval_latents(G_s, J.n, J.seed, psi=1))  # this process's share of the samples (all, in one)
     rb, ra = generate(G_s, ws_r, s_kw), generate(G_u, ws_r, u_kw)
     fb, fa = J.emb(rb), J.emb(ra)
-    m['retain_random'] = J.dist(fb, fa).mean().item()
-    m['retain_random_psnr'] = psnr(rb, ra).mean().item()
+    m['retain_random'] = gather(J.dist(fb, fa)).mean().item()
+    m['retain_random_psnr'] = gather(psnr(rb, ra)).mean().item()
     if fd:
         m[f'{J.fd_name}_pre'] = frechet_distance(*stats(J.fd_feats(rb, fb)), *stats(J.fd_feats(ra, fa)))
     return m
@@ -226,11 +231,13 @@ class Census:
 
 def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):
     """How often n fresh samples (psi 0.7, evaluation seed) show the forgotten person, before and after, by each
-    judge. `before` (census.embed of G_s's samples) can be passed to skip drawing them again."""
-    ws = eval_latents(G_s, n, seed)
+    judge. `before` (census.embed of G_s's samples) can be passed to skip drawing them again. Each process draws its
+    share of the samples; the embeddings are gathered, so any number of processes count the same."""
+    ws = shard(eval_latents(G_s, n, seed))
     before = before or census.embed(generate(G_s, ws, s_kw))
+    after = census.embed(generate(G_u, ws, u_kw))
     return {'leak_n': n, 'leak_seed': seed, 'leak_psi': 0.7, 'people': census.names,
-            **census.counts(before, census.embed(generate(G_u, ws, u_kw)))}, before
+            **census.counts(gather(before), gather(after))}, before
 
 
 def seeds(args):
@@ -321,10 +328,10 @@ def real_fd(G_s, G_u, s_kw, J, real, device):
         f = np.load(real)
         mu, sig = f['mu'], f['sigma']
     else:
-        imgs = torch.cat([load_faces(p, G_s.cfg.img_resolution, align=False)[0] for p in list_photos(real)])
+        imgs = torch.cat([load_faces(p, G_s.cfg.img_resolution, align=False)[0] for p in shard(list_photos(real))])
         with torch.no_grad():
             mu, sig = stats(J.fd_feats(imgs.to(device)))
-    ws = eval_latents(G_s, J.n, J.seed + 1, psi=1)
+    ws = shard(eval_latents(G_s, J.n, J.seed + 1, psi=1))
     with torch.no_grad():
         fs, fu = J.fd_feats(generate(G_s, ws, s_kw)), J.fd_feats(generate(G_u, ws, {}))
     d_s, d_u = frechet_distance(mu, sig, *stats(fs)), frechet_distance(mu, sig, *stats(fu))
@@ -378,19 +385,20 @@ def sweep(run, args, device):
         rows.append({'T': T, **m, **{f'leak_{j}_after': lk[j]['leak_after'] for j in census.refs}, 'leak': lk})
         strip.append(generate(G_u, meta['ws_u'][:1].to(device), {'T': T}))
     out = Path(run)
-    write_json(rows, out / 'sweep.json')
-    save_grid(torch.cat(strip), out / 'sweep_strip.png', nrow=len(Ts))
-    series = {'forgotten: before -> after': [r['ID'] for r in rows],
-              'retention: random samples': [r['retain_random'] for r in rows]}
-    if photos_u is not None:
-        series['forgotten: to its photo'] = [r['ID_photo_after'] for r in rows]
-    if rows[0].get('retain_people') is not None:
-        series['retention: other people'] = [r['retain_people'] for r in rows]
-    p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=J.idn.THRESHOLD)
-    leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in census.refs}
-    p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person')
-    print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in census.refs]]))
-    print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}, {p2}')
+    if world()[0] == 0:  # rank 0 writes
+        write_json(rows, out / 'sweep.json')
+        save_grid(torch.cat(strip), out / 'sweep_strip.png', nrow=len(Ts))
+        series = {'forgotten: before -> after': [r['ID'] for r in rows],
+                  'retention: random samples': [r['retain_random'] for r in rows]}
+        if photos_u is not None:
+            series['forgotten: to its photo'] = [r['ID_photo_after'] for r in rows]
+        if rows[0].get('retain_people') is not None:
+            series['retention: other people'] = [r['retain_people'] for r in rows]
+        p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=J.idn.THRESHOLD)
+        leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in census.refs}
+        p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person')
+        print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in census.refs]]))
+        print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}, {p2}')
     return rows
 
 
@@ -417,9 +425,10 @@ def curve(runs, args, device):
         xs_all = xs if xs_all is None or len(xs) < len(xs_all) else xs_all
     all_series = {k: v[:len(xs_all)] for k, v in all_series.items()}
     out = Path(args.out or Path(runs[0]) / 'curve.png')
-    p = plot(out, xs_all, all_series, 'training step', line=J.idn.THRESHOLD)
-    write_json({'steps': xs_all, **all_series}, out.with_suffix('.json'))
-    print(f'wrote {p} and {out.with_suffix(".json")}')
+    if world()[0] == 0:  # rank 0 writes
+        p = plot(out, xs_all, all_series, 'training step', line=J.idn.THRESHOLD)
+        write_json({'steps': xs_all, **all_series}, out.with_suffix('.json'))
+        print(f'wrote {p} and {out.with_suffix(".json")}')
 
 
 def table(rows, cols):
@@ -505,7 +514,8 @@ def main(argv=None):
     p.add_argument('--baby-report', dest='baby_report', action='store_true', help="the built-in generator's report")
     p.add_argument('--ckpt', default=None, help="the generator: default the run's own (the same weights in another file "
                    'are accepted), the built-in baby for --baby-report')
-    p.add_argument('--n', type=int, default=1000, help='random samples for the leak / retention / Frechet distances / report')
+    p.add_argument('--samples', dest='n', type=int, default=1000,
+                   help='random samples for the leak / retention / Frechet distances / report')
     p.add_argument('--seed', default='0', help='evaluation seed(s), e.g. 1,2,3: the leak is counted on each (mean and '
                    'spread); a stream of its own, never the latents training drew')
     p.add_argument('--real', default=None, help='folder of real images (or .npz with mu, sigma) for dFD_real')
@@ -518,10 +528,11 @@ def main(argv=None):
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args(argv)
     try:  # every bad file or setting: one line, no traceback
-        dev = device(args.device)
+        device(args.device)
         seeds(args), args.T and times(args.T)  # the flags, checked before any work
         if args.n < 1 or (args.invert_steps is not None and args.invert_steps < 1):
-            raise ValueError('--n and --invert_steps must be >= 1')
+            raise ValueError('--samples and --invert_steps must be >= 1')
+        dev = distributed(args.device)[2]  # under torchrun: this process's rank and device
         keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
         return run(args, dev, p)
     except (CheckpointError, DataError, ValueError, OSError) as e:
@@ -532,6 +543,8 @@ def main(argv=None):
 
 def run(args, dev, p):
     if args.baby_report:
+        if world()[1] > 1:
+            raise ValueError('--baby-report runs in one process: python evaluate.py --baby-report')
         return baby_report(args, dev)
     if not args.runs:
         p.error('give one or more run folders (or --baby-report)')
@@ -544,7 +557,8 @@ def run(args, dev, p):
             sweep(run_dir, args, dev)
             continue
         m = evaluate_run(run_dir, args, dev)
-        write_json(m, Path(run_dir) / 'metrics.json')
+        if world()[0] == 0:  # rank 0 writes
+            write_json(m, Path(run_dir) / 'metrics.json')
         print(table([{'run': str(run_dir), **m}], ['run'] + [k for k in m if isinstance(m[k], float)]))
         print(f'wrote {run_dir}/metrics.json')
 

@@ -82,20 +82,22 @@ def trajectory_consistency(traj, n, blocks=None, device=None):
     return torch.stack(terms).mean() if terms else torch.zeros((), device=device)
 
 
-def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_weight=None):
+def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_weight=None, shares=1):
     """The paper's objective on one fused batch -> {local, adj, glob, tc, loss}.
 
     u: what the trainable generator draws for [forgotten latents w_u (n_u) | adjacency w_u + delta (n_adj) |
     global latents]; s: what each should look like, drawn by the frozen generator: [G_s(w_t) | G_s(w_t + delta) |
     the same global latents]; traj: the adapters' states; w: the weights (w_pix, w_perc, w_id, w_local, w_adj,
-    w_glob, w_tc) and tc_blocks; glob_weight [n_glob] (person mode) releases global samples from preservation."""
+    w_glob, w_tc) and tc_blocks; glob_weight [n_glob] (person mode) releases global samples from preservation.
+    shares: the random samples are one of `shares` equal shares of the batch (torchrun: one per rank); their sums
+    count `shares` times, so that DDP's gradient average is the gradient of the whole batch's objective."""
     a, b = n_u, n_u + n_adj
     L = dict(local=image_loss(u.rows(0, a), s.rows(0, a), perceptual, id_distance, w).mean(),  # mean over w_u
              # GUIDE sums over the adjacency samples of each forgotten latent, and over the global samples
-             adj=image_loss(u.rows(a, b), s.rows(a, b), perceptual, id_distance, w).view(n_u, -1).sum(1).mean(),
+             adj=image_loss(u.rows(a, b), s.rows(a, b), perceptual, id_distance, w).view(n_u, -1).sum(1).mean() * shares,
              glob=perceptual(u.rows(b).feats, s.rows(b).feats),  # perceptual only, as GUIDE
              tc=trajectory_consistency(traj, n_u, w.tc_blocks and w.tc_blocks.split(','), u.img.device))
-    L['glob'] = L['glob'].sum() if glob_weight is None else (L['glob'] * glob_weight).sum()
+    L['glob'] = (L['glob'] if glob_weight is None else L['glob'] * glob_weight).sum() * shares
     L['loss'] = w.w_local * L['local'] + w.w_adj * L['adj'] + w.w_glob * L['glob'] + w.w_tc * L['tc']
     return L
 
@@ -110,14 +112,14 @@ def shows_person(emb, refs, owner, id_distance, threshold):
     return ((owner[best.indices] == 0) & (best.values < threshold)).float()
 
 
-def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, margin):
+def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, margin, shares=1):
     """What forgetting the person adds -> {person, anchor, keep}. u/s rows: [mined latents of the person (n_mined) |
     kept people's latents], s drawn by the frozen generator. A mined sample's identity is pushed past `margin` from
     every photo of the person (refs of owner 0, a hinge), the rest of its image held ('anchor': perceptual, as the
     global term, and weighted by w_glob in train.py); the kept people are held with GUIDE's image loss (summed, as
-    the global term)."""
+    the global term). shares: as in unlearning_loss (the mined latents are shared among the ranks)."""
     mu, ms = u.rows(0, n_mined), s.rows(0, n_mined)
     d = id_distance(mu.emb[:, None], refs[None]).masked_fill(owner != 0, float('inf'))  # [n_mined, P], no sync
     near = d.min(1).values  # distance to the person's nearest photo
-    return dict(person=(margin - near).clamp_min(0).mean(), anchor=perceptual(mu.feats, ms.feats).sum(),
+    return dict(person=(margin - near).clamp_min(0).mean(), anchor=perceptual(mu.feats, ms.feats).sum() * shares,
                 keep=image_loss(u.rows(n_mined), s.rows(n_mined), perceptual, id_distance, w).sum())

@@ -16,6 +16,7 @@ import pickle
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import types
 import warnings
@@ -1256,7 +1257,7 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
                       '--n_adj', '1', '--n_glob', '1', '--retain', 'none', *net_flags, *map(path, train_flags)])
     meta = torch.load(out / 'adapter.pt', weights_only=True)
     assert meta['steps'] == 2 and meta['args']['id_net'] == net and (out / 'before_after.png').exists()
-    common = [str(out), '--n', '4', '--invert_steps', '1', *net_flags]
+    common = [str(out), '--samples', '4', '--invert_steps', '1', *net_flags]
     if '--compare' in eval_flags or not eval_flags:
         evaluate.main(common)
         m = json.load(open(out / 'metrics.json'))
@@ -1365,7 +1366,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--sweep', '--T', '0,-1'], '--T 0,-1: each integration time must be a finite number >= 0'),
     ('evaluate', ['RUN', '--sweep', '--T', 'nan'], '--T nan: each integration time must be a finite number >= 0'),
     ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
-    ('evaluate', ['RUN', '--n', '0'], '--n and --invert_steps must be >= 1'),
+    ('evaluate', ['RUN', '--samples', '0'], '--samples and --invert_steps must be >= 1'),
     ('evaluate', ['RUN', '--device', 'banana'], '--device banana: not a device'),
     ('evaluate', ['RUN', '--ckpt', 'missing.pt'], "the run's generator missing.pt is not here; pass it with --ckpt"),
     ('evaluate', ['RUN', '--ckpt', 'OTHER'], 'other weights than the generator'),
@@ -1404,6 +1405,90 @@ def test_a_full_run_has_no_dial(tmp_path, tiny_ckpt):
         sample.main([str(out), '--T', '0,1'])
     png = sample.main([str(out), '--seeds', '0-3'])  # before and after
     assert Image.open(png).size == (4 * 32, 2 * 32)
+
+
+# -----------------------------------------------------------------------------
+# torchrun: two gloo processes on the CPU
+
+def torchrun(*args, cwd=ROOT):
+    """Run `torchrun --standalone --nproc_per_node 2 ...` (PyTorch's own launcher); its output on failure."""
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def ddp_step(d, rank=0, world=1, n=1):
+    """One person-mode step on the tiny generator saved in d (adapters at fixed non-zero values): n adjacency, global
+    and mined latents per process -> the trainable parameters' gradients (DDP-averaged under torchrun)."""
+    G, x = Generator.from_checkpoint(d / 'G.pt'), torch.load(d / 'inputs.pt', weights_only=True)
+    idn = DlibFaceNet()
+    cfg = train.get_args(['--hidden', '16', '--n_adj', str(n), '--n_glob', str(n), '--n_mine', str(n)])
+    S = train.setup(cfg, G, idn, IDFeatureDistance(idn), x['ws_u'], rank, world)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in S.opt.param_groups[0]['params']:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    P = train.Person(x['refs'], torch.tensor([0, 0, 1]), x['pool'], x['keep'])
+    L = train.train_step(S, cfg, P)
+    return [p.grad.clone() for p in S.opt.param_groups[0]['params']], {k: v.item() for k, v in L.items()}
+
+
+def test_two_ranks_step_equals_one_process_with_the_doubled_batch(tmp_path, facenet):
+    """DDP over the step's random latents: 2 ranks with n_adj = n_glob = n_mine = 1 give (gradients averaged) the
+    gradient of one process with 2 of each: every rank draws the whole batch from the run's seed and keeps its
+    share, and the sums over samples count twice."""
+    torch.manual_seed(0)
+    G = randomized(Generator(tiny_cfg(img_resolution=32, conv_clamp=256)))
+    G.save(tmp_path / 'G.pt')
+    w = G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        refs = facenet.embed(G.synthesis(w[:3]))
+    torch.save({'ws_u': w[:1], 'pool': w[1:6], 'keep': w[6:7], 'refs': refs}, tmp_path / 'inputs.pt')
+    (tmp_path / 'rank.py').write_text(  # each rank: the step on its share, then its gradients and terms to a file
+        f'import sys, torch\nfrom pathlib import Path\nsys.path.insert(0, {str(ROOT)!r})\nimport helpers\n'
+        f'from test_legato import ddp_step\nrank, world, _ = helpers.distributed("cpu")\n'
+        f'torch.save(ddp_step(Path({str(tmp_path)!r}), rank, world), Path({str(tmp_path)!r}) / f"rank{{rank}}.pt")\n')
+    torchrun(tmp_path / 'rank.py')
+    (g0, L0), (g1, L1) = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    g_ref, L_ref = ddp_step(tmp_path, n=2)
+    ddp, ref = torch.cat([x.flatten() for x in g0]), torch.cat([x.flatten() for x in g_ref])
+    assert torch.equal(ddp, torch.cat([x.flatten() for x in g1]))  # the ranks agree
+    print('relative gradient difference', ((ddp - ref).norm() / ref.norm()).item())
+    assert ref.norm() > 0 and (ddp - ref).norm() <= 1e-5 * ref.norm(), ((ddp - ref).norm() / ref.norm()).item()
+    assert L0['local'] == pytest.approx(L_ref['local'], rel=1e-6) and L0['adj'] != L1['adj']  # shared, own shares
+
+
+def test_two_processes_evaluate_as_one(tmp_path, tiny_run):
+    """torchrun evaluate.py: each rank draws the whole set of samples from the evaluation seed and works on its share;
+    the numbers equal one process's (at the same threads per process): distances within 1e-5, counts exactly here
+    (a different batch shape may move a last bit across a threshold: within 1 sample)."""
+    for d in ('one', 'two'):
+        shutil.copytree(tiny_run, tmp_path / d)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of the two processes gets on this 2-core machine
+    try:
+        evaluate.main([str(tmp_path / 'one'), '--samples', '9', '--invert_steps', '2', '--seed', '1,2'])
+    finally:
+        torch.set_num_threads(threads)
+    torchrun('evaluate.py', tmp_path / 'two', '--samples', '9', '--invert_steps', '2', '--seed', '1,2')
+    one, two = (json.load(open(tmp_path / d / 'metrics.json')) for d in ('one', 'two'))
+    assert one.keys() == two.keys()
+    for k, v in one.items():
+        if isinstance(v, float):
+            assert two[k] == pytest.approx(v, rel=1e-5, abs=1e-12), k
+    assert one['leak'] == two['leak']  # shares of 9 samples: the same counts by every judge
+
+
+def test_each_trains_one_run_per_person_over_two_processes(tmp_path, tiny_ckpt):
+    people = tmp_path / 'people'
+    for name in ('obama', 'biden'):
+        shutil.copytree(ROOT / 'assets/faces' / name, people / name)
+    torchrun('train.py', '--ckpt', tiny_ckpt, '--identity', people, '--each', '--out', tmp_path / 'runs', '--iters', '1',
+             '--invert_steps', '1', '--mine_n', '8', '--hidden', '8')
+    for name, other in (('obama', 'biden'), ('biden', 'obama')):
+        meta = torch.load(tmp_path / 'runs' / name / 'adapter.pt', weights_only=True)
+        assert meta['identity']['name'] == name and list(meta['retain_ws']) == [other]
 
 
 # -----------------------------------------------------------------------------

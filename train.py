@@ -18,16 +18,19 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import IMAGE_EXTS, DataError, invert, list_photos, load_faces, resolve_identity, save_grid
-from helpers import ROOT, CheckpointError, atomic_save, device, digest, in_repo, keep_freed_memory, load, portable
+from helpers import (ROOT, CheckpointError, atomic_save, device, digest, distributed, from_rank0, gather, in_repo,
+                     keep_freed_memory, load, most, portable, shard)
 from id_net import ID_NETS, IDFeatureDistance, LPIPSVGG, load_id_net
 from losses import Seen, adjacency_offsets, describe, person_loss, shows_person, target_latent, unlearning_loss
 from model import Generator
@@ -55,6 +58,8 @@ class Config:
                                                    "kept in adapter.pt ('none' to skip)")
     out: str = arg(None, 'run folder (default runs/<identity>-<adapter>, numbered if taken)')
     resume: bool = arg(False, 'continue the run in --out from its ckpt.pt')
+    each: bool = arg(False, '--identity is a folder of person folders: one run per person (--out/<person>), each keeping '
+                            'the others (under torchrun the people are spread over the processes)')
     # optimisation
     iters: int = arg(None, "optimisation steps (default: the paper's 1000; on the built-in baby 500 with --forget "
                            "latent, which has forgotten by step 100 (the README's collapse curves), and 300 with "
@@ -111,8 +116,8 @@ class Config:
     compile: bool = arg(False, 'torch.compile the synthesis network')
 
 
-RESUMABLE = ('out', 'resume', 'iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt', 'device')  # may change
-MAY_CHANGE = ', '.join('--' + k for k in RESUMABLE[2:])  # as the help and the errors name them
+RESUMABLE = ('out', 'resume', 'each', 'iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt', 'device')  # may change
+MAY_CHANGE = ', '.join('--' + k for k in RESUMABLE[3:])  # as the help and the errors name them
 PATHS = ('identity', 'ckpt', 'retain', 'id_weights', 'vgg', 'lpips_lin')  # stored relative to the repo when inside
 
 
@@ -226,10 +231,13 @@ class Step:
     scaler: torch.amp.GradScaler
     amp: object          # autocast context (or a null one)
     gen: torch.Generator  # the training latents' random stream (saved in ckpt.pt)
+    rank: int = 0        # torchrun: this process draws the whole world-times batch and keeps share `rank`
+    world: int = 1
 
 
-def setup(cfg, G, idn, perc, ws_u):
-    """Make G trainable (adapters or full), the frozen G_s, the optimiser, and the constant targets."""
+def setup(cfg, G, idn, perc, ws_u, rank=0, world=1):
+    """Make G trainable (adapters or full), the frozen G_s, the optimiser, and the constant targets. Under torchrun
+    the trainable synthesis is wrapped in DistributedDataParallel, which averages the gradients of the ranks."""
     dev = G.mapping.w_avg.device
     if cfg.adapter == 'full':  # GUIDE: the whole synthesis network trains, G_s is a frozen copy
         G_s, s_kw = copy.deepcopy(G).requires_grad_(False), {}
@@ -245,23 +253,26 @@ def setup(cfg, G, idn, perc, ws_u):
                          'extrapolate from; use --target average or another identity')
     with torch.no_grad(), amp:
         tgt = describe(G_s.synthesis(ws_t, fused=False, **s_kw).float(), idn, perc)
-    return Step(G=G, G_s=G_s, s_kw=s_kw, syn=torch.compile(G.synthesis) if cfg.compile else G.synthesis, idn=idn,
+    syn = G.synthesis if world == 1 else DistributedDataParallel(G.synthesis, broadcast_buffers=False)
+    return Step(G=G, G_s=G_s, s_kw=s_kw, syn=torch.compile(syn) if cfg.compile else syn, idn=idn,
                 perc=perc, ws_u=ws_u, ws_t=ws_t, tgt=tgt,
                 opt=torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=cfg.lr),
                 scaler=torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16'), amp=amp,
-                gen=torch.Generator(device=dev).manual_seed(cfg.seed))
+                gen=torch.Generator(device=dev).manual_seed(cfg.seed), rank=rank, world=world)
 
 
 def sample_latents(S, cfg):
-    """This step's random latents: adjacency pairs (w_u + delta -> w_t + delta) and global ones."""
-    n_u, dev = len(S.ws_u), S.ws_u.device
-    z = torch.randn(n_u * cfg.n_adj + cfg.n_glob, S.G.cfg.z_dim, generator=S.gen, device=dev)
-    alpha = torch.rand(n_u, cfg.n_adj, generator=S.gen, device=dev) * cfg.alpha_max
+    """This step's random latents: adjacency pairs (w_u + delta -> w_t + delta) and global ones. Under torchrun
+    every rank draws the batch of all the ranks (the same numbers) and keeps its share."""
+    n_u, dev, a, g, r = len(S.ws_u), S.ws_u.device, cfg.n_adj, cfg.n_glob, S.rank
+    z = torch.randn(n_u * a * S.world + g * S.world, S.G.cfg.z_dim, generator=S.gen, device=dev)
+    alpha = torch.rand(n_u, a * S.world, generator=S.gen, device=dev) * cfg.alpha_max
     with torch.no_grad():
-        w_r = S.G.mapping(z)  # [n_u * n_adj + n_glob, L, C], psi 1
-        w_adj, w_glob = w_r[:n_u * cfg.n_adj], w_r[n_u * cfg.n_adj:]
-        delta = adjacency_offsets(S.ws_u, w_adj.view(n_u, cfg.n_adj, *w_r.shape[1:]), alpha).flatten(0, 1)
-        return S.ws_u.repeat_interleave(cfg.n_adj, 0) + delta, S.ws_t.repeat_interleave(cfg.n_adj, 0) + delta, w_glob
+        w_r = S.G.mapping(z)  # [n_u * n_adj + n_glob (each times world), L, C], psi 1
+        w_adj, w_glob = w_r[:n_u * a * S.world], w_r[n_u * a * S.world:][r * g:(r + 1) * g]
+        delta = adjacency_offsets(S.ws_u, w_adj.view(n_u, a * S.world, *w_r.shape[1:]), alpha)[:, r * a:(r + 1) * a]
+        delta = delta.flatten(0, 1)  # [n_u * n_adj, L, C]: row i * n_adj + j is latent i's j-th offset
+        return S.ws_u.repeat_interleave(a, 0) + delta, S.ws_t.repeat_interleave(a, 0) + delta, w_glob
 
 
 def train_step(S, cfg, P=None):
@@ -280,10 +291,11 @@ def train_step(S, cfg, P=None):
     # person mode: global samples that showed the person (frozen image) are no longer preserved
     glob_weight = 1 - shows_person(s.emb[n_u + n_adj_rows:p0], P.refs, P.owner, S.idn.distance,
                                    S.idn.THRESHOLD) if P else None
-    L = unlearning_loss(u.rows(0, p0), s.rows(0, p0), traj, n_u, n_adj_rows, S.perc, S.idn.distance, cfg, glob_weight)
+    L = unlearning_loss(u.rows(0, p0), s.rows(0, p0), traj, n_u, n_adj_rows, S.perc, S.idn.distance, cfg, glob_weight,
+                        S.world)
     if P:
         L.update(person_loss(u.rows(p0), s.rows(p0), cfg.n_mine, P.refs, P.owner, S.perc, S.idn.distance, cfg,
-                             S.idn.THRESHOLD + cfg.margin))
+                             S.idn.THRESHOLD + cfg.margin, S.world))
         L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_glob * L['anchor'] + cfg.w_keep * L['keep']
     S.opt.zero_grad(set_to_none=True)
     S.scaler.scale(L['loss']).backward()
@@ -305,25 +317,24 @@ class Person:
 
 
 def person_latents(S, P, cfg):
-    """This step's person rows: n_mine latents drawn from the pool, then the kept people's latents."""
-    idx = torch.randint(len(P.pool), (cfg.n_mine,), generator=S.gen, device=P.pool.device)
-    return [P.pool[idx], P.keep_ws]
+    """This step's person rows: n_mine latents drawn from the pool (this rank's share), then the kept people's."""
+    idx = torch.randint(len(P.pool), (cfg.n_mine * S.world,), generator=S.gen, device=P.pool.device)
+    return [P.pool[idx[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]], P.keep_ws]
 
 
 @torch.no_grad()
 def mine(S, P, G, kw, n, bs=64):
     """Latents among n random ones whose image, drawn by G with kw, the identity network puts nearest the person
     within its threshold. psi ~ U(0.5, 1); the draws come from the step's random stream S.gen, which is why ckpt.pt
-    keeps the pool with it. Reads the result back (a host sync)."""
+    keeps the pool with it. Under torchrun each rank searches its share and all get the whole pool. Reads the result
+    back (a host sync)."""
     dev = P.refs.device
     z = torch.randn(n, G.cfg.z_dim, generator=S.gen, device=dev)
     psi = 0.5 + 0.5 * torch.rand(n, 1, 1, generator=S.gen, device=dev)
     ws = G.mapping.w_avg + psi * (G.mapping(z) - G.mapping.w_avg)
-    found = []
-    for w in tqdm(ws.split(bs), desc='mine', leave=False):
-        emb = S.idn.embed(G.synthesis(w, fused=False, **kw).float())
-        found.append(w[shows_person(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD).bool()])
-    return torch.cat(found)
+    found = [shows_person(S.idn.embed(G.synthesis(w, fused=False, **kw).float()), P.refs, P.owner, S.idn.distance,
+                          S.idn.THRESHOLD) for w in tqdm(shard(ws).split(bs), desc='mine', leave=False)]
+    return ws[gather(torch.cat(found)).bool()]
 
 
 def setup_person(S, photos, retain, retain_faces):
@@ -375,10 +386,12 @@ def before_after(S, P, retain, path, n=6):
     save_grid(torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs]), path, nrow=2 * n)
 
 
-def keep_photos(info, retain_photos, out):
+def keep_photos(info, retain_photos, out, write=True):
     """Copy the photos evaluation reads into the run folder (the forgotten person's folder, held-out photos included,
     and each kept person's) and point the run at them: a run folder copied anywhere evaluates."""
     def copy(folder, dest):
+        if not write:
+            return
         dest.mkdir(parents=True)
         for f in folder.iterdir():
             if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
@@ -415,16 +428,57 @@ def start(argv):
     return cfg, out, ck
 
 
+def launcher():
+    """The command that started this process, for the resume hint: python, or torchrun with its process counts."""
+    if 'LOCAL_WORLD_SIZE' not in os.environ:
+        return 'python train.py'
+    nodes = int(os.environ.get('GROUP_WORLD_SIZE', 1))
+    return (f'torchrun --nnodes {nodes} (your rendezvous flags)' if nodes > 1 else 'torchrun --standalone') + \
+        f' --nproc_per_node {os.environ["LOCAL_WORLD_SIZE"]} train.py'
+
+
 def main(argv=None):
+    """One run (under torchrun: data-parallel over the ranks), or with --each one run per person, spread over them."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if get_args(argv).each:
+        return each(argv)
     cfg, out, ck = start(argv)
-    dev = torch.device(cfg.device)
+    rank, world, dev = distributed(cfg.device)
+    return run(cfg, out, ck, dev, rank, world, f'{launcher()} --out {out} --resume')
+
+
+def each(argv):
+    """--each: --identity is a folder of person folders; one run per person (out/<person>), each keeping the other
+    people of the folder. Under torchrun the people are spread over the ranks, each run in one process."""
+    cfg = get_args(argv)
+    folder = Path(cfg.identity)
+    people = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if len(people) < 2:
+        raise SystemExit(f'error: --identity {folder}: --each needs a folder of two or more person folders')
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group
+    hint = f'{launcher()} {" ".join(a for a in argv if a != "--resume")} --resume'
+    runs = []
+    for p in people[rank::world]:
+        if (out / p.name / 'adapter.pt').exists() and cfg.resume:
+            print(f'{out / p.name}: finished already')
+            continue
+        resume = ['--resume'] if (out / p.name / 'ckpt.pt').exists() and cfg.resume else []
+        one, out_p, ck = start([a for a in argv if a != '--resume'] + resume +
+                               ['--identity', str(p), '--retain', str(folder), '--out', str(out / p.name)])
+        runs.append(run(replace(one, each=False), out_p, ck, dev, 0, 1, hint))
+    return runs
+
+
+def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
+    """The unlearning run: settings checked, the run's inputs settled, the loop, the results. Rank 0 writes."""
     keep_freed_memory(dev)
     torch.manual_seed(cfg.seed)
-    existed = out.exists()
+    existed, writer = out.exists(), rank == 0
 
     def abandon(msg, code=None):
         """Stop with msg (exit 1, or code): a run that fails before its first checkpoint leaves nothing behind."""
-        if not cfg.resume and not (out / 'ckpt.pt').exists():
+        if writer and not cfg.resume and not (out / 'ckpt.pt').exists():
             shutil.rmtree(out, ignore_errors=True)
             if existed:
                 out.mkdir()
@@ -451,17 +505,20 @@ def main(argv=None):
             retain_photos = ck['retain_photos']
         else:
             ws_u, info = resolve_identity(cfg.identity, G, idn, steps=cfg.invert_steps)
+            ws_u = from_rank0(ws_u)  # the ranks' inversions may differ in the last bits
             if not torch.isfinite(ws_u).all():
                 raise DataError(f'{cfg.identity}: the latent holds NaN or Inf values; pass a finite latent')
             photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
             retain, retain_photos = invert_others(cfg, G, idn)
+            retain = {k: from_rank0(v) for k, v in retain.items()}
             retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
-            out.mkdir(parents=True, exist_ok=True)
-            keep_photos(info, retain_photos, out)
+            if writer:
+                out.mkdir(parents=True, exist_ok=True)
+            keep_photos(info, retain_photos, out, writer)
         if 'inversion_id_distance' in info:
             print(f'inverted {len(ws_u)} photo(s): identity distance '
                   f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
-        S = setup(cfg, G, idn, perc, ws_u)
+        S = setup(cfg, G, idn, perc, ws_u, rank, world)
         param_report(G)
         step, wall, loss = 0, 0.0, None
         if cfg.resume:  # the run goes on exactly as it would have
@@ -491,26 +548,29 @@ def main(argv=None):
     def trainable_state():
         return {k: v for k, v in G.synthesis.state_dict().items() if cfg.adapter == 'full' or '.adapter.' in k}
 
-    def save_ckpt():
-        if loss is not None and not torch.isfinite(loss):  # never overwrite a good checkpoint with NaNs
+    def save_ckpt():  # every rank holds the same state (the same random stream, the same averaged gradients)
+        if loss is not None and most(int(not torch.isfinite(loss))):  # never overwrite a good checkpoint with NaNs
             raise FloatingPointError(f'non-finite loss at step {step}')
-        atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(), 'step': step,
-                     'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain, 'retain_photos': retain_photos,
-                     'person': vars(P), 'args': stored(cfg), 'generator_sha': sha}, out / 'ckpt.pt')
+        if writer:
+            atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(),
+                         'step': step, 'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain,
+                         'retain_photos': retain_photos, 'person': vars(P), 'args': stored(cfg), 'generator_sha': sha},
+                        out / 'ckpt.pt')
 
     def snapshot():
-        (out / 'snapshots').mkdir(exist_ok=True)
-        atomic_save({'step': step, 'synthesis': trainable_state()}, out / 'snapshots' / f'{step:06d}.pt')
+        if writer:
+            (out / 'snapshots').mkdir(exist_ok=True)
+            atomic_save({'step': step, 'synthesis': trainable_state()}, out / 'snapshots' / f'{step:06d}.pt')
 
-    stop = {'sig': 0}  # Ctrl-C (SIGINT) and SIGTERM stop the run between steps, never inside one
+    stop = {'sig': 0}  # Ctrl-C (SIGINT) and SIGTERM stop the run between steps, never inside one (all ranks agree)
     handlers = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in (signal.SIGINT, signal.SIGTERM)}
     pbar = tqdm(total=cfg.iters, initial=step, desc=f'unlearn ({cfg.adapter})', dynamic_ncols=True)
     t0 = time.time()
     try:
         if cfg.snapshot_every and step == 0:  # the curves start at the untouched generator
             snapshot()
-        log = open(out / 'log.jsonl', 'a')
-        while step < cfg.iters and not stop['sig']:
+        log = open(out / 'log.jsonl', 'a') if writer else None
+        while step < cfg.iters and not most(stop['sig']):
             if person and cfg.mine_every and step and step % cfg.mine_every == 0:  # where does G still draw them?
                 P.pool = torch.cat([P.pool, mine(S, P, S.G, {}, cfg.mine_n // 4)])
             L = train_step(S, cfg, person)
@@ -521,11 +581,12 @@ def main(argv=None):
                 rec = {'step': step, **{k: v.item() for k, v in L.items()}, 'wall': round(wall + time.time() - t0, 2)}
                 if person:
                     rec['pool'] = len(P.pool)
-                if not all(math.isfinite(v) for v in rec.values()):
+                if most(int(not all(math.isfinite(v) for v in rec.values()))):
                     raise FloatingPointError(f'non-finite loss at step {step}: {rec}')
                 pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'person')})
-                log.write(json.dumps(rec) + '\n')
-                log.flush()
+                if writer:  # rank 0's share of the batch (sums over samples are scaled to the whole batch)
+                    log.write(json.dumps(rec) + '\n')
+                    log.flush()
             if cfg.snapshot_every and step % cfg.snapshot_every == 0:
                 snapshot()
             if step % cfg.ckpt_every == 0:
@@ -542,9 +603,12 @@ def main(argv=None):
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    if stop['sig']:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
-        print(f'interrupted at step {step}; continue with: python train.py --out {out} --resume')
-        raise SystemExit(128 + stop['sig'])
+    sig = most(stop['sig'])
+    if sig:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
+        print(f'interrupted at step {step}; continue with: {hint}')
+        raise SystemExit(128 + sig)
+    if not writer:
+        return out
 
     # results: the adapters (or the fine-tuned synthesis), a before/after picture
     meta = {'identity': info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
@@ -558,7 +622,7 @@ def main(argv=None):
             save_adapters(G, out / 'adapter.pt', **meta)
         before_after(S, P, retain, out / 'before_after.png')
     except OSError as e:
-        raise SystemExit(f'error: {e}; the run is checkpointed: python train.py --out {out} --resume writes the results')
+        raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
     print(f'done in {wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
           f'forgotten face and {", ".join(retain) or "no others"}; random samples; samples that showed the person)')
     return out
