@@ -40,6 +40,9 @@ def load_image(path):
             x = np.asarray(im.convert('RGB'))
     except FileNotFoundError:
         raise DataError(f'{path}: no such file') from None
+    except Image.DecompressionBombError:
+        raise DataError(f'{path}: image is too large to be a photo (over {Image.MAX_IMAGE_PIXELS:,} pixels); '
+                        'resize it') from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f'{path}: not a readable image ({type(e).__name__}); use a JPEG, PNG or WebP photo') from None
     if min(x.shape[:2]) < MIN_SIZE:
@@ -119,7 +122,8 @@ def dlib_available():
 
 
 def load_faces(path, size, align=True):
-    """Photos of one identity -> ([N, 3, size, size] float in [-1, 1], file names).
+    """Photos of one identity -> ([N, 3, size, size] float in [-1, 1], file names). align=False takes square photos
+    as aligned face crops (and still aligns the others when dlib is installed).
 
     Bad files among good ones are skipped with a warning; if none is usable the first error is raised."""
     faces, names, errors = [], [], []
@@ -127,12 +131,13 @@ def load_faces(path, size, align=True):
     for f in photos:
         try:
             img = load_image(f)
-            if align and dlib_available():
+            square = abs(img.shape[0] - img.shape[1]) <= 0.05 * max(img.shape[:2])
+            if (align or not square) and dlib_available():
                 img = align_face(img, size, f)
             else:
                 if align:
                     warnings.warn(f'{f}: dlib not installed, taking the photo as an already-aligned face crop')
-                if abs(img.shape[0] - img.shape[1]) > 0.05 * max(img.shape[:2]):
+                if not square:
                     raise DataError(f'{f}: not a square face crop; install dlib-bin to align raw photos')
                 img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
         except DataError as e:
@@ -230,7 +235,7 @@ def load_latent(path, G):
         x = x[None, None].repeat(1, L, 1)
     elif x.shape == (L, C):
         x = x[None]
-    if x.ndim != 3 or x.shape[1:] != (L, C):
+    if x.ndim != 3 or x.shape[1:] != (L, C) or len(x) == 0:
         raise DataError(f'{path}: latent of shape {tuple(x.shape)} does not fit this generator (W+ is [N, {L}, {C}])')
     return x
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -243,9 +244,12 @@ def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):
 def seeds(args):
     """--seed 1,2,3 -> [1, 2, 3]: the leak is counted on each, the rest on the first."""
     try:
-        return [int(s) for s in str(args.seed).split(',')]
+        out = [int(s) for s in str(args.seed).split(',')]
     except ValueError:
         raise ValueError(f'--seed {args.seed}: write integers separated by commas, e.g. 1,2,3') from None
+    if not all(0 <= s < 2 ** 40 for s in out):
+        raise ValueError(f'--seed {args.seed}: evaluation seeds are integers 0 <= N < 2**40')
+    return out
 
 
 def times(spec):
@@ -288,6 +292,15 @@ def reprojection(G_s, G_u, s_kw, u_kw, photos, J, steps):
     return out
 
 
+def held_out_face(f, res):
+    """One held-out photo, aligned; None (with a warning) when it is unreadable or shows no face."""
+    try:
+        return load_faces(f, res)[0]
+    except DataError as err:
+        warnings.warn(f'held-out photo left out: {err}')
+        return None
+
+
 def evaluate_run(run, args, device):
     G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
     J = Judge(args, device)
@@ -297,7 +310,9 @@ def evaluate_run(run, args, device):
     files = held_out_photos(meta)
     if ident.get('kind') == 'photos':
         photos_u, names = load_faces(ident['path'], res)
-        hp = torch.cat([photos_u[:0]] + [load_faces(f, res)[0] for f in files]).to(device)
+        held_out = {f: held_out_face(f, res) for f in files}  # a photo without a usable face is left out, with a warning
+        files = [f for f in files if held_out[f] is not None]
+        hp = torch.cat([photos_u[:0]] + [held_out[f] for f in files]).to(device)
         if files:
             ws_h, _, _ = invert(G_s, hp, J.idn, steps=args.invert_steps or 300)
             with torch.no_grad():
@@ -414,6 +429,8 @@ def curve(runs, args, device):
         ids, rets, xs = [], [], []
         for s in tqdm(snaps, desc=str(run)):
             ck = load(s, 'an adapter snapshot written by train.py', device)
+            if not isinstance(ck, dict) or not {'step', 'synthesis'} <= ck.keys():
+                raise CheckpointError(f'{s}: not an adapter snapshot written by train.py')
             G_u.synthesis.load_state_dict(ck['synthesis'], strict=False)
             m = measure(G_s, G_u, s_kw, {}, meta, J, fd=False)
             xs.append(ck['step'])
@@ -445,7 +462,13 @@ def compare(runs):
         p = Path(run) / 'metrics.json'
         if not p.exists():
             raise SystemExit(f'error: {run}: no metrics.json; run python evaluate.py {run} first')
-        rows.append({'run': str(run), **json.load(open(p))})
+        try:
+            m = json.loads(p.read_text())
+        except (ValueError, OSError) as err:
+            raise ValueError(f'{p}: not a metrics file ({type(err).__name__}); run python evaluate.py {run} again') from None
+        if not isinstance(m, dict):
+            raise ValueError(f'{p}: not a metrics file; run python evaluate.py {run} again')
+        rows.append({'run': str(run), **m})
     keys = ['run', 'kind', 'ID', 'ID_photo_after', 'ID_others', 'ID_heldout_photo_after', 'retain_people',
             'retain_random', 'retain_random_psnr']
     keys += sorted({k for r in rows for k in r if k.startswith(('leak_', 'share_', 'FD_', 'dFD_', 'FID', 'dFID'))})
@@ -530,15 +553,22 @@ def main(argv=None):
     try:  # every bad file or setting: one line, no traceback
         device(args.device)
         seeds(args), args.T and times(args.T)  # the flags, checked before any work
-        if args.n < 1 or (args.invert_steps is not None and args.invert_steps < 1):
-            raise ValueError('--samples and --invert_steps must be >= 1')
+        if args.n < 2 or (args.invert_steps is not None and args.invert_steps < 1):
+            raise ValueError('--samples must be >= 2 (a covariance needs two) and --invert_steps >= 1')
+        if args.real and not Path(args.real).exists():
+            raise ValueError(f'--real {args.real}: no such folder of real images or .npz of (mu, sigma)')
+        if args.real and str(args.real).endswith('.npz') and not {'mu', 'sigma'} <= set(np.load(args.real).files):
+            raise ValueError(f'--real {args.real}: holds no mu and sigma arrays (the .npz of Frechet statistics)')
+        if args.out and not Path(args.out).resolve().parent.is_dir():
+            raise ValueError(f'--out {args.out}: folder {Path(args.out).parent} does not exist; create it first')
         dev = distributed(args.device)[2]  # under torchrun: this process's rank and device
         keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
         return run(args, dev, p)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         raise SystemExit(f'error: {e}')
     except KeyboardInterrupt:
-        raise SystemExit('interrupted; the files written so far are complete, the rest were not written') from None
+        print('interrupted; the files written so far are complete, the rest were not written')
+        raise SystemExit(130) from None
 
 
 def run(args, dev, p):

@@ -255,6 +255,8 @@ class IRNet(nn.Module):
         """arch 'arcface' (IR-SE50, model_ir_se50.pth) or 'curricularface' (IR-101, CurricularFace_Backbone.pth)."""
         net = cls(50, True) if arch == 'arcface' else cls(100, False)
         sd = load(path, f'the {arch} backbone state dict')
+        if not isinstance(sd, dict):
+            raise ValueError(f'{path}: not the {arch} backbone state dict (holds a {type(sd).__name__})')
         sd = {k.removeprefix('module.'): v for k, v in sd.items()}  # DataParallel checkpoints
         try:
             net.load_state_dict(sd, strict=True)
@@ -324,7 +326,7 @@ def load_id_net(name='dlib', path=None):
         return DlibFaceNet(path)
     if name in ('arcface', 'curricularface'):
         if not path:
-            raise ValueError(f'the {name} identity network needs its weights: pass their path')
+            raise ValueError(f'the {name} identity network needs its weights: pass their path with --id_weights')
         return IRNet.from_file(path, name)
     raise ValueError(f'unknown identity network {name!r}; choose one of {", ".join(ID_NETS)}')
 
@@ -378,7 +380,11 @@ class LPIPSVGG(nn.Module):
         self.lins = [torch.ones(1, ch, 1, 1) for ch in chans]
         if lin_path:
             lin = load(lin_path, "LPIPS v0.1 linear heads (lpips' weights/v0.1/vgg.pth)")
-            self.lins = [lin[f'lin{i}.model.1.weight'] for i in range(5)]
+            try:
+                self.lins = [lin[f'lin{i}.model.1.weight'].reshape(1, ch, 1, 1) for i, ch in enumerate(chans)]
+            except (KeyError, TypeError, IndexError, RuntimeError, AttributeError):
+                raise ValueError(f"{lin_path}: not LPIPS v0.1's VGG heads (lin0..4.model.1.weight); pass lpips' "
+                                 'weights/v0.1/vgg.pth') from None
         self.register_buffer('shift', torch.tensor([-.030, -.088, -.188])[None, :, None, None])
         self.register_buffer('scale', torch.tensor([.458, .448, .450])[None, :, None, None])
         self.eval().requires_grad_(False)

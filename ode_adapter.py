@@ -88,6 +88,9 @@ SOLVERS = {'euler': euler, 'midpoint': midpoint, 'rk4': rk4}
 BACKENDS = ('native', 'torchdiffeq', 'adjoint')
 
 
+MAX_STEPS = 10_000  # a dial setting beyond this many solver steps is a typo, not a setting
+
+
 def time_grid(T, h):
     """[0, h, 2h, ..., T]: T need not be a multiple of h; the last step is then shorter (T is continuous)."""
     T, h = float(T), float(h)
@@ -95,6 +98,8 @@ def time_grid(T, h):
         raise ValueError(f'integration time T must be a finite number >= 0, got {T}')
     if not (h > 0 and math.isfinite(h)):
         raise ValueError(f'step size h must be > 0, got {h}')
+    if T / h > MAX_STEPS:
+        raise ValueError(f'T / h = {T / h:.3g} steps, more than {MAX_STEPS:,}; use a larger step or a smaller T')
     n = math.floor(T / h + 1e-9)  # full steps; the 1e-9 keeps T = 4 * 0.4 at 4 steps despite rounding
     pts = [i * h for i in range(n + 1)]
     if T - pts[-1] > 1e-9 * max(1.0, T):
@@ -229,6 +234,9 @@ def load_run(run, device, ckpt=None):
     if ident.get('kind') == 'photos':  # relative: inside the run folder (absolute in runs from before they were)
         ident['path'] = str(run / ident['path'])
     meta['retain_photos'] = {k: str(run / v) for k, v in (meta.get('retain_photos') or {}).items()}
+    for p in ([ident['path']] if ident.get('kind') == 'photos' else []) + list(meta['retain_photos'].values()):
+        if not Path(p).exists():
+            raise CheckpointError(f'{run}: photo {p} is missing; a run folder is copied whole (photos/ included)')
     if meta.get('kind') == 'full':  # GUIDE's fine-tune: the whole synthesis network was saved
         G_u = copy.deepcopy(G)
         G_u.synthesis.load_state_dict(meta['synthesis'])

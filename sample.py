@@ -9,7 +9,6 @@ Seed N draws z from torch seed N, as train.py's --identity seed:N does (that ide
 Writes <run>/samples.png (and samples.gif). A --adapter full run has no dial: its rows are before and after.
 """
 import argparse
-import math
 import os
 from pathlib import Path
 
@@ -71,8 +70,12 @@ def main(argv=None):
     try:
         dev, seeds = device(args.device), parse_seeds(args.seeds)
         Ts = times(args.T) if args.T else None
-        if not math.isfinite(args.psi) or args.frames < 2:
-            raise ValueError('--psi must be a finite number and --frames >= 2')
+        if not abs(args.psi) <= 10 or args.frames < 2:
+            raise ValueError('--psi must be a number in [-10, 10] and --frames >= 2')
+        if len(seeds) > 1024:
+            raise ValueError(f'--seeds {args.seeds}: {len(seeds)} images in one grid; at most 1024')
+        if args.out and (Path(args.out).suffix.lower() != '.png' or not Path(args.out).resolve().parent.is_dir()):
+            raise ValueError(f'--out {args.out}: name a .png in an existing folder (the GIF goes beside it)')
         G_s, G_u, s_kw, meta = load_run(args.run, dev, args.ckpt)
         full = meta.get('kind') == 'full'
         if full and Ts:
@@ -94,6 +97,9 @@ def main(argv=None):
             print(f'wrote {png.with_suffix(".gif")}: ' + ('before, after' if full else f'T from 0 to {max(Ts)}'))
     except (CheckpointError, DataError, ValueError, OSError) as e:
         raise SystemExit(f'error: {e}')
+    except KeyboardInterrupt:
+        print('interrupted; the files written so far are complete')
+        raise SystemExit(130) from None
     return png
 
 

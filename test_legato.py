@@ -1288,6 +1288,10 @@ def bad_files(d):
     shutil.copy(d / 'notes.txt', d / 'text.pkl')
     torch.save(torch.full((32,), float('nan')), d / 'nan.pt')
     torch.save(torch.zeros(32), d / 'w_avg.pt')  # the tiny generator's w_avg (it was never trained)
+    torch.save(torch.zeros(0, 8, 32), d / 'empty.pt')
+    torch.save(torch.zeros(3), d / 'tensor.pt')
+    (d / 'flat').mkdir()
+    shutil.copy(ROOT / 'assets/faces/biden/biden_1.png', d / 'flat')  # photos, not person folders
     return d
 
 
@@ -1321,17 +1325,28 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--identity', 'notes.txt'], 'notes.txt: not a readable image'),
     (['--identity', 'nan.pt'], 'nan.pt: the latent holds NaN or Inf values'),
     (['--identity', 'w_avg.pt'], "w_avg.pt: a latent equals the generator's average latent"),
+    (['--identity', 'empty.pt'], 'empty.pt: latent of shape (0, 8, 32) does not fit'),
+    (['--identity', ''], '--identity is empty'),
+    (['--seed', str(2 ** 64)], f'--seed {2 ** 64}: must be an integer in'),
+    (['--t_end', '1e308'], 'more than 10,000; use a larger step or a smaller T'),
+    (['--step', '1e-7'], 'more than 10,000; use a larger step or a smaller T'),
+    (['--target_d', '1e308'], '--target_d 1e+308: must be at most 1000'),
+    (['--retain', 'flat'], '--retain flat: holds no person folders'),
+    (['--id_net', 'arcface', '--id_weights', 'tensor.pt'], 'tensor.pt: not the arcface backbone state dict'),
+    (['--vgg', 'VGG', '--lpips_lin', 'tensor.pt'], "tensor.pt: not LPIPS v0.1's VGG heads"),
+    (['--mine_n', '3', '--mine_every', '1', '--iters', '2', '--resume'], 'run/ckpt.pt not found; nothing to resume'),
 ]
 
 
 @pytest.mark.parametrize('flags,says', TRAIN_CASES, ids=[' '.join(f) for f, _ in TRAIN_CASES])
-def test_train_bad_settings_say_why_in_one_line(tmp_path, tiny_ckpt, monkeypatch, flags, says):
+def test_train_bad_settings_say_why_in_one_line(tmp_path, tiny_ckpt, weight_files, monkeypatch, flags, says):
     """Each stops before training with one line naming the problem, exit 1, and nothing written."""
     monkeypatch.chdir(bad_files(tmp_path))
     before = sorted(tmp_path.rglob('*'))
     with pytest.raises(SystemExit) as e:
         train.main(['--ckpt', str(tiny_ckpt), '--out', 'run', '--identity', 'seed:3', '--retain', 'none',
-                    '--iters', '2', '--hidden', '8', '--mine_n', '8', *flags])
+                    '--iters', '2', '--hidden', '8', '--mine_n', '8',
+                    *[str(weight_files['vgg16']) if f == 'VGG' else f for f in flags]])
     msg = str(e.value.code)
     assert msg.startswith('error: ') and '\n' not in msg and says in msg, msg
     assert sorted(tmp_path.rglob('*')) == before  # no run folder, no .tmp
@@ -1353,6 +1368,22 @@ def test_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, tiny_ckpt, mon
     assert torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)['step'] == 1
 
 
+def test_sigterm_while_mining_leaves_nothing(tmp_path, tiny_ckpt, monkeypatch):
+    def terminated(*args, **kw):
+        signal.raise_signal(signal.SIGTERM)  # as a scheduler would, during the first search for the person
+    monkeypatch.setattr(train, 'mine', terminated)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
+    assert e.value.code == 143 and not (tmp_path / 'run').exists() and signal.getsignal(signal.SIGTERM) == handler
+
+
+def test_oversized_image_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # PIL refuses images over twice this many pixels
+    with pytest.raises(DataError, match=r'obama_1\.png: image is too large to be a photo'):
+        load_image(ROOT / 'assets/faces/obama/obama_1.png')
+
+
 def test_no_cuda_says_so(tmp_path, tiny_ckpt):
     if torch.cuda.is_available():
         pytest.skip('this machine has a GPU')
@@ -1366,7 +1397,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--sweep', '--T', '0,-1'], '--T 0,-1: each integration time must be a finite number >= 0'),
     ('evaluate', ['RUN', '--sweep', '--T', 'nan'], '--T nan: each integration time must be a finite number >= 0'),
     ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
-    ('evaluate', ['RUN', '--samples', '0'], '--samples and --invert_steps must be >= 1'),
+    ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
     ('evaluate', ['RUN', '--device', 'banana'], '--device banana: not a device'),
     ('evaluate', ['RUN', '--ckpt', 'missing.pt'], "the run's generator missing.pt is not here; pass it with --ckpt"),
     ('evaluate', ['RUN', '--ckpt', 'OTHER'], 'other weights than the generator'),
@@ -1376,8 +1407,18 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('sample', ['RUN', '--seeds', 'x'], '--seeds x: write seeds and ranges'),
     ('sample', ['RUN', '--seeds', '5-2'], '--seeds 5-2: seeds are integers'),
     ('sample', ['RUN', '--T', '-1'], '--T -1: each integration time must be a finite number >= 0'),
-    ('sample', ['RUN', '--psi', 'nan'], '--psi must be a finite number'),
+    ('sample', ['RUN', '--psi', 'nan'], '--psi must be a number in [-10, 10]'),
     ('sample', ['nowhere'], 'nowhere: no such run folder'),
+    ('evaluate', ['RUN', '--samples', '1'], '--samples must be >= 2'),
+    ('evaluate', ['RUN', '--seed', str(2 ** 64 - 1)], 'evaluation seeds are integers 0 <= N < 2**40'),
+    ('evaluate', ['RUN', '--real', 'missing'], '--real missing: no such folder of real images'),
+    ('evaluate', ['RUN', '--curve', '--out', 'missing/c.png'], 'folder missing does not exist; create it first'),
+    ('evaluate', ['NOPHOTOS'], 'is missing; a run folder is copied whole (photos/ included)'),
+    ('evaluate', ['--compare', 'BADMETRICS'], 'metrics.json: not a metrics file'),
+    ('sample', ['RUN', '--psi', '1e308'], '--psi must be a number in [-10, 10]'),
+    ('sample', ['RUN', '--seeds', '0-100000'], '100001 images in one grid; at most 1024'),
+    ('sample', ['RUN', '--out', 'x.gif'], '--out x.gif: name a .png in an existing folder'),
+    ('sample', ['RUN', '--T', '1e308'], 'more than 10,000; use a larger step or a smaller T'),
 ]
 
 
@@ -1390,7 +1431,13 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     (tmp_path / 'truncated/adapter.pt').write_bytes(data_[:len(data_) // 2])
     torch.manual_seed(1)
     Generator(tiny_cfg(img_resolution=32, conv_clamp=256)).save(tmp_path / 'other.pt')
-    names = {'RUN': 'run', 'TRUNCATED': 'truncated', 'OTHER': 'other.pt'}
+    shutil.copytree(tiny_run, tmp_path / 'nophotos')  # a run whose kept person's photo was not copied along
+    meta = torch.load(tmp_path / 'nophotos/adapter.pt', weights_only=True)
+    torch.save({**meta, 'retain_photos': {'x': 'photos/keep/x/x.png'}}, tmp_path / 'nophotos/adapter.pt')
+    shutil.copytree(tiny_run, tmp_path / 'badmetrics')
+    (tmp_path / 'badmetrics/metrics.json').write_text('[1, 2]')
+    names = {'RUN': 'run', 'TRUNCATED': 'truncated', 'OTHER': 'other.pt', 'NOPHOTOS': 'nophotos',
+             'BADMETRICS': 'badmetrics'}
     before = sorted(tmp_path.rglob('*'))
     with pytest.raises(SystemExit) as e:
         {'evaluate': evaluate, 'sample': sample}[script].main([names.get(f, f) for f in flags])

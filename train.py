@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -167,6 +168,10 @@ def check(cfg, out):
     """Every setting that can be wrong, checked before any expensive work: the first problem, as one line."""
     def bad(k, rule):
         raise SystemExit(f'error: --{k} {getattr(cfg, k)}: must be {rule}')
+    if not cfg.identity:
+        raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
+    if not -2 ** 63 <= cfg.seed < 2 ** 64:
+        bad('seed', 'an integer in [-2**63, 2**64)')
     for k in ('lr', 't_end', 'step', 'target_d'):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) > 0):
             bad(k, 'a finite number > 0' + (' (T = 0 is the original generator)' if k == 't_end' else ''))
@@ -174,6 +179,9 @@ def check(cfg, out):
               'w_keep'):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) >= 0):
             bad(k, 'a finite number >= 0')
+    for k in ('alpha_max', 'target_d', 'margin'):  # distances in W and between embeddings: the paper's are 15, 30, 0.25
+        if getattr(cfg, k) > 1e3:
+            bad(k, 'at most 1000 (a distance that large overflows the generator)')
     for k in ('iters', 'hidden', 'log_every', 'ckpt_every', 'invert_steps', 'n_mine', 'mine_n'):
         if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
             bad(k, '>= 1')
@@ -189,6 +197,9 @@ def check(cfg, out):
         raise SystemExit('error: --lpips_lin needs --vgg (the VGG16 weights its linear heads sit on)')
     if cfg.retain != 'none' and not Path(cfg.retain).is_dir():
         raise SystemExit(f'error: --retain {cfg.retain}: no such folder; pass a folder of identity folders, or none')
+    if cfg.retain != 'none' and not any(p.is_dir() for p in Path(cfg.retain).iterdir()):
+        raise SystemExit(f'error: --retain {cfg.retain}: holds no person folders (one folder of photos per person); '
+                         'pass their parent folder, or none')
     try:
         device(cfg.device)
     except ValueError as e:
@@ -414,11 +425,14 @@ def start(argv):
     out, ck = Path(cfg.out) if cfg.out else default_out(cfg), None
     if cfg.resume:
         if not (out / 'ckpt.pt').exists():
-            raise SystemExit(f'error: {out}/ckpt.pt not found; nothing to resume (pass the --out of the run)')
+            raise SystemExit(f'error: {out}/ckpt.pt not found; nothing to resume (pass the --out of a run; a folder '
+                             'without one stopped before its first checkpoint: delete it or choose another --out)')
         try:
             ck = load(out / 'ckpt.pt', 'a train.py checkpoint')
         except CheckpointError as e:
             raise SystemExit(f'error: {e}')
+        if not isinstance(ck, dict) or not {'args', 'step', 'synthesis', 'opt', 'gen'} <= ck.keys():
+            raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
         cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
     elif out.is_dir() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
@@ -444,7 +458,7 @@ def main(argv=None):
         return each(argv)
     cfg, out, ck = start(argv)
     rank, world, dev = distributed(cfg.device)
-    return run(cfg, out, ck, dev, rank, world, f'{launcher()} --out {out} --resume')
+    return run(cfg, out, ck, dev, rank, world, f'{launcher()} --out {shlex.quote(str(out))} --resume')
 
 
 def each(argv):
@@ -457,7 +471,7 @@ def each(argv):
         raise SystemExit(f'error: --identity {folder}: --each needs a folder of two or more person folders')
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group
-    hint = f'{launcher()} {" ".join(a for a in argv if a != "--resume")} --resume'
+    hint = f'{launcher()} {shlex.join(a for a in argv if a != "--resume")} --resume'
     runs = []
     for p in people[rank::world]:
         if (out / p.name / 'adapter.pt').exists() and cfg.resume:
@@ -475,6 +489,14 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     keep_freed_memory(dev)
     torch.manual_seed(cfg.seed)
     existed, writer = out.exists(), rank == 0
+    if writer and not cfg.resume:  # claim the folder before any work: a second run on the same --out stops here
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / 'log.jsonl').open('x').close()
+        except FileExistsError:
+            raise SystemExit(f'error: --out {out} was just taken by another run; choose another --out') from None
+        except OSError as e:
+            raise SystemExit(f'error: --out {out}: cannot create it ({e.strerror}); choose another folder') from None
 
     def abandon(msg, code=None):
         """Stop with msg (exit 1, or code): a run that fails before its first checkpoint leaves nothing behind."""
@@ -487,6 +509,12 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
         raise SystemExit(code or msg)
 
     # generator, identity network, perceptual distance, who to forget and keep
+    got = {'sig': signal.SIGINT}
+
+    def interrupt(sig, _):  # Ctrl-C or SIGTERM before the first step: stop at once, clean up
+        got['sig'] = sig
+        raise KeyboardInterrupt
+    found = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         G = Generator.from_checkpoint(cfg.ckpt)
         sha = digest(G)
@@ -494,6 +522,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             raise CheckpointError(f'{cfg.ckpt}: other weights than the generator this run was trained on; pass that '
                                   'generator with --ckpt')
         G = G.to(dev)
+        cfg.hidden = cfg.hidden or G.cfg.channel_max // 2  # stored as a number: a resume may name it
         if cfg.tc_blocks and set(cfg.tc_blocks.split(',')) - {f'b{b.resolution}' for b in G.synthesis.blocks()[1:]}:
             raise ValueError(f'--tc_blocks {cfg.tc_blocks}: this generator has adapters on '
                              f'{",".join(f"b{b.resolution}" for b in G.synthesis.blocks()[1:])} only')
@@ -512,8 +541,6 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             retain, retain_photos = invert_others(cfg, G, idn)
             retain = {k: from_rank0(v) for k, v in retain.items()}
             retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
-            if writer:
-                out.mkdir(parents=True, exist_ok=True)
             keep_photos(info, retain_photos, out, writer)
         if 'inversion_id_distance' in info:
             print(f'inverted {len(ws_u)} photo(s): identity distance '
@@ -542,7 +569,10 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     except (CheckpointError, DataError, ValueError, OSError) as e:
         abandon(f'error: {e}')
     except KeyboardInterrupt:
-        abandon('interrupted before training started; nothing was written', 130)
+        abandon('interrupted before training started; nothing was written', 128 + got['sig'])
+    finally:
+        for s, h in found.items():
+            signal.signal(s, h)
     person = P if cfg.forget == 'person' and len(P.pool) else None  # None: the paper's method
 
     def trainable_state():
@@ -571,7 +601,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             snapshot()
         log = open(out / 'log.jsonl', 'a') if writer else None
         while step < cfg.iters and not most(stop['sig']):
-            if person and cfg.mine_every and step and step % cfg.mine_every == 0:  # where does G still draw them?
+            if person and cfg.mine_every and cfg.mine_n >= 4 and step and step % cfg.mine_every == 0:  # still there?
                 P.pool = torch.cat([P.pool, mine(S, P, S.G, {}, cfg.mine_n // 4)])
             L = train_step(S, cfg, person)
             loss = L['loss'].detach()
@@ -599,7 +629,8 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     except (FloatingPointError, OSError) as e:
         pbar.close()
         kept = f'the last good checkpoint is {out}/ckpt.pt' if (out / 'ckpt.pt').exists() else 'nothing was kept'
-        abandon(f'error: {e}; stopped, {kept}' + (' (a lower --lr?)' if isinstance(e, FloatingPointError) else ''))
+        abandon(f'error: {e}; stopped, {kept}' + (' (a lower --lr or smaller loss weights?)'
+                                                   if isinstance(e, FloatingPointError) else ''))
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
