@@ -1197,7 +1197,7 @@ def test_retained_photos_are_recorded_and_evaluated(tmp_path, tiny_ckpt, facenet
     shutil.copy(ROOT / 'assets' / 'faces' / 'biden' / 'biden_1.png', faces / 'zed.png')  # not a folder: no person
     (faces / 'obama' / 'notes.txt').write_text('not a photo')
     argv = ['--ckpt', str(tiny_ckpt), '--identity', 'seed:3', '--retain', str(faces), '--hidden', '16',
-            '--invert_steps', '2', '--iters', '2', '--ckpt_every', '1']
+            '--invert_steps', '2', '--iters', '2', '--ckpt_every', '1', '--mine_n', '16']
     with pytest.warns(UserWarning, match='notes.txt'):
         out = train.main(argv + ['--out', str(tmp_path / 'run')])
     meta = torch.load(out / 'adapter.pt', weights_only=True)
