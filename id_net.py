@@ -381,6 +381,8 @@ class LPIPSVGG(nn.Module):
         if lin_path:
             lin = load(lin_path, "LPIPS v0.1 linear heads (lpips' weights/v0.1/vgg.pth)")
             try:
+                if not isinstance(lin, dict):
+                    raise TypeError
                 self.lins = [lin[f'lin{i}.model.1.weight'].reshape(1, ch, 1, 1) for i, ch in enumerate(chans)]
             except (KeyError, TypeError, IndexError, RuntimeError, AttributeError):
                 raise ValueError(f"{lin_path}: not LPIPS v0.1's VGG heads (lin0..4.model.1.weight); pass lpips' "

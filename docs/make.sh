@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Regenerates the README's figures (docs/) and its ablation numbers on the built-in generator, from the project's
+# own commands. CPU, 2 cores: about 70 minutes. Runs go to runs/docs/; rerunning skips what is done and resumes
+# an interrupted run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=runs/docs
+mkdir -p $R
+
+train() {  # train <code folder> <out> [flags]: resume when interrupted, skip when finished
+  local code=$1 out=$2; shift 2
+  if [ -f $out/adapter.pt ]; then return; fi
+  if [ -f $out/ckpt.pt ]; then python $code/train.py --out $out --resume; else python $code/train.py --out $out "$@"; fi
+}
+evaluate() {  # the leak on 500 fresh samples (evaluation seed 1), forgetting, retention
+  local code=$1 out=$2
+  [ -f $out/metrics.json ] || python $code/evaluate.py $out --samples 500 --seed 1 --invert_steps 100
+}
+
+# the ablation that changes code: a copy of the repository with the patch applied
+if [ ! -d $R/tanh-code ]; then
+  mkdir -p $R/tanh-code.tmp && git archive HEAD | tar -x -C $R/tanh-code.tmp
+  (cd $R/tanh-code.tmp && git apply ../../../docs/ablation_tanh_field.patch) && mv $R/tanh-code.tmp $R/tanh-code
+fi
+
+for s in 0 1; do  # two training seeds each
+  train . $R/person-s$s --seed $s                        # the default (person mode, Euler, trajectory consistency)
+  train . $R/rk4-s$s --seed $s --solver rk4              # RK4 (3/8 rule) instead of Euler
+  train . $R/no-tc-s$s --seed $s --w_tc 0                # trajectory consistency off
+  train $R/tanh-code $R/tanh-s$s --seed $s               # tanh hidden units in the vector field (the patch)
+done
+for s in 0 1; do
+  for a in person rk4 no-tc; do evaluate . $R/$a-s$s; done
+  evaluate $R/tanh-code $R/tanh-s$s
+done
+python evaluate.py --compare $R/person-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > docs/ablations.md
+
+# figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
+cp $R/person-s0/before_after.png docs/before_after.png
+python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png
+[ -f $R/person-s0/sweep.json ] || python evaluate.py $R/person-s0 --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1
+cp $R/person-s0/sweep_leak.png docs/sweep_leak.png
+du -sh docs
