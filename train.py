@@ -470,6 +470,10 @@ def each(argv):
     if len(people) < 2:
         raise SystemExit(f'error: --identity {folder}: --each needs a folder of two or more person folders')
     out = Path(cfg.out) if cfg.out else default_out(cfg)
+    try:
+        device(cfg.device)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
     rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group
     hint = f'{launcher()} {shlex.join(a for a in argv if a != "--resume")} --resume'
     runs = []
