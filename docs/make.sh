@@ -19,8 +19,9 @@ evaluate() {  # the leak on 500 fresh samples (evaluation seed 1), forgetting, r
 
 # the ablation that changes code: a copy of the repository with the patch applied
 if [ ! -d $R/tanh-code ]; then
-  mkdir -p $R/tanh-code.tmp && git archive HEAD | tar -x -C $R/tanh-code.tmp
-  (cd $R/tanh-code.tmp && git apply ../../../docs/ablation_tanh_field.patch) && mv $R/tanh-code.tmp $R/tanh-code
+  rm -rf $R/tanh-code.tmp && mkdir -p $R/tanh-code.tmp && git archive HEAD | tar -x -C $R/tanh-code.tmp
+  git apply --directory=$R/tanh-code.tmp docs/ablation_tanh_field.patch  # from the root: paths under the copy
+  grep -q 'nn.Tanh()' $R/tanh-code.tmp/ode_adapter.py && mv $R/tanh-code.tmp $R/tanh-code
 fi
 
 for s in 0 1; do  # two training seeds each
