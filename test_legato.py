@@ -1446,6 +1446,13 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     assert sorted(tmp_path.rglob('*')) == before
 
 
+def test_baby_report_runs(tmp_path):
+    evaluate.main(['--baby-report', '--samples', '4', '--invert_steps', '2', '--out', str(tmp_path / 'baby.png')])
+    rep = json.load(open(tmp_path / 'baby_report.json'))
+    assert rep['samples']['n'] == 4 and set(rep['inversion']) == {f.stem for f in FACES}
+    assert Image.open(tmp_path / 'baby.png').size == (8 * 64, 64)  # the first 32 samples, 8 a row: only 4 here
+
+
 def test_a_full_run_has_no_dial(tmp_path, tiny_ckpt):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '1', '--adapter', 'full', '--forget', 'latent')
     with pytest.raises(SystemExit, match='a full fine-tune has no dial; drop --T'):
