@@ -2,7 +2,6 @@
 Images in and out: identity photos (loading, checking, aligning, inverting to a latent) and PNG grids.
 """
 import importlib.util
-import os
 import warnings
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from helpers import load, model_file
+from helpers import load, model_file, written
 from id_net import IDFeatureDistance
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
@@ -172,12 +171,8 @@ def grid(images, nrow=None):
 
 def save_grid(images, path, nrow=None):
     """Save [-1, 1] images [N, 3, H, W] as one PNG grid, written atomically."""
-    tmp = f'{path}.tmp.png'
-    try:
+    with written(path, '.tmp.png') as tmp:
         Image.fromarray(grid(images, nrow)).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 Small generic helpers any file may import: safe loading, atomic writes, portable paths, weight files, the CPU
 allocator.
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -32,24 +33,28 @@ def load(path, what, map_location='cpu'):
         raise CheckpointError(f'{path}: not {what} ({type(e).__name__})') from None
 
 
-def atomic_save(obj, path):
-    """torch.save to path + '.tmp', then rename: a crash (or a full disk) never leaves a half-written file."""
-    tmp = f'{path}.tmp'
+@contextlib.contextmanager
+def written(path, suffix='.tmp'):
+    """A temp path beside `path`, renamed to it when the block ends well and removed otherwise: a crash (or a full
+    disk) never leaves a half-written file. The suffix keeps the extension a writer reads the format from."""
+    tmp = f'{path}{suffix}'
     try:
-        torch.save(obj, tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
+def atomic_save(obj, path):
+    """torch.save, written atomically."""
+    with written(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def write_json(obj, path):
-    """JSON report written to a temp file and renamed: a reader never sees half a file."""
-    tmp = Path(f'{path}.tmp')
-    try:
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """JSON report written atomically: a reader never sees half a file."""
+    with written(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=1))
 
 
 def portable(path):

@@ -9,7 +9,6 @@ Seed N draws z from torch seed N, as train.py's --identity seed:N does (that ide
 Writes <run>/samples.png (and samples.gif). A --adapter full run has no dial: its rows are before and after.
 """
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from data import DataError, grid, save_grid
 from evaluate import generate, times
-from helpers import CheckpointError, device
+from helpers import CheckpointError, device, written
 from ode_adapter import load_run
 
 
@@ -46,13 +45,9 @@ def latents(G, seeds, psi):
 
 def save_gif(frames, path, ms):
     """Pictures [H, W, 3] uint8 -> a looping GIF, the last frame held; written atomically."""
-    tmp = f'{path}.tmp.gif'
-    try:
-        ims = [Image.fromarray(f) for f in frames]
+    ims = [Image.fromarray(f) for f in frames]
+    with written(path, '.tmp.gif') as tmp:
         ims[0].save(tmp, save_all=True, append_images=ims[1:], duration=[ms] * (len(ims) - 1) + [1500], loop=0)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def main(argv=None):
