@@ -15,7 +15,7 @@ import torch
 # latents
 
 def target_latent(w_u, w_avg, d=30.0, mode='extra', scale_d=False):
-    """GUIDE's target: w_avg - d (w_u - w_avg) / ||w_u - w_avg||, the norm over the whole W+ tensor.
+    """GUIDE's target: w_avg - d (w_u - w_avg) / ||w_u - w_avg||, the norm over the whole W+ tensor. README eq. 3.
 
     w_u: [N, num_ws, w_dim]. mode 'average' gives w_avg itself. scale_d=True multiplies d by
     sqrt(num_ws * w_dim / (14 * 512)), i.e. keeps the per-element distance of the paper's 256 px generator
@@ -31,7 +31,8 @@ def target_latent(w_u, w_avg, d=30.0, mode='extra', scale_d=False):
 
 
 def adjacency_offsets(w_u, w_r, alpha):
-    """Delta = alpha (w_r - w_u) / ||w_r - w_u||: steps from the identity towards random latents.
+    """Delta = alpha (w_r - w_u) / ||w_r - w_u||: steps from the identity towards random latents. README eq. 3
+    (train.sample_latents draws w_r and alpha).
 
     w_u [N, L, C], w_r [N, n, L, C], alpha [N, n] -> [N, n, L, C]."""
     v = w_r - w_u[:, None]
@@ -64,15 +65,17 @@ def describe(img, id_net, perceptual):
 
 
 def image_loss(u, s, perceptual, id_distance, w):
-    """GUIDE's image loss per sample, u towards s: w_pix MSE + w_perc perceptual + w_id identity -> [N]."""
+    """GUIDE's image loss per sample, u towards s: w_pix MSE + w_perc perceptual + w_id identity -> [N].
+    README eq. 4's l(a, b); the weights are train.Config's (0.01 / 1 / 0.1)."""
     mse = (u.img - s.img).square().mean(dim=[1, 2, 3])
     return w.w_pix * mse + w.w_perc * perceptual(u.feats, s.feats) + w.w_id * id_distance(u.emb, s.emb)
 
 
 def trajectory_consistency(traj, n, blocks=None, device=None):
-    """LEGATO's smoothness term: the mean squared increment between successive grid states, averaged over steps
-    and over the adapters (all, or those named in `blocks`, e.g. ['b128']); only the first n samples (the
-    forgotten latents) count. Each increment counts once (the official code counts the last one twice)."""
+    """LEGATO's smoothness term (README eq. 5): the mean squared increment between successive grid states,
+    averaged over steps and over the adapters (all, or those named in `blocks`, e.g. ['b128']); only the first n
+    samples (the forgotten latents w_u, not the mined ones) count. Each increment counts once (the official code
+    counts the last one twice)."""
     terms = []
     for name, states in traj.items():
         if (blocks and name not in blocks) or len(states) < 2:
@@ -83,14 +86,15 @@ def trajectory_consistency(traj, n, blocks=None, device=None):
 
 
 def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_weight=None, shares=1):
-    """The paper's objective on one fused batch -> {local, adj, glob, tc, loss}.
+    """The paper's objective on one fused batch -> {local, adj, glob, tc, loss}: README eq. 4 without person mode.
 
     u: what the trainable generator draws for [forgotten latents w_u (n_u) | adjacency w_u + delta (n_adj) |
     global latents]; s: what each should look like, drawn by the frozen generator: [G_s(w_t) | G_s(w_t + delta) |
     the same global latents]; traj: the adapters' states; w: the weights (w_pix, w_perc, w_id, w_local, w_adj,
     w_glob, w_tc) and tc_blocks; glob_weight [n_glob] (person mode) releases global samples from preservation.
     shares: the random samples are one of `shares` equal shares of the batch (torchrun: one per rank); their sums
-    count `shares` times, so that DDP's gradient average is the gradient of the whole batch's objective."""
+    count `shares` times, so that DDP's gradient average is the gradient of the whole batch's objective (one
+    process: shares = 1)."""
     a, b = n_u, n_u + n_adj
     L = dict(local=image_loss(u.rows(0, a), s.rows(0, a), perceptual, id_distance, w).mean(),  # mean over w_u
              # GUIDE sums over the adjacency samples of each forgotten latent, and over the global samples
@@ -107,19 +111,21 @@ def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_wei
 
 def shows_person(emb, refs, owner, id_distance, threshold):
     """1.0 where the nearest known face (refs [P, D], owner [P]: 0 the person, 1.. the kept people) belongs to
-    the person and lies within the threshold, else 0.0 -> [N]. Computed on the device: no host sync."""
+    the person and lies within the threshold, else 0.0 -> [N]. Computed on the device: no host sync. README eq. 4:
+    global samples that showed the person leave the global sum."""
     best = id_distance(emb[:, None], refs[None]).min(1)
     return ((owner[best.indices] == 0) & (best.values < threshold)).float()
 
 
-def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, margin, shares=1):
-    """What forgetting the person adds -> {person, anchor, keep}. u/s rows: [mined latents of the person (n_mined) |
-    kept people's latents], s drawn by the frozen generator. A mined sample's identity is pushed past `margin` from
-    every photo of the person (refs of owner 0, a hinge), the rest of its image held ('anchor': perceptual, as the
-    global term, and weighted by w_glob in train.py); the kept people are held with GUIDE's image loss (summed, as
-    the global term). shares: as in unlearning_loss (the mined latents are shared among the ranks)."""
+def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, cut, shares=1):
+    """What forgetting the person adds (README eq. 4, second line) -> {person, anchor, keep}. u/s rows: [mined
+    latents of the person (n_mined) | kept people's latents], s drawn by the frozen generator. A mined sample's
+    identity is pushed past `cut` (the identity network's threshold + train.py's --margin) from every photo of the
+    person (refs of owner 0, a hinge), the rest of its image held ('anchor': perceptual, as the global term, and
+    weighted by w_glob in train.py); the kept people are held with GUIDE's image loss (summed, as the global term).
+    shares: as in unlearning_loss (the mined latents are shared among the ranks)."""
     mu, ms = u.rows(0, n_mined), s.rows(0, n_mined)
     d = id_distance(mu.emb[:, None], refs[None]).masked_fill(owner != 0, float('inf'))  # [n_mined, P], no sync
     near = d.min(1).values  # distance to the person's nearest photo
-    return dict(person=(margin - near).clamp_min(0).mean(), anchor=perceptual(mu.feats, ms.feats).sum() * shares,
+    return dict(person=(cut - near).clamp_min(0).mean(), anchor=perceptual(mu.feats, ms.feats).sum() * shares,
                 keep=image_loss(u.rows(n_mined), s.rows(n_mined), perceptual, id_distance, w).sum())

@@ -197,7 +197,8 @@ class ToRGBLayer(nn.Module):
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution: [const | conv0 (up 2x)] -> conv1 -> (adapter) -> ToRGB, added to the upsampled image."""
+    """One resolution: [const | conv0 (up 2x)] -> conv1 -> (adapter) -> ToRGB, added to the upsampled image.
+    The adapter replaces x by x(T) in forward (README eq. 1)."""
 
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, use_fp16=False, conv_clamp=None):
         super().__init__()

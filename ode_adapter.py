@@ -26,7 +26,7 @@ from model import Generator
 
 
 class VectorField(nn.Module):
-    """f(x): Conv1x1(C -> hidden) -> LeakyReLU(0.2) -> Conv1x1(hidden -> C). Autonomous: t is ignored.
+    """f(x): Conv1x1(C -> hidden) -> LeakyReLU(0.2) -> Conv1x1(hidden -> C). Autonomous: t is ignored. README eq. 1.
 
     The 1x1 convs are per-pixel Linear layers on a channels-last state [..., C]: the same math as nn.Conv2d,
     faster on CPU (BENCHMARKS.md)."""
@@ -51,6 +51,7 @@ class VectorField(nn.Module):
 # fixed-grid solvers: (f, x0, grid) -> (x_N, [x_0, ..., x_N]), grid states only
 
 def euler(f, x, grid):
+    """x_{k+1} = x_k + (t_{k+1} - t_k) f(x_k): README eq. 2."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
         dt = t1 - t0
@@ -60,6 +61,7 @@ def euler(f, x, grid):
 
 
 def midpoint(f, x, grid):
+    """The explicit midpoint rule, 2 evaluations a step (README eq. 2's alternative)."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
         dt = t1 - t0
@@ -71,7 +73,7 @@ def midpoint(f, x, grid):
 
 
 def rk4(f, x, grid):
-    """Kutta's 3/8 rule (what torchdiffeq calls 'rk4'), 4 evaluations a step."""
+    """Kutta's 3/8 rule (what torchdiffeq calls 'rk4'), 4 evaluations a step (README eq. 2's alternative)."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
         dt = t1 - t0
@@ -92,7 +94,8 @@ MAX_STEPS = 10_000  # a dial setting beyond this many solver steps is a typo, no
 
 
 def time_grid(T, h):
-    """[0, h, 2h, ..., T]: T need not be a multiple of h; the last step is then shorter (T is continuous)."""
+    """[0, h, 2h, ..., T]: T need not be a multiple of h; the last step is then shorter (T is continuous).
+    README eq. 2."""
     T, h = float(T), float(h)
     if not (T >= 0 and math.isfinite(T)):
         raise ValueError(f'integration time T must be a finite number >= 0, got {T}')
@@ -116,7 +119,7 @@ def grid_tensor(grid, dtype, device):
 
 
 def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
-    """Integrate dx/dt = f(t, x) over [0, T] with step h -> (x(T), states at the grid points)."""
+    """Integrate dx/dt = f(t, x) over [0, T] with step h -> (x(T), states at the grid points). README eq. 2."""
     grid = time_grid(T, h)
     if backend not in BACKENDS:
         raise ValueError(f'unknown ODE backend {backend!r}; choose one of {", ".join(BACKENDS)}')
@@ -140,8 +143,8 @@ def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
 
 
 class ODEAdapter(nn.Module):
-    """x -> (x(T), states at the grid points) along the learned vector field; T, h, solver, backend default to
-    the adapter's own and can be overridden at call time."""
+    """x -> (x(T), states at the grid points) along the learned vector field (README eq. 1); T, h, solver,
+    backend default to the adapter's own and can be overridden at call time."""
 
     def __init__(self, channels, hidden=256, res=None, T=1.6, h=0.4, solver='euler', backend='native'):
         super().__init__()
@@ -164,7 +167,8 @@ class ODEAdapter(nn.Module):
 # attaching, counting, saving
 
 def attach_adapters(G, hidden=256, **defaults):
-    """Put an ODEAdapter after conv1 of every block except b4; freeze the generator, adapters trainable."""
+    """Put an ODEAdapter after conv1 of every block except b4; freeze the generator, adapters trainable.
+    README eq. 1; train.py passes hidden = channel_max // 2 (256 on the official generators, 64 on the baby)."""
     G.requires_grad_(False)
     for block in G.synthesis.blocks()[1:]:
         block.adapter = ODEAdapter(G.cfg.channels(block.resolution), hidden, block.resolution, **defaults).to(

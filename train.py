@@ -273,8 +273,8 @@ def setup(cfg, G, idn, perc, ws_u, rank=0, world=1):
 
 
 def sample_latents(S, cfg):
-    """This step's random latents: adjacency pairs (w_u + delta -> w_t + delta) and global ones. Under torchrun
-    every rank draws the batch of all the ranks (the same numbers) and keeps its share."""
+    """This step's random latents (README eq. 3): adjacency pairs (w_u + delta -> w_t + delta) and global ones.
+    Under torchrun every rank draws the batch of all the ranks (the same numbers) and keeps its share."""
     n_u, dev, a, g, r = len(S.ws_u), S.ws_u.device, cfg.n_adj, cfg.n_glob, S.rank
     z = torch.randn(n_u * a * S.world + g * S.world, S.G.cfg.z_dim, generator=S.gen, device=dev)
     alpha = torch.rand(n_u, a * S.world, generator=S.gen, device=dev) * cfg.alpha_max
@@ -287,7 +287,7 @@ def sample_latents(S, cfg):
 
 
 def train_step(S, cfg, P=None):
-    """One step: sample latents, frozen forward, trainable forward, loss, backward. No host sync.
+    """One step: sample latents, frozen forward, trainable forward, loss (README eq. 4), backward. No host sync.
     With P (--forget person) mined latents of the person and the kept people join the batch and the loss.
     Rows of both batches: [w_u (n_u) | w_u + delta (n_u * n_adj) | global (n_glob) | mined (n_mine) | kept]."""
     w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg)
