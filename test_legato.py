@@ -9,6 +9,7 @@ Run: python -m pytest -q test_legato.py
 import argparse
 import collections
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -475,6 +476,24 @@ def test_vector_field_slices_match_one_pass():
     g, = torch.autograd.grad(y.square().sum(), f.net[0].weight)
     g_ref, = torch.autograd.grad(ref.square().sum(), f.net[0].weight)
     assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_ablation_patch_applies_and_keeps_adapter_files(tmp_path):
+    """docs/ablation_tanh_field.patch (README, 'Fork it') applies to this tree, swaps the hidden unit for tanh,
+    and the patched VectorField takes a stock one's weights (adapter files keep their names and shapes)."""
+    shutil.copy(ROOT / 'ode_adapter.py', tmp_path / 'ode_adapter.py')
+    subprocess.run(['git', 'apply', str(ROOT / 'docs' / 'ablation_tanh_field.patch')], cwd=tmp_path, check=True)
+    spec = importlib.util.spec_from_file_location('ode_adapter_tanh', tmp_path / 'ode_adapter.py')
+    patched = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patched)
+    torch.manual_seed(0)
+    stock, tanh = VectorField(8, 16), patched.VectorField(8, 16)
+    torch.nn.init.normal_(stock.net[2].weight)
+    tanh.load_state_dict(stock.state_dict())  # strict: same names and shapes
+    assert isinstance(tanh.net[1], torch.nn.Tanh)
+    x = torch.randn(5, 8)
+    assert torch.equal(tanh(0, x), stock.net[2](torch.tanh(stock.net[0](x))))
+    assert not torch.allclose(tanh(0, x), stock(0, x))
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
