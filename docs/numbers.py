@@ -1,45 +1,53 @@
 """
-Every number the README quotes about training, from the runs docs/make.sh makes: the mean over training seeds
-0 and 1 with each seed in brackets, and the fresh seed 2 with whether it lands within the two seeds' range.
+Every number the README quotes about training, from the runs docs/make.sh makes: mean +- standard deviation over
+training seeds 0, 1 and 2, and a fresh seed 3 checked against the 95% prediction interval those three give for
+one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the precision shown).
 
     python docs/numbers.py runs/docs > docs/numbers.md
 """
 import json
+import math
 import sys
 from pathlib import Path
 
+from scipy import stats
+
 R = Path(sys.argv[1] if len(sys.argv) > 1 else 'runs/docs')
-SPREAD, FRESH = (0, 1), 2
+SPREAD, FRESH = (0, 1, 2), 3
 PEOPLE = ('biden', 'collins', 'hopper')
-TALLY = []  # for each number: does the fresh seed land within the spread?
+TALLY = []  # for each number: does the fresh seed land within the prediction interval?
 
 
 def read(run, name='metrics.json'):
     return json.loads((R / run / name).read_text())
 
 
-def pct(v):
-    return f'{100 * v:.1f}%'
+class Fmt:
+    """How a number is shown: scale, decimals, unit."""
+    def __init__(self, scale, digits, unit=''):
+        self.scale, self.digits, self.unit = scale, digits, unit
+
+    def __call__(self, v):
+        return f'{round(v * self.scale, self.digits):.{self.digits}f}'
+
+    def full(self, v):
+        return self(v) + self.unit
 
 
-def num(v):
-    return f'{v:.3f}'
+pct, num, secs = Fmt(100, 1, '%'), Fmt(1, 3), Fmt(1, 0)
 
 
-def secs(v):
-    return f'{v:.0f}'
-
-
-def cells(variant, get, fmt, fresh=True, name='metrics.json'):
-    """'mean (s0 / s1)' over the spread seeds, then the fresh seed's value and whether it lies in their range."""
+def cells(variant, get, fmt, name='metrics.json'):
+    """['mean +- sd' over the spread seeds, the fresh seed's value and whether it lies in their prediction interval]."""
     vals = [get(read(f'{variant}-s{s}', name)) for s in SPREAD]
-    out = [f'{fmt(sum(vals) / len(vals))} ({" / ".join(fmt(v) for v in vals)})']
-    if fresh:
-        v = get(read(f'{variant}-s{FRESH}', name))
-        inside = min(vals) <= v <= max(vals) or fmt(v) in {fmt(min(vals)), fmt(max(vals))}
-        out.append(f'{fmt(v)} {"in" if inside else "**out**"}')
-        TALLY.append(inside)
-    return out
+    n = len(vals)
+    mean = sum(vals) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * sd * math.sqrt(1 + 1 / n)
+    v = get(read(f'{variant}-s{FRESH}', name))
+    inside = float(fmt(mean - half)) <= float(fmt(v)) <= float(fmt(mean + half))
+    TALLY.append(inside)
+    return [f'{fmt(mean)} +- {fmt(sd)}{fmt.unit}', f'{fmt(v)}{fmt.unit} {"in" if inside else "**out**"}']
 
 
 def table(head, rows):
@@ -54,8 +62,9 @@ def leak(judge, key, who=None):
 # the main table: the paper's method (--forget latent) and person mode (the default) side by side
 before = read('person-s0')
 MAIN = [  # label, before (the original generator), how to read it, format
-    ('leak: samples showing Obama, dlib port', pct(before['leak_dlib_before']), lambda m: m['leak_dlib_after'], pct),
-    ('leak, dlib C++ pipeline', pct(before['leak_dlib_cpp_before']), lambda m: m['leak_dlib_cpp_after'], pct),
+    ('leak: samples showing Obama, dlib port', pct.full(before['leak_dlib_before']), lambda m: m['leak_dlib_after'],
+     pct),
+    ('leak, dlib C++ pipeline', pct.full(before['leak_dlib_cpp_before']), lambda m: m['leak_dlib_cpp_after'], pct),
     ('samples that showed Obama still Obama (port)', '100%', leak('dlib', 'leak_went', 'obama'), pct),
     ('... now Biden (port)', '0%', leak('dlib', 'leak_went', 'biden'), pct),
     ('... now nobody known (port)', '0%', leak('dlib', 'leak_went', 'nobody'), pct),
@@ -66,9 +75,9 @@ MAIN = [  # label, before (the original generator), how to read it, format
     *[(f'{p.title()}\'s latent to his/her photo', num(before[f'retain_{p}_photo_before']),
        (lambda p: lambda m: m[f'retain_{p}_photo_after'])(p), num) for p in PEOPLE],
     ('kept people moved (mean of the three)', '0', lambda m: m['retain_people'], num),
-    *[(f'samples recognised as {p.title()} (C++)', pct(before[f'share_dlib_cpp_{p}_before']),
+    *[(f'samples recognised as {p.title()} (C++)', pct.full(before[f'share_dlib_cpp_{p}_before']),
        (lambda p: lambda m: m[f'share_dlib_cpp_{p}_after'])(p), pct) for p in PEOPLE],
-    ('faces detected (C++)', pct(before['leak']['1']['dlib_cpp']['face_before']), lambda m: m['face_after'], pct),
+    ('faces detected (C++)', pct.full(before['leak']['1']['dlib_cpp']['face_before']), lambda m: m['face_after'], pct),
     ('random samples moved (psi 1)', '0', lambda m: m['retain_random'], num),
     ('FD_dlib_pre (descriptor Frechet distance to the original)', '0', lambda m: m['FD_dlib_pre'], num),
     *[(f're-projection of obama_{i + 1}: distance to the photo', num(before['reproject_before'][i]),
@@ -76,21 +85,23 @@ MAIN = [  # label, before (the original generator), how to read it, format
     ('training time (s, the steps only)', '', lambda m: m['train_wall_s'], secs),
 ]
 print('# The numbers behind the README\n')
-print(f'Made by `docs/make.sh` (`python docs/numbers.py {R}`). Each cell: the mean over training seeds '
-      f'{" and ".join(map(str, SPREAD))} (each seed in brackets), then the fresh seed {FRESH} and whether it lies '
-      'within the two seeds\' range, at the precision shown ("in"), or not ("**out**"). 500 fresh samples, '
-      'evaluation seed 1; dlib distances (same person < 0.6).\n')
+print(f'Made by `docs/make.sh` (`python docs/numbers.py {R}`). Each number: the mean +- standard deviation over '
+      f'training seeds {", ".join(map(str, SPREAD))}, then the fresh seed {FRESH} and whether it lies within the 95% '
+      'prediction interval of those runs for one more run, at the precision shown ("in"), or not ("**out**"). 500 '
+      'fresh samples, evaluation seed 1; dlib distances (same person < 0.6). Each run\'s own numbers: '
+      '`docs/ablations.md`. Training times depend on what else the machine was doing.\n')
 print('## The paper\'s method and person mode\n')
 rows = [[label, b, *cells('latent', get, fmt), *cells('person', get, fmt)] for label, b, get, fmt in MAIN]
-print(table(['', 'before', 'paper\'s method (`--forget latent`, 500 steps)', 'seed 2',
-             'person mode (default, 300 steps)', 'seed 2'], rows))
+print(table(['', 'before', 'paper\'s method (`--forget latent`, 500 steps)', f'seed {FRESH}',
+             'person mode (default, 300 steps)', f'seed {FRESH}'], rows))
 
 # the dial: person mode over T
 print('## The dial (person mode, `evaluate.py --sweep`)\n')
 Ts = [s['T'] for s in read('person-s0', 'sweep.json')]
 DIAL = [('leak, port', 'leak_dlib_after', pct), ('leak, C++', 'leak_dlib_cpp_after', pct),
         ('forgotten latent\'s image to `obama_1`', 'ID_photo_after', num), ('kept people moved', 'retain_people', num)]
-rows = [[f'{T:g}', *[', fresh '.join(cells('person', (lambda i, k: lambda s: s[i][k])(i, key), fmt, name='sweep.json'))
+at = lambda i, key: lambda sweep: sweep[i][key]  # noqa: E731  (the i-th T of a sweep.json)
+rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', at(i, key), fmt, name='sweep.json'))
                      for _, key, fmt in DIAL]] for i, T in enumerate(Ts)]
 print(table(['T', *[label for label, _, _ in DIAL]], rows))
 
@@ -102,6 +113,6 @@ ABL = [('leak, port', lambda m: m['leak_dlib_after'], pct), ('leak, C++', lambda
        ('train time (s)', lambda m: m['train_wall_s'], secs)]
 VARIANTS = [('the default (Euler, trajectory consistency, LeakyReLU)', 'person'), ('RK4 (`--solver rk4`)', 'rk4'),
             ('trajectory consistency off (`--w_tc 0`)', 'no-tc'), ('tanh hidden units (the patch)', 'tanh')]
-rows = [[name, *[', fresh '.join(cells(v, get, fmt)) for _, get, fmt in ABL]] for name, v in VARIANTS]
+rows = [[name, *[f'; seed {FRESH}: '.join(cells(v, get, fmt)) for _, get, fmt in ABL]] for name, v in VARIANTS]
 print(table(['run', *[label for label, _, _ in ABL]], rows))
-print(f'Seed {FRESH} lands within the two seeds\' range for {sum(TALLY)} of {len(TALLY)} numbers.')
+print(f'Seed {FRESH} lands within the prediction interval for {sum(TALLY)} of {len(TALLY)} numbers.')
