@@ -40,5 +40,5 @@ python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/
 cp $R/person-s0/before_after.png docs/before_after.png
 python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png
 cp $R/person-s0/sweep_leak.png docs/sweep_leak.png
-python docs/numbers.py $R > docs/numbers.md  # every number the README quotes: their spread, and where the fresh seed lands
+python docs/summary.py $R > docs/numbers.md.tmp && mv docs/numbers.md.tmp docs/numbers.md  # every number the README quotes: their spread, and where the fresh seed lands
 du -sh docs

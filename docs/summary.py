@@ -3,7 +3,7 @@ Every number the README quotes about training, from the runs docs/make.sh makes:
 training seeds 0, 1 and 2, and a fresh seed 3 checked against the 95% prediction interval those three give for
 one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the precision shown).
 
-    python docs/numbers.py runs/docs > docs/numbers.md
+    python docs/summary.py runs/docs > docs/numbers.md
 """
 import json
 import math
@@ -85,7 +85,7 @@ MAIN = [  # label, before (the original generator), how to read it, format
     ('training time (s, the steps only)', '', lambda m: m['train_wall_s'], secs),
 ]
 print('# The numbers behind the README\n')
-print(f'Made by `docs/make.sh` (`python docs/numbers.py {R}`). Each number: the mean +- standard deviation over '
+print(f'Made by `docs/make.sh` (`python docs/summary.py {R}`). Each number: the mean +- standard deviation over '
       f'training seeds {", ".join(map(str, SPREAD))}, then the fresh seed {FRESH} and whether it lies within the 95% '
       'prediction interval of those runs for one more run, at the precision shown ("in"), or not ("**out**"). 500 '
       'fresh samples, evaluation seed 1; dlib distances (same person < 0.6). Each run\'s own numbers: '
