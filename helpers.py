@@ -2,6 +2,7 @@
 Small generic helpers any file may import: safe loading, atomic writes, portable paths, weight files, the CPU
 allocator.
 """
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -137,6 +138,8 @@ def distributed(device, group=True):
     if not dist.is_initialized():
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
         _cpu_group.append(dist.new_group(backend='gloo') if dev.type == 'cuda' else None)
+        # torn down before the interpreter exits: left to process exit, gloo's threads could abort a finished rank
+        atexit.register(dist.destroy_process_group)
         if dist.get_rank() > 0:  # rank 0 alone prints and shows progress
             sys.stdout = open(os.devnull, 'w')
             tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
