@@ -5,6 +5,7 @@ one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the precision shown).
 
     python docs/summary.py runs/docs > docs/numbers.md
 """
+import functools
 import json
 import math
 import sys
@@ -18,6 +19,7 @@ PEOPLE = ('biden', 'collins', 'hopper')
 TALLY = []  # for each number: does the fresh seed land within the prediction interval?
 
 
+@functools.cache
 def read(run, name='metrics.json'):
     return json.loads((R / run / name).read_text())
 
@@ -55,34 +57,34 @@ def table(head, rows):
     return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows]) + '\n'
 
 
-def leak(judge, key, who=None):
-    return lambda m: m['leak']['1'][judge][key] if who is None else m['leak']['1'][judge][key][who]
+def key(*path):
+    """A reader of one number: key('leak', '1', 'dlib') is m['leak']['1']['dlib'] of a metrics.json m."""
+    return lambda m: functools.reduce(lambda d, k: d[k], path, m)
 
 
 # the main table: the paper's method (--forget latent) and person mode (the default) side by side
 before = read('person-s0')
 MAIN = [  # label, before (the original generator), how to read it, format
-    ('leak: samples showing Obama, dlib port', pct.full(before['leak_dlib_before']), lambda m: m['leak_dlib_after'],
-     pct),
-    ('leak, dlib C++ pipeline', pct.full(before['leak_dlib_cpp_before']), lambda m: m['leak_dlib_cpp_after'], pct),
-    ('samples that showed Obama still Obama (port)', '100%', leak('dlib', 'leak_went', 'obama'), pct),
-    ('... now Biden (port)', '0%', leak('dlib', 'leak_went', 'biden'), pct),
-    ('... now nobody known (port)', '0%', leak('dlib', 'leak_went', 'nobody'), pct),
-    ('forgotten latent moved (its image before to after)', '0', lambda m: m['ID'], num),
-    ('forgotten latent\'s image to `obama_1`', num(before['ID_photo_before']), lambda m: m['ID_photo_after'], num),
+    ('leak: samples showing Obama, dlib port', pct.full(before['leak_dlib_before']), key('leak_dlib_after'), pct),
+    ('leak, dlib C++ pipeline', pct.full(before['leak_dlib_cpp_before']), key('leak_dlib_cpp_after'), pct),
+    *[(f'{label} (port)', b, key('leak', '1', 'dlib', 'leak_went', who), pct) for label, b, who in [
+        ('samples that showed Obama still Obama', '100%', 'obama'), ('... now Biden', '0%', 'biden'),
+        ('... now nobody known', '0%', 'nobody')]],
+    ('forgotten latent moved (its image before to after)', '0', key('ID'), num),
+    ('forgotten latent\'s image to `obama_1`', num(before['ID_photo_before']), key('ID_photo_after'), num),
     ('held-out photos\' latents to the held-out photos', num(before['ID_heldout_photo_before']),
-     lambda m: m['ID_heldout_photo_after'], num),
+     key('ID_heldout_photo_after'), num),
     *[(f'{p.title()}\'s latent to his/her photo', num(before[f'retain_{p}_photo_before']),
-       (lambda p: lambda m: m[f'retain_{p}_photo_after'])(p), num) for p in PEOPLE],
-    ('kept people moved (mean of the three)', '0', lambda m: m['retain_people'], num),
+       key(f'retain_{p}_photo_after'), num) for p in PEOPLE],
+    ('kept people moved (mean of the three)', '0', key('retain_people'), num),
     *[(f'samples recognised as {p.title()} (C++)', pct.full(before[f'share_dlib_cpp_{p}_before']),
-       (lambda p: lambda m: m[f'share_dlib_cpp_{p}_after'])(p), pct) for p in PEOPLE],
-    ('faces detected (C++)', pct.full(before['leak']['1']['dlib_cpp']['face_before']), lambda m: m['face_after'], pct),
-    ('random samples moved (psi 1)', '0', lambda m: m['retain_random'], num),
-    ('FD_dlib_pre (descriptor Frechet distance to the original)', '0', lambda m: m['FD_dlib_pre'], num),
+       key(f'share_dlib_cpp_{p}_after'), pct) for p in PEOPLE],
+    ('faces detected (C++)', pct.full(before['leak']['1']['dlib_cpp']['face_before']), key('face_after'), pct),
+    ('random samples moved (psi 1)', '0', key('retain_random'), num),
+    ('FD_dlib_pre (descriptor Frechet distance to the original)', '0', key('FD_dlib_pre'), num),
     *[(f're-projection of obama_{i + 1}: distance to the photo', num(before['reproject_before'][i]),
-       (lambda i: lambda m: m['reproject_after'][i])(i), num) for i in range(3)],
-    ('training time (s, the steps only)', '', lambda m: m['train_wall_s'], secs),
+       key('reproject_after', i), num) for i in range(3)],
+    ('training time (s, the steps only)', '', key('train_wall_s'), secs),
 ]
 print('# The numbers behind the README\n')
 print(f'Made by `docs/make.sh` (`python docs/summary.py {R}`). Each number: the mean +- standard deviation over '
@@ -100,19 +102,18 @@ print('## The dial (person mode, `evaluate.py --sweep`)\n')
 Ts = [s['T'] for s in read('person-s0', 'sweep.json')]
 DIAL = [('leak, port', 'leak_dlib_after', pct), ('leak, C++', 'leak_dlib_cpp_after', pct),
         ('forgotten latent\'s image to `obama_1`', 'ID_photo_after', num), ('kept people moved', 'retain_people', num)]
-at = lambda i, key: lambda sweep: sweep[i][key]  # noqa: E731  (the i-th T of a sweep.json)
-rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', at(i, key), fmt, name='sweep.json'))
-                     for _, key, fmt in DIAL]] for i, T in enumerate(Ts)]
+rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', key(i, k), fmt, name='sweep.json'))
+                     for _, k, fmt in DIAL]] for i, T in enumerate(Ts)]
 print(table(['T', *[label for label, _, _ in DIAL]], rows))
 
 # the three ablations next to the default
 print('## Ablations (`docs/make.sh`)\n')
-ABL = [('leak, port', lambda m: m['leak_dlib_after'], pct), ('leak, C++', lambda m: m['leak_dlib_cpp_after'], pct),
-       ('forgotten latent moved', lambda m: m['ID'], num), ('kept people moved', lambda m: m['retain_people'], num),
-       ('random samples moved', lambda m: m['retain_random'], num), ('FD_dlib_pre', lambda m: m['FD_dlib_pre'], num),
-       ('train time (s)', lambda m: m['train_wall_s'], secs)]
+ABL = [('leak, port', 'leak_dlib_after', pct), ('leak, C++', 'leak_dlib_cpp_after', pct),
+       ('forgotten latent moved', 'ID', num), ('kept people moved', 'retain_people', num),
+       ('random samples moved', 'retain_random', num), ('FD_dlib_pre', 'FD_dlib_pre', num),
+       ('train time (s)', 'train_wall_s', secs)]
 VARIANTS = [('the default (Euler, trajectory consistency, LeakyReLU)', 'person'), ('RK4 (`--solver rk4`)', 'rk4'),
             ('trajectory consistency off (`--w_tc 0`)', 'no-tc'), ('tanh hidden units (the patch)', 'tanh')]
-rows = [[name, *[f'; seed {FRESH}: '.join(cells(v, get, fmt)) for _, get, fmt in ABL]] for name, v in VARIANTS]
+rows = [[name, *[f'; seed {FRESH}: '.join(cells(v, key(k), fmt)) for _, k, fmt in ABL]] for name, v in VARIANTS]
 print(table(['run', *[label for label, _, _ in ABL]], rows))
 print(f'Seed {FRESH} lands within the prediction interval for {sum(TALLY)} of {len(TALLY)} numbers.')
