@@ -159,7 +159,7 @@ def main():
         dev_ = S.ws_u.device
         pool = S.G.mapping(torch.randn(64, S.G.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(dev_))
         refs = S.idn.embed(S.G.synthesis(pool[:8], T=0))
-    P = train.Person(refs, torch.arange(8, device=dev_) % 4, pool, pool[-3:].clone())
+    P = train.Person(refs, torch.arange(8, device=dev_) % 4, pool, pool[-3:].clone(), torch.randn_like(pool))
     t_person = timeit(lambda: train.train_step(S, cfg, P), dev, args.steps, args.warmup)
     row('person-mode step (ode)', t_person, n_img + cfg.n_mine + 3)
     res['person_step_ratio'] = t_person / t_fused

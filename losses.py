@@ -117,15 +117,11 @@ def shows_person(emb, refs, owner, id_distance, threshold):
     return ((owner[best.indices] == 0) & (best.values < threshold)).float()
 
 
-def person_loss(u, s, n_mined, refs, owner, perceptual, id_distance, w, cut, shares=1):
-    """What forgetting the person adds (README eq. 4, second line) -> {person, anchor, keep}. u/s rows: [mined
-    latents of the person (n_mined) | kept people's latents], s drawn by the frozen generator. A mined sample's
-    identity is pushed past `cut` (the identity network's threshold + train.py's --margin) from every photo of the
-    person (refs of owner 0, a hinge), the rest of its image held ('anchor': perceptual, as the global term, and
-    weighted by w_glob in train.py); the kept people are held with GUIDE's image loss (summed, as the global term).
-    shares: as in unlearning_loss (the mined latents are shared among the ranks)."""
-    mu, ms = u.rows(0, n_mined), s.rows(0, n_mined)
-    d = id_distance(mu.emb[:, None], refs[None]).masked_fill(owner != 0, float('inf'))  # [n_mined, P], no sync
-    near = d.min(1).values  # distance to the person's nearest photo
-    return dict(person=(cut - near).clamp_min(0).mean(), anchor=perceptual(mu.feats, ms.feats).sum() * shares,
+def person_loss(u, s, n_mined, perceptual, id_distance, w, shares=1):
+    """What forgetting the person adds (README eq. 4, second line) -> {person, keep}. u/s rows: [mined latents of
+    the person (n_mined) | kept people's latents]; s is drawn by the frozen generator: for a mined latent w_m its
+    target, a nearby sample of the original generator that shows someone else (train.surrogates); for a kept person their own image. Both are GUIDE's image loss, summed over samples as the adjacency and global
+    terms. Every target is an image the original generator draws, so the person's samples become other faces,
+    not the same face with another embedding (an adversarial example against the identity network). shares: as in unlearning_loss (the mined latents are shared among the ranks)."""
+    return dict(person=image_loss(u.rows(0, n_mined), s.rows(0, n_mined), perceptual, id_distance, w).sum() * shares,
                 keep=image_loss(u.rows(n_mined), s.rows(n_mined), perceptual, id_distance, w).sum())

@@ -41,7 +41,7 @@ import sample
 import train
 from data import DataError, load_faces, load_image
 from helpers import CheckpointError
-from id_net import DlibCpp, DlibFaceNet, FIDInception, IDFeatureDistance, IRNet, LPIPSVGG, load_id_net
+from id_net import DlibCpp, DlibFaceNet, FaceRes, FIDInception, IDFeatureDistance, IRNet, LPIPSVGG, load_id_net
 from losses import adjacency_offsets, target_latent, trajectory_consistency
 from model import Generator, GeneratorConfig, rosinality_key_map
 from ode_adapter import (ODEAdapter, VectorField, adapters, attach_adapters, integrate, load_adapters, param_report,
@@ -214,7 +214,9 @@ def weight_files(tmp_path_factory):
                d / 'vgg_lin.pth')
     torch.save({k: v for k, v in random_like(FIDInception().state_dict(), 0.05).items()
                 if not k.endswith('num_batches_tracked')}, d / 'inception.pth')  # the FID file has no such entries
-    return {p.stem: p for p in d.iterdir()}
+    files = {p.stem: p for p in d.iterdir()}
+    (d / 'faceres').mkdir()
+    return {**files, 'faceres': faceres_layout(d / 'faceres', width=4)}  # HSE FaceRes-deep's graph, random weights
 
 
 @pytest.fixture(scope='module')
@@ -750,6 +752,151 @@ def test_perceptual_distances(tmp_path, facenet, weight_files):
 
 
 # -----------------------------------------------------------------------------
+# id_net.py: HSE FaceRes-deep, the evaluation-only judge (a TF.js graph model)
+
+def write_tfjs_graph(folder, nodes, weights, name='graph.json'):
+    """A TF.js graph model: nodes [(name, op, inputs, attr)], weights {name: array} stored back to back in one .bin."""
+    enc = lambda s: {'s': __import__('base64').b64encode(s.encode()).decode()}  # noqa: E731
+    topo = [{'name': n, 'op': 'Const', 'attr': {}} for n in weights]
+    for n, op, ins, attr in nodes:
+        a = {k: (enc(v) if isinstance(v, str) else {'list': {'i': [str(i) for i in v]}}) for k, v in attr.items()}
+        topo.append({'name': n, 'op': op, 'input': ins, 'attr': a})
+    manifest = [{'name': n, 'shape': list(v.shape), 'dtype': 'int32' if v.dtype == np.int32 else 'float32'}
+                for n, v in weights.items()]
+    (folder / 'graph.bin').write_bytes(b''.join(np.ascontiguousarray(v).tobytes() for v in weights.values()))
+    (folder / name).write_text(json.dumps({'format': 'graph-model', 'modelTopology': {'node': topo},
+                                           'weightsManifest': [{'paths': ['graph.bin'], 'weights': manifest}]}))
+    return folder / name
+
+
+def faceres_layout(folder, width=8, seed=0):
+    """faceres-deep's graph with random weights: conv1 (3x3/2), 13 depthwise / pointwise pairs of MobileNet v1 (the
+    strides of the real file), each conv followed by batch norm as Mul / Add and ReLU6 as Relu, Minimum, Maximum,
+    then global_pooling/Mean to 1024 channels and an age head the interpreter must not run. width: the first
+    layer's channels (the real file has 32); the last is always 1024."""
+    rng = np.random.default_rng(seed)
+    chans = [width, 2 * width, 4 * width, 4 * width, 8 * width, 8 * width] + [16 * width] * 6 + [32 * width, 1024]
+    strides = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    nodes, W = [('input_1', 'Placeholder', [], {})], {}
+
+    def layer(x, name, op, kernel, stride):
+        W[f'{name}/kernel'] = (rng.standard_normal(kernel) / np.sqrt(np.prod(kernel[:3]))).astype(np.float32)
+        W[f'{name}/mul'] = rng.uniform(0.5, 1.5, kernel[2] if op.startswith('Depth') else kernel[3]).astype(np.float32)
+        W[f'{name}/sub'] = rng.uniform(-0.2, 0.2, len(W[f'{name}/mul'])).astype(np.float32)
+        W[f'{name}/six'], W[f'{name}/zero'] = np.array(6, np.float32), np.array(0, np.float32)
+        nodes.extend([(f'{name}/conv', op, [x, f'{name}/kernel'], {'padding': 'SAME', 'strides': [1, stride, stride, 1]}),
+                      (f'{name}/bn_mul', 'Mul', [f'{name}/conv', f'{name}/mul'], {}),
+                      (f'{name}/bn_add', 'Add', [f'{name}/bn_mul', f'{name}/sub'], {}),
+                      (f'{name}/relu', 'Relu', [f'{name}/bn_add'], {}),
+                      (f'{name}/min', 'Minimum', [f'{name}/relu', f'{name}/six'], {}),
+                      (f'{name}/max', 'Maximum', [f'{name}/min', f'{name}/zero'], {})])
+        return f'{name}/max'
+    x = layer('input_1', 'conv1', 'Conv2D', (3, 3, 3, width), 2)
+    for i, s in enumerate(strides):
+        x = layer(x, f'conv_dw_{i + 1}', 'DepthwiseConv2dNative', (3, 3, chans[i], 1), s)
+        x = layer(x, f'conv_pw_{i + 1}', 'Conv2D', (1, 1, chans[i], chans[i + 1]), 1)
+    W['global_pooling/Mean/reduction_indices'] = np.array([1, 2], np.int32)
+    W['age/kernel'] = rng.standard_normal((1024, 4)).astype(np.float32)
+    nodes += [('global_pooling/Mean', 'Mean', [x, 'global_pooling/Mean/reduction_indices'], {}),
+              ('age/MatMul', 'MatMul', ['global_pooling/Mean', 'age/kernel'], {})]  # not an op it knows: not run
+    return write_tfjs_graph(folder, nodes, W)
+
+
+def tf_same_conv(x, k, stride, depthwise=False):
+    """TF's 'SAME' convolution written out with loops (NHWC, kernel HWIO / HWC1): the output is ceil(n / stride)
+    and the padding's odd pixel goes bottom / right."""
+    n, h, w, c = x.shape
+    kh, kw = k.shape[:2]
+    oh, ow = -(-h // stride), -(-w // stride)
+    ph, pw = max((oh - 1) * stride + kh - h, 0) // 2, max((ow - 1) * stride + kw - w, 0) // 2
+    xp = np.zeros((n, h + kh, w + kw, c), np.float64)
+    xp[:, ph:ph + h, pw:pw + w] = x
+    out = np.zeros((n, oh, ow, c if depthwise else k.shape[3]))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, i * stride:i * stride + kh, j * stride:j * stride + kw]  # [n, kh, kw, c]
+            out[:, i, j] = (patch * k[..., 0]).sum((1, 2)) if depthwise else np.einsum('nhwc,hwco->no', patch, k)
+    return out
+
+
+@pytest.mark.parametrize('size,stride', [(6, 2), (7, 2), (5, 1)])
+def test_faceres_interpreter_matches_tf_semantics(tmp_path, size, stride):
+    """One convolution, one depthwise convolution (TF's asymmetric 'SAME' padding, even and odd sizes), batch norm
+    as Mul / Add and ReLU6 as Relu / Minimum / Maximum, the mean over H, W: the interpreter equals the TF semantics
+    written out with loops (float64 there) to 1e-5."""
+    rng = np.random.default_rng(size)
+    k1 = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    k2 = rng.standard_normal((3, 3, 4, 1)).astype(np.float32)
+    mul, six = rng.uniform(0.5, 2, 4).astype(np.float32), np.array(6, np.float32)
+    nodes = [('x', 'Placeholder', [], {}),
+             ('c', 'Conv2D', ['x', 'k1'], {'padding': 'SAME', 'strides': [1, stride, stride, 1]}),
+             ('m', 'Mul', ['c', 'mul'], {}), ('r', 'Relu', ['m'], {}), ('lo', 'Minimum', ['r', 'six'], {}),
+             ('d', 'DepthwiseConv2dNative', ['lo', 'k2_depthwise'], {'padding': 'SAME', 'strides': [1, stride, stride, 1]}),
+             ('global_pooling/Mean', 'Mean', ['d', 'axes'], {})]
+    path = write_tfjs_graph(tmp_path, nodes, {'k1': k1, 'k2_depthwise': k2, 'mul': mul, 'six': six,
+                                              'axes': np.array([1, 2], np.int32)})
+    net = FaceRes(path)
+    x = rng.uniform(0, 3, (2, size, size, 3)).astype(np.float32)
+    y = np.minimum(np.maximum(tf_same_conv(x, k1, stride) * mul, 0), 6)
+    expect = tf_same_conv(y, k2, stride, depthwise=True).mean((1, 2))
+    got = net(torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert got.shape == (2, 4) and np.allclose(got.numpy(), expect, atol=1e-5)
+
+
+def test_faceres_reads_its_layout_and_refuses_others(tmp_path):
+    """faceres-deep's layout with random weights: a 1024-d unit descriptor per chip, the age head never run; a file
+    that is not a graph model, a quantised weight or a truncated .bin are one-line errors naming the file."""
+    net = FaceRes(faceres_layout(tmp_path))
+    assert len(net.graph) == 1 + 6 * 27 + 1 and net.graph[-1][0] == 'global_pooling/Mean'
+    e = net(torch.rand(2, 3, 224, 224) * 255)
+    assert e.shape == (2, 1024) and e.isfinite().all() and e.std() > 0
+    (tmp_path / 'bad.json').write_text('{"format": "graph-model"}')
+    with pytest.raises(CheckpointError, match=r'bad\.json: not a TF.js graph model'):
+        FaceRes(tmp_path / 'bad.json')
+    m = json.loads((tmp_path / 'graph.json').read_text())
+    m['weightsManifest'][0]['weights'][0]['quantization'] = {'dtype': 'uint8', 'min': 0, 'scale': 1}
+    (tmp_path / 'quant.json').write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match=r'quant\.json: weight .* quantised; use faceres-deep'):
+        FaceRes(tmp_path / 'quant.json')
+    (tmp_path / 'graph.bin').write_bytes((tmp_path / 'graph.bin').read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=r'graph\.json: weights and graph do not match'):
+        FaceRes(tmp_path / 'graph.json')
+
+
+
+def test_faceres_is_never_loaded_by_training(tmp_path, tiny_ckpt, monkeypatch):
+    """The judge stays independent: a person-mode run (inversion of photos, mining, steps, the picture) never
+    builds FaceRes, which fails here when built; evaluate --faceres does build it (so the trap works)."""
+    def trap(self, *a, **kw):
+        raise AssertionError('FaceRes built')
+    monkeypatch.setattr(FaceRes, '__init__', trap)
+    out = train.main(['--ckpt', str(tiny_ckpt), '--out', str(tmp_path / 'run'), '--hidden', '8', '--iters', '2',
+                      '--invert_steps', '1', '--mine_n', '8', '--identity', str(ROOT / 'assets/faces/obama/obama_1.png')])
+    assert (out / 'adapter.pt').exists()
+    with pytest.raises(AssertionError, match='FaceRes built'):
+        evaluate.main([str(out), '--samples', '4', '--invert_steps', '1', '--faceres', 'faceres-deep.json'])
+
+FACERES = os.environ.get('LEGATO_FACERES')  # the real faceres-deep.json, when a user has it (README)
+
+
+@pytest.mark.skipif(not (FACERES and dlib), reason='LEGATO_FACERES (models/faceres-deep.json) not set, or no dlib-bin')
+def test_faceres_real_weights_separate_the_demo_people():
+    """With the real weights: the demo photos' cosines as measured when the network was scouted (Obama's photos
+    among themselves 0.79, Obama vs Biden 0.59, vs Hopper 0.51, vs Collins 0.41), each within 0.02."""
+    names = [f.stem for f in FACES]
+    u8 = [np.asarray(Image.open(f).convert('RGB')) for f in FACES]
+    cpp = DlibCpp()
+    e = FaceRes(FACERES).describe(u8, cpp.detect(u8, size=0))
+    cos = e @ e.T
+    ob = [i for i, n in enumerate(names) if n.startswith('obama')]
+    pairs = {'obama': [cos[i, j] for i in ob for j in ob if i < j]}
+    for p in ('biden', 'hopper', 'collins'):
+        pairs[p] = [cos[i, names.index(f'{p}_1')] for i in ob]
+    for p, expect in {'obama': 0.79, 'biden': 0.59, 'hopper': 0.51, 'collins': 0.41}.items():
+        assert abs(float(np.mean(pairs[p])) - expect) < 0.02, (p, pairs[p])
+
+
+# -----------------------------------------------------------------------------
 # data.py: identity photos in
 
 def test_image_modes_and_exif(tmp_path):
@@ -910,19 +1057,20 @@ def test_train_runs_every_adapter(tmp_path, tiny_ckpt, adapter):
 @pytest.mark.parametrize('forget', ['latent', 'person'])
 def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
     """Stopped at step 2 and resumed: the same adapters as a run that went through, in both modes (the person
-    mode re-mines at step 2, from the restored pool and random stream)."""
-    extra = ['--forget', forget, '--mine_every', '2']
-    a = run_train(tiny_ckpt, tmp_path / 'a', '--iters', '4', *extra)
-    run_train(tiny_ckpt, tmp_path / 'b', '--iters', '2', *extra)
-    b = run_train(tiny_ckpt, tmp_path / 'b', '--iters', '4', '--resume', *extra)
+    mode from the restored pool, targets and random stream)."""
+    extra = ['--forget', forget]
+    ckpt = BABY if forget == 'person' else tiny_ckpt  # the baby draws the person and others: a pool with targets
+    a = run_train(ckpt, tmp_path / 'a', '--iters', '4', *extra)
+    run_train(ckpt, tmp_path / 'b', '--iters', '2', *extra)
+    b = run_train(ckpt, tmp_path / 'b', '--iters', '4', '--resume', *extra)
     sa = torch.load(a / 'adapter.pt', weights_only=True)['state_dict']
     sb = torch.load(b / 'adapter.pt', weights_only=True)['state_dict']
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(v.abs().sum() > 0 for k, v in sa.items() if k.endswith('net.2.weight'))  # it did train
     rec = [json.loads(line) for line in open(a / 'log.jsonl')]
     assert ('person' in rec[-1]) == (forget == 'person')
-    if forget == 'person':  # mined at the start (64 samples), then 16 more searched at step 2
-        assert 0 < rec[0]['pool'] <= 64 and rec[0]['pool'] < rec[-1]['pool'] <= rec[0]['pool'] + 16
+    if forget == 'person':  # mined at the start among 64 samples
+        assert 0 < torch.load(a / 'adapter.pt', weights_only=True)['mined'] < 64
 
 
 @pytest.mark.parametrize('mode,sig', [(('--forget', 'person'), signal.SIGINT),
@@ -930,8 +1078,9 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
 def test_a_signal_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypatch, capsys, mode, sig):
     """Ctrl-C (or SIGTERM) lands inside step 2: the step finishes, the run checkpoints, exits 130 (143) and prints
     a hint that, run as printed (no other flag), ends with the adapters of a run that was never interrupted."""
-    extra = [*mode, '--iters', '4', '--mine_every', '2', '--lr', '1e-3']
-    a = run_train(tiny_ckpt, tmp_path / 'a', *extra)
+    extra = [*mode, '--iters', '4', '--lr', '1e-3']
+    ckpt = BABY if 'person' in mode else tiny_ckpt  # the baby draws the person and others: a pool with targets
+    a = run_train(ckpt, tmp_path / 'a', *extra)
     real_step, calls = train.train_step, []
 
     def interrupted_step(*args):
@@ -942,7 +1091,7 @@ def test_a_signal_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypa
     monkeypatch.setattr(train, 'train_step', interrupted_step)
     handler = signal.getsignal(sig)  # the default, or SIG_IGN under nohup: the run restores either
     with pytest.raises(SystemExit) as e:
-        run_train(tiny_ckpt, tmp_path / 'b', *extra)
+        run_train(ckpt, tmp_path / 'b', *extra)
     assert e.value.code == 128 + sig and signal.getsignal(sig) == handler
     hint = capsys.readouterr().out.strip().splitlines()[-1]
     assert hint == f'interrupted at step 2; continue with: python train.py --out {tmp_path / "b"} --resume'
@@ -1004,8 +1153,9 @@ def test_train_on_the_baby_generator(tmp_path):
                       '--mine_n', '128', '--invert_steps', '2'])
     rec = [json.loads(line) for line in open(out / 'log.jsonl')]
     assert len(rec) == 2 and all(math.isfinite(r['loss']) for r in rec)
-    assert rec[0]['pool'] > 0 and rec[0]['person'] > 0 and rec[0]['keep'] > 0  # person mode: mined, kept people held
-    assert torch.load(out / 'adapter.pt', weights_only=True)['generator_config']['img_resolution'] == 64
+    meta = torch.load(out / 'adapter.pt', weights_only=True)
+    assert meta['mined'] > 0 and rec[0]['person'] > 0 and rec[0]['keep'] > 0  # person mode: mined, kept people held
+    assert meta['generator_config']['img_resolution'] == 64
 
 
 def test_keep_freed_memory_reuses_pages():
@@ -1088,7 +1238,7 @@ def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
     for person in (False, True):  # the paper's step, and the person mode's (a pool, kept people, references)
         (S, cfg), reads = step_setup(), []
         pool = S.G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
-        P = train.Person(torch.randn(4, 128), torch.tensor([0, 0, 1, 2]), pool, pool[:2].clone()) if person else None
+        P = train.Person(torch.randn(4, 128), torch.tensor([0, 0, 1, 2]), pool, pool[:2].clone(), torch.randn_like(pool)) if person else None
         train.train_step(S, cfg, P)
         with Reads():
             train.train_step(S, cfg, P)
@@ -1124,15 +1274,16 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
         assert m['dlib_cpp']['face_before'] == 1.0
 
 
-def test_mining_finds_the_person(baby, facenet):
-    """mine() keeps exactly the latents whose image is nearest the person within the threshold, recomputed here
-    from the same random draws; the baby draws the person (a face of its own) often enough to find some."""
+def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet):
+    """mine() + surrogates() keep exactly the latents whose image is nearest the person within the threshold,
+    recomputed here from the same random draws; each one's target is its nearest latent in W+ among the searched
+    ones at least as far from the person as the median of the others: a sample that shows someone else."""
     cfg = train.get_args(['--hidden', '16'])
     ws_u = seed_latents(baby, [11])
     S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
     P = train.setup_person(S, None, {'kept': seed_latents(baby, [12])}, {'kept': S.G.synthesis(seed_latents(baby, [12]), T=0)})
     state = S.gen.get_state()
-    found = train.mine(S, P, S.G_s, S.s_kw, 128)
+    pool, targets = train.surrogates(S, P, *train.mine(S, P, S.G_s, S.s_kw, 128))
     S.gen.set_state(state)  # the same draws again, judged here by hand
     z = torch.randn(128, baby.cfg.z_dim, generator=S.gen)
     psi = 0.5 + 0.5 * torch.rand(128, 1, 1, generator=S.gen)
@@ -1140,7 +1291,14 @@ def test_mining_finds_the_person(baby, facenet):
         ws = baby.mapping.w_avg + psi * (baby.mapping(z) - baby.mapping.w_avg)
         d = torch.cdist(facenet.embed(baby.synthesis(ws)), P.refs)  # [128, 2]: the person, the kept one
     expect = (d.argmin(1) == 0) & (d.min(1).values < facenet.THRESHOLD)
-    assert 0 < len(found) == expect.sum() and torch.allclose(found, ws[expect])
+    assert 0 < len(pool) == expect.sum() and torch.allclose(pool, ws[expect])
+    others = ~expect & (d[:, 0] >= d[~expect, 0].median())
+    for w, t in zip(pool, targets):
+        i = (ws[others] - w).flatten(1).norm(dim=1).argmin()
+        assert torch.equal(t, ws[others][i])
+    with torch.no_grad():
+        dt = torch.cdist(facenet.embed(baby.synthesis(targets)), P.refs[:1])
+    assert (dt >= d[~expect, 0].median() - 1e-4).all()  # targets show someone else, as a typical other sample
 
 
 def test_reprojection_through_the_adapters_differs(tmp_path):
@@ -1253,8 +1411,9 @@ def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
 # every path a user takes: train.py, evaluate.py and sample.py from the command line, end to end
 
 MATRIX = [  # identity network, who to forget, train flags, evaluate flags, sample flags: each value at least once
-    ('arcface', 'folder', ['--solver', 'euler'], [], ['--gif', '--frames', '2']),
-    ('curricularface', 'seed', ['--adapter', 'residual', '--forget', 'latent'], ['--sweep', '--T', '0,1'], []),
+    ('arcface', 'folder', ['--solver', 'euler'], ['--faceres', 'faceres'], ['--gif', '--frames', '2']),
+    ('curricularface', 'seed', ['--adapter', 'residual', '--forget', 'latent'],
+     ['--sweep', '--T', '0,1', '--faceres', 'faceres'], []),
     ('dlib', 'photo', ['--adapter', 'full', '--amp', 'bf16', '--snapshot_every', '1'], ['--curve'], ['--gif']),
     ('dlib', 'latent', ['--solver', 'rk4', '--backend', 'torchdiffeq', '--vgg', 'vgg16', '--lpips_lin', 'vgg_lin'],
      ['--real', 'obama'], ['--T', '0,0.5', '--seeds', '0-2,7']),
@@ -1287,9 +1446,13 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
     assert [f for flag in eval_flags for f in written.get(flag, []) if not list(out.glob(f + '*'))] == []  # .png/.csv
     if '--real' in eval_flags:
         assert math.isfinite(json.load(open(out / 'metrics.json'))[f'dFD_{net}_real'])
+    if '--faceres' in eval_flags and dlib is not None:  # the third judge's columns, with its floor
+        m = json.load(open(out / ('sweep.json' if '--sweep' in eval_flags else 'metrics.json')))
+        m = m[-1] if isinstance(m, list) else m
+        assert {'leak_faceres_after', 'floor_faceres_called', 'showed_faceres_dist_after', 'faceres_threshold'} <= m.keys()
     if sample_flags is not None:
         png = sample.main([str(out), *sample_flags])
-        rows = 2 if '--T' in sample_flags or 'full' in train_flags else 2  # default: T = 0 and the trained T
+        rows = 2  # --T 0,0.5 here, by default T = 0 and the trained T, and a full fine-tune's before | after
         cols = 4 if '--seeds' in sample_flags else 16
         assert Image.open(png).size == (32 * cols, 32 * rows)
         assert png.with_suffix('.gif').exists() == ('--gif' in sample_flags)
@@ -1353,7 +1516,7 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--retain', 'flat'], '--retain flat: holds no person folders'),
     (['--id_net', 'arcface', '--id_weights', 'tensor.pt'], 'tensor.pt: not the arcface backbone state dict'),
     (['--vgg', 'VGG', '--lpips_lin', 'tensor.pt'], "tensor.pt: not LPIPS v0.1's VGG heads"),
-    (['--mine_n', '3', '--mine_every', '1', '--iters', '2', '--resume'], 'run/ckpt.pt not found; nothing to resume'),
+    (['--mine_n', '3', '--iters', '2', '--resume'], 'run/ckpt.pt not found; nothing to resume'),
 ]
 
 
@@ -1502,7 +1665,7 @@ def ddp_step(d, rank=0, world=1, n=1):
     with torch.no_grad():
         for p in S.opt.param_groups[0]['params']:
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    P = train.Person(x['refs'], torch.tensor([0, 0, 1]), x['pool'], x['keep'])
+    P = train.Person(x['refs'], torch.tensor([0, 0, 1]), x['pool'], x['keep'], x['pool'] * 0.5)
     L = train.train_step(S, cfg, P)
     return [p.grad.clone() for p in S.opt.param_groups[0]['params']], {k: v.item() for k, v in L.items()}
 
@@ -1524,7 +1687,12 @@ def test_two_ranks_step_equals_one_process_with_the_doubled_batch(tmp_path, face
         f'torch.save(ddp_step(Path({str(tmp_path)!r}), rank, world), Path({str(tmp_path)!r}) / f"rank{{rank}}.pt")\n')
     torchrun(tmp_path / 'rank.py')
     (g0, L0), (g1, L1) = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
-    g_ref, L_ref = ddp_step(tmp_path, n=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each gloo rank computes (1 core each): the same kernels, so only DDP can differ
+    try:
+        g_ref, L_ref = ddp_step(tmp_path, n=2)
+    finally:
+        torch.set_num_threads(threads)
     ddp, ref = torch.cat([x.flatten() for x in g0]), torch.cat([x.flatten() for x in g_ref])
     assert torch.equal(ddp, torch.cat([x.flatten() for x in g1]))  # the ranks agree
     print('relative gradient difference', ((ddp - ref).norm() / ref.norm()).item())
@@ -1549,7 +1717,7 @@ def test_two_processes_evaluate_as_one(tmp_path, tiny_run):
     assert one.keys() == two.keys()
     for k, v in one.items():
         if isinstance(v, float):
-            assert two[k] == pytest.approx(v, rel=1e-5, abs=1e-12), k
+            assert two[k] == pytest.approx(v, rel=1e-5, abs=1e-12, nan_ok=True), k
     assert one['leak'] == two['leak']  # shares of 9 samples: the same counts by every judge
 
 

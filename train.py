@@ -96,10 +96,8 @@ class Config:
     forget: str = arg('person', "person: also forget the person's samples found among random latents, keep the others' "
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
     mine_n: int = arg(2000, 'random samples searched for the person at the start (psi ~ U(0.5, 1))')
-    mine_every: int = arg(100, 'every K steps search mine_n / 4 samples of the adapted generator again (0: never)')
-    n_mine: int = arg(4, 'mined latents of the person per step, pushed out of the identity, kept a face')
-    margin: float = arg(0.25, "how far past the identity network's threshold a mined sample is pushed")
-    w_person: float = arg(10.0, 'weight of the identity hinge on the mined latents (their images are held by w_glob)')
+    n_mine: int = arg(4, 'mined latents of the person per step, each drawn towards where GUIDE sends the person')
+    w_person: float = arg(1.0, "weight of the mined latents' image loss towards their targets G_s(w_m + w_t - w_u)")
     w_keep: float = arg(1.0, "weight of holding the kept people's latents to their original images")
     # judging networks
     id_net: str = arg('dlib', 'identity network of the loss (dlib works offline)', ID_NETS)
@@ -175,17 +173,17 @@ def check(cfg, out):
     for k in ('lr', 't_end', 'step', 'target_d'):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) > 0):
             bad(k, 'a finite number > 0' + (' (T = 0 is the original generator)' if k == 't_end' else ''))
-    for k in ('alpha_max', 'margin', 'w_pix', 'w_perc', 'w_id', 'w_local', 'w_adj', 'w_glob', 'w_tc', 'w_person',
+    for k in ('alpha_max', 'w_pix', 'w_perc', 'w_id', 'w_local', 'w_adj', 'w_glob', 'w_tc', 'w_person',
               'w_keep'):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) >= 0):
             bad(k, 'a finite number >= 0')
-    for k in ('alpha_max', 'target_d', 'margin'):  # distances in W and between embeddings: the paper's are 15, 30, 0.25
+    for k in ('alpha_max', 'target_d'):  # distances in W: the paper's are 15 and 30
         if getattr(cfg, k) > 1e3:
             bad(k, 'at most 1000 (a distance that large overflows the generator)')
     for k in ('iters', 'hidden', 'log_every', 'ckpt_every', 'invert_steps', 'n_mine', 'mine_n'):
         if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
             bad(k, '>= 1')
-    for k in ('n_adj', 'n_glob', 'snapshot_every', 'mine_every'):
+    for k in ('n_adj', 'n_glob', 'snapshot_every'):
         if getattr(cfg, k) < 0:
             bad(k, '>= 0 (0: none)')
     try:  # the solver and its backend, on a one-number ODE
@@ -291,12 +289,12 @@ def train_step(S, cfg, P=None):
     With P (--forget person) mined latents of the person and the kept people join the batch and the loss.
     Rows of both batches: [w_u (n_u) | w_u + delta (n_u * n_adj) | global (n_glob) | mined (n_mine) | kept]."""
     w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg)
-    w_p = person_latents(S, P, cfg) if P else []
+    p_u, p_s = person_latents(S, P, cfg) if P else ([], [])
     with torch.no_grad(), S.amp:  # what each should look like: [G_s(w_t) (constant) | G_s(w_t + delta) | G_s(w) ...]
-        s = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *w_p]), fused=False, **S.s_kw).float(),
+        s = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *p_s]), fused=False, **S.s_kw).float(),
                                S.idn, S.perc))
     with S.amp:  # what the trainable generator draws for [w_u | w_u + delta | w ...]
-        img, traj = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob, *w_p]), fused=False, return_traj=True)
+        img, traj = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob, *p_u]), fused=False, return_traj=True)
     u = describe(img.float(), S.idn, S.perc)
     n_u, n_adj_rows, p0 = len(S.ws_u), len(w_adj_u), len(S.ws_u) + len(w_adj_u) + len(w_glob)  # p0: person rows
     # person mode: global samples that showed the person (frozen image) are no longer preserved
@@ -305,9 +303,8 @@ def train_step(S, cfg, P=None):
     L = unlearning_loss(u.rows(0, p0), s.rows(0, p0), traj, n_u, n_adj_rows, S.perc, S.idn.distance, cfg, glob_weight,
                         S.world)
     if P:
-        L.update(person_loss(u.rows(p0), s.rows(p0), cfg.n_mine, P.refs, P.owner, S.perc, S.idn.distance, cfg,
-                             S.idn.THRESHOLD + cfg.margin, S.world))
-        L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_glob * L['anchor'] + cfg.w_keep * L['keep']
+        L.update(person_loss(u.rows(p0), s.rows(p0), cfg.n_mine, S.perc, S.idn.distance, cfg, S.world))
+        L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_keep * L['keep']
     S.opt.zero_grad(set_to_none=True)
     S.scaler.scale(L['loss']).backward()
     S.scaler.step(S.opt)
@@ -325,27 +322,44 @@ class Person:
     owner: torch.Tensor    # [P]    then the kept people's photos; owner 0 = the person, 1.. = each kept person
     pool: torch.Tensor     # [k, L, C] mined latents whose image showed the person
     keep_ws: torch.Tensor  # [n_keep, L, C] the kept people's latents, held to their original images
+    targets: torch.Tensor  # [k, L, C] where each pool latent must go: another person's latent (surrogates)
 
 
 def person_latents(S, P, cfg):
-    """This step's person rows: n_mine latents drawn from the pool (this rank's share), then the kept people's."""
+    """This step's person rows, for the trainable and the frozen generator: n_mine latents w_m drawn from the pool
+    (this rank's share) and their targets (README eq. 4), then the kept people's latents twice."""
     idx = torch.randint(len(P.pool), (cfg.n_mine * S.world,), generator=S.gen, device=P.pool.device)
-    return [P.pool[idx[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]], P.keep_ws]
+    idx = idx[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]
+    return [P.pool[idx], P.keep_ws], [P.targets[idx], P.keep_ws]
 
 
 @torch.no_grad()
 def mine(S, P, G, kw, n, bs=64):
-    """Latents among n random ones whose image, drawn by G with kw, the identity network puts nearest the person
-    within its threshold. psi ~ U(0.5, 1); the draws come from the step's random stream S.gen, which is why ckpt.pt
-    keeps the pool with it. Under torchrun each rank searches its share and all get the whole pool. Reads the result
-    back (a host sync)."""
+    """n random latents (psi ~ U(0.5, 1)) and the identity network's embeddings of their images drawn by G with kw
+    -> (ws [n, L, C], emb [n, D]). The draws come from the step's random stream S.gen, which is why ckpt.pt keeps
+    the pool with it. Under torchrun each rank embeds its share and all get the whole result."""
     dev = P.refs.device
     z = torch.randn(n, G.cfg.z_dim, generator=S.gen, device=dev)
     psi = 0.5 + 0.5 * torch.rand(n, 1, 1, generator=S.gen, device=dev)
     ws = G.mapping.w_avg + psi * (G.mapping(z) - G.mapping.w_avg)
-    found = [shows_person(S.idn.embed(G.synthesis(w, fused=False, **kw).float()), P.refs, P.owner, S.idn.distance,
-                          S.idn.THRESHOLD) for w in tqdm(shard(ws).split(bs), desc='mine', leave=False)]
-    return ws[gather(torch.cat(found)).bool()]
+    emb = [S.idn.embed(G.synthesis(w, fused=False, **kw).float()) for w in tqdm(shard(ws).split(bs), desc='mine', leave=False)]
+    return ws, gather(torch.cat(emb))
+
+
+@torch.no_grad()
+def surrogates(S, P, ws, emb):
+    """The person's samples among searched latents, and where each must go (README eq. 4) -> (pool, targets),
+    [k, L, C] each. The pool: latents whose image the identity network puts nearest the person within its
+    threshold. A pool latent's target: the nearest latent in W+ among the searched ones whose image is at least as
+    far from the person's photos as the median of the others' (a typical other face, not one at the border of
+    his). Each target is a sample the original generator draws of someone else. Reads back (a host sync)."""
+    hit = shows_person(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD).bool()
+    d = S.idn.distance(emb[:, None], P.refs[P.owner == 0][None]).min(1).values  # to the person's nearest photo
+    far = ~hit & (d >= d[~hit].median()) if (~hit).any() else hit & False
+    if not hit.any() or not far.any():
+        return ws[:0], ws[:0]
+    cand = ws[far]
+    return ws[hit], cand[torch.cdist(ws[hit].flatten(1), cand.flatten(1)).argmin(1)]
 
 
 def setup_person(S, photos, retain, retain_faces):
@@ -357,7 +371,7 @@ def setup_person(S, photos, retain, retain_faces):
         refs = [S.idn.embed(faces)] + [S.idn.embed(x.to(dev)) for x in retain_faces.values()]
     owner = torch.cat([torch.full((len(r),), i, device=dev) for i, r in enumerate(refs)])
     keep_ws = torch.cat(list(retain.values())) if retain else S.ws_u[:0]
-    return Person(torch.cat(refs), owner, S.ws_u[:0], keep_ws)
+    return Person(torch.cat(refs), owner, S.ws_u[:0], keep_ws, S.ws_u[:0])
 
 
 # -----------------------------------------------------------------------------
@@ -394,7 +408,10 @@ def before_after(S, P, retain, path, n=6):
     groups = [torch.cat([S.ws_u, *retain.values()])[:n], w_r[~was][:n], w_r[was][:n]]
     pairs = [torch.stack([S.G_s.synthesis(g, **S.s_kw), G.synthesis(g)], 1).flatten(0, 1) for g in groups if len(g)]
     blank = -torch.ones(2 * n, *pairs[0].shape[1:], device=dev)  # black cells fill each row to n pairs
-    save_grid(torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs]), path, nrow=2 * n)
+    grid = torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs])
+    if grid.shape[-1] < 192:  # small generators' faces drawn at 192 px or more, to be judged by eye
+        grid = torch.nn.functional.interpolate(grid, scale_factor=-(-192 // grid.shape[-1]), mode='bilinear')
+    save_grid(grid, path, nrow=2 * n)
 
 
 def keep_photos(info, retain_photos, out, write=True):
@@ -431,8 +448,11 @@ def start(argv):
             ck = load(out / 'ckpt.pt', 'a train.py checkpoint')
         except CheckpointError as e:
             raise SystemExit(f'error: {e}')
-        if not isinstance(ck, dict) or not {'args', 'step', 'synthesis', 'opt', 'gen'} <= ck.keys():
+        if not isinstance(ck, dict) or not {'args', 'step', 'synthesis', 'opt', 'gen', 'person'} <= ck.keys():
             raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
+        if not isinstance(ck['person'], dict) or set(ck['person']) != {f.name for f in fields(Person)}:
+            raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (another person mode); start a new '
+                             'run with another --out')
         cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
     elif out.is_dir() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
@@ -561,15 +581,15 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             else:  # a CPU stream cannot continue on a GPU (or back): a new one, from the seed and the step
                 S.gen.manual_seed(cfg.seed + step)
                 print(f'resuming a {ck["args"]["device"]} run on {dev}: new random stream (seed {cfg.seed} + step {step})')
-            P = Person(**{k: v.to(dev) for k, v in ck['person'].items()}) if ck.get('person') else \
-                setup_person(S, None, retain, {})  # a run from before person mode
+            P = Person(**{k: v.to(dev) for k, v in ck['person'].items()})
             print(f'resumed {out}/ckpt.pt at step {step}')
         else:  # who the person is (the picture at the end needs it in either mode)
             P = setup_person(S, photos, retain, retain_faces)
             if cfg.forget == 'person':  # find the person among the original generator's samples
-                P.pool = mine(S, P, S.G_s, S.s_kw, cfg.mine_n)
-                print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person' +
-                      ('' if len(P.pool) else "; nobody beyond the given latents: this run trains the paper's objective"))
+                P.pool, P.targets = surrogates(S, P, *mine(S, P, S.G_s, S.s_kw, cfg.mine_n))
+                print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, each sent to a '
+                      'sample of someone else' + ('' if len(P.pool) else "; nobody beyond the given latents (or every "
+                                                  "sample is the person): this run trains the paper's objective"))
     except (CheckpointError, DataError, ValueError, OSError) as e:
         abandon(f'error: {e}')
     except KeyboardInterrupt:
@@ -605,16 +625,12 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             snapshot()
         log = open(out / 'log.jsonl', 'a') if writer else None
         while step < cfg.iters and not most(stop['sig']):
-            if person and cfg.mine_every and cfg.mine_n >= 4 and step and step % cfg.mine_every == 0:  # still there?
-                P.pool = torch.cat([P.pool, mine(S, P, S.G, {}, cfg.mine_n // 4)])
             L = train_step(S, cfg, person)
             loss = L['loss'].detach()
             step += 1
             pbar.update(1)
             if step % cfg.log_every == 0 or step == cfg.iters:  # reads the losses back (a host sync)
                 rec = {'step': step, **{k: v.item() for k, v in L.items()}, 'wall': round(wall + time.time() - t0, 2)}
-                if person:
-                    rec['pool'] = len(P.pool)
                 if most(int(not all(math.isfinite(v) for v in rec.values()))):
                     raise FloatingPointError(f'non-finite loss at step {step}: {rec}')
                 pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'person')})

