@@ -96,8 +96,8 @@ class Config:
     forget: str = arg('person', "person: also forget the person's samples found among random latents, keep the others' "
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
     mine_n: int = arg(2000, 'random samples searched for the person at the start (psi ~ U(0.5, 1))')
-    n_mine: int = arg(4, 'mined latents of the person per step, each drawn towards where GUIDE sends the person')
-    w_person: float = arg(1.0, "weight of the mined latents' image loss towards their targets G_s(w_m + w_t - w_u)")
+    n_mine: int = arg(4, 'mined latents of the person per step, each pulled towards a sample of someone else')
+    w_person: float = arg(1.0, "weight of the mined latents' image loss towards their targets (train.surrogates)")
     w_keep: float = arg(1.0, "weight of holding the kept people's latents to their original images")
     # judging networks
     id_net: str = arg('dlib', 'identity network of the loss (dlib works offline)', ID_NETS)
