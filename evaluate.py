@@ -234,7 +234,7 @@ class Census:
             faces = self.cpp.detect(u8)  # one detection and alignment for both C++-aligned judges
             out['dlib_cpp'] = self.cpp.describe(u8, faces)
             if self.faceres is not None:
-                out['faceres'] = self.faceres.describe(u8, faces)
+                out['faceres'] = self.faceres.describe(faces)
         return out
 
     def drawn(self, G, ws, kw, desc):
@@ -272,12 +272,13 @@ def faceres_threshold(census, G_s, s_kw, n):
     ws = shard(eval_latents(G_s, n, CALIBRATION_SEED))
     emb = {k: gather(v) for k, v in census.drawn(G_s, ws, s_kw, 'faceres threshold, original generator').items()}
     ref, face = census.who('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
+    best = census.who('faceres', emb['faceres'], float('inf'))[1].min(1)  # nearest known person, once for every t
     grid = torch.arange(0.10, 0.90, 0.005)
-    agree = torch.stack([(census.who('faceres', emb['faceres'], t)[0] == ref)[face].float().mean() for t in grid])
+    agree = torch.stack([(torch.where(best.values < t, best.indices, -1) == ref)[face].float().mean() for t in grid])
     agree = agree.nan_to_num(0)  # no face found at all (a random generator): the lowest threshold, 0% agreement
-    best = int(agree.argmax())
-    census.rules['faceres'] = (FaceRes.distance, round(grid[best].item(), 3))
-    return census.rules['faceres'][1], agree[best].item()
+    i = int(agree.argmax())
+    census.rules['faceres'] = (FaceRes.distance, round(grid[i].item(), 3))
+    return census.rules['faceres'][1], agree[i].item()
 
 
 def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):

@@ -296,7 +296,6 @@ class DlibCpp:
 
     def __init__(self):
         import dlib
-        self.dlib = dlib
         self.det = dlib.get_frontal_face_detector()
         self.sp = dlib.shape_predictor(model_file('shape_predictor_5_face_landmarks.dat'))
         self.rec = dlib.face_recognition_model_v1(model_file('dlib_face_recognition_resnet_model_v1.dat'))
@@ -375,7 +374,7 @@ class FaceRes(nn.Module):
             if op == 'Const':
                 self.names[n['name']] = f'c{len(self.names)}'
                 self.register_buffer(self.names[n['name']], self.nchw(consts[n['name']], used_by[n['name']]))
-            elif op not in self.OPS:
+            elif op not in self.KNOWN:
                 raise CheckpointError(f'{path}: op {op} ({n["name"]}) is not one faceres-deep uses')
             else:
                 pad = base64.b64decode(attr.get('padding', {}).get('s', '')).decode()
@@ -405,8 +404,9 @@ class FaceRes(nn.Module):
             x = F.pad(x, pads)
         return F.conv2d(x, w, stride=stride, groups=groups)
 
-    OPS = {'Placeholder': None, 'Conv2D': None, 'DepthwiseConv2dNative': None, 'Add': torch.add, 'Mul': torch.mul,
-           'Relu': lambda x: x.clamp_min(0), 'Minimum': torch.minimum, 'Maximum': torch.maximum, 'Mean': None}
+    OPS = {'Add': torch.add, 'Mul': torch.mul, 'Relu': lambda x: x.clamp_min(0), 'Minimum': torch.minimum,
+           'Maximum': torch.maximum}  # element-wise; forward() writes out the others
+    KNOWN = {*OPS, 'Placeholder', 'Conv2D', 'DepthwiseConv2dNative', 'Mean'}
 
     def forward(self, chips):
         """[N, 3, 224, 224] RGB chips in [0, 255] -> descriptors [N, 1024] (not normalised)."""
@@ -425,12 +425,12 @@ class FaceRes(nn.Module):
                 env[name] = self.OPS[op](*a)
         return env[self.OUTPUT]
 
-    def describe(self, images, faces, bs=32):
-        """[N, H, W, 3] uint8 images and their DlibCpp.detect() -> unit descriptors [N, 1024], NaN where no face."""
+    def describe(self, faces, bs=32):
+        """DlibCpp.detect() of N images -> unit descriptors [N, 1024], NaN where no face was found."""
         from dlib import get_face_chip
         chips = [torch.from_numpy(np.asarray(get_face_chip(x, s, size=224, padding=0.2))) if s is not None else None
                  for x, s in faces]
-        out = torch.full((len(images), 1024), float('nan'))
+        out = torch.full((len(faces), 1024), float('nan'))
         idx = [i for i, c in enumerate(chips) if c is not None]
         for j in range(0, len(idx), bs):
             part = idx[j:j + bs]

@@ -120,8 +120,10 @@ def shows_person(emb, refs, owner, id_distance, threshold):
 def person_loss(u, s, n_mined, perceptual, id_distance, w, shares=1):
     """What forgetting the person adds (README eq. 4, second line) -> {person, keep}. u/s rows: [mined latents of
     the person (n_mined) | kept people's latents]; s is drawn by the frozen generator: for a mined latent w_m its
-    target, a nearby sample of the original generator that shows someone else (train.surrogates); for a kept person their own image. Both are GUIDE's image loss, summed over samples as the adjacency and global
-    terms. Every target is an image the original generator draws, so the person's samples become other faces,
-    not the same face with another embedding (an adversarial example against the identity network). shares: as in unlearning_loss (the mined latents are shared among the ranks)."""
+    target, a nearby sample of the original generator that shows someone else (train.surrogates); for a kept
+    person their own image. Both are GUIDE's image loss, summed over samples as the adjacency and global terms.
+    Every target is an image the original generator draws, so the person's samples become other faces, not the
+    same face with another embedding (an adversarial example against the identity network). shares: as in
+    unlearning_loss (the mined latents are shared among the ranks)."""
     return dict(person=image_loss(u.rows(0, n_mined), s.rows(0, n_mined), perceptual, id_distance, w).sum() * shares,
                 keep=image_loss(u.rows(n_mined), s.rows(n_mined), perceptual, id_distance, w).sum())

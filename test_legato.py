@@ -886,7 +886,7 @@ def test_faceres_real_weights_separate_the_demo_people():
     names = [f.stem for f in FACES]
     u8 = [np.asarray(Image.open(f).convert('RGB')) for f in FACES]
     cpp = DlibCpp()
-    e = FaceRes(FACERES).describe(u8, cpp.detect(u8, size=0))
+    e = FaceRes(FACERES).describe(cpp.detect(u8, size=0))
     cos = e @ e.T
     ob = [i for i, n in enumerate(names) if n.startswith('obama')]
     pairs = {'obama': [cos[i, j] for i in ob for j in ob if i < j]}
@@ -1283,7 +1283,7 @@ def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet)
     S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
     P = train.setup_person(S, None, {'kept': seed_latents(baby, [12])}, {'kept': S.G.synthesis(seed_latents(baby, [12]), T=0)})
     state = S.gen.get_state()
-    pool, targets = train.surrogates(S, P, *train.mine(S, P, S.G_s, S.s_kw, 128))
+    pool, targets = train.surrogates(S, P, *train.mine(S, P, 128))
     S.gen.set_state(state)  # the same draws again, judged here by hand
     z = torch.randn(128, baby.cfg.z_dim, generator=S.gen)
     psi = 0.5 + 0.5 * torch.rand(128, 1, 1, generator=S.gen)

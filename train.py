@@ -334,15 +334,16 @@ def person_latents(S, P, cfg):
 
 
 @torch.no_grad()
-def mine(S, P, G, kw, n, bs=64):
-    """n random latents (psi ~ U(0.5, 1)) and the identity network's embeddings of their images drawn by G with kw
-    -> (ws [n, L, C], emb [n, D]). The draws come from the step's random stream S.gen, which is why ckpt.pt keeps
+def mine(S, P, n, bs=64):
+    """n random latents (psi ~ U(0.5, 1)) and the identity network's embeddings of the original generator's images
+    of them -> (ws [n, L, C], emb [n, D]). The draws come from the step's random stream S.gen, which is why ckpt.pt keeps
     the pool with it. Under torchrun each rank embeds its share and all get the whole result."""
     dev = P.refs.device
+    G = S.G_s
     z = torch.randn(n, G.cfg.z_dim, generator=S.gen, device=dev)
     psi = 0.5 + 0.5 * torch.rand(n, 1, 1, generator=S.gen, device=dev)
     ws = G.mapping.w_avg + psi * (G.mapping(z) - G.mapping.w_avg)
-    emb = [S.idn.embed(G.synthesis(w, fused=False, **kw).float()) for w in tqdm(shard(ws).split(bs), desc='mine', leave=False)]
+    emb = [S.idn.embed(G.synthesis(w, fused=False, **S.s_kw).float()) for w in tqdm(shard(ws).split(bs), desc='mine', leave=False)]
     return ws, gather(torch.cat(emb))
 
 
@@ -354,11 +355,10 @@ def surrogates(S, P, ws, emb):
     far from the person's photos as the median of the others' (a typical other face, not one at the border of
     his). Each target is a sample the original generator draws of someone else. Reads back (a host sync)."""
     hit = shows_person(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD).bool()
-    d = S.idn.distance(emb[:, None], P.refs[P.owner == 0][None]).min(1).values  # to the person's nearest photo
-    far = ~hit & (d >= d[~hit].median()) if (~hit).any() else hit & False
-    if not hit.any() or not far.any():
+    if not hit.any() or hit.all():  # nobody to send, or nobody else to send him to
         return ws[:0], ws[:0]
-    cand = ws[far]
+    d = S.idn.distance(emb[:, None], P.refs[P.owner == 0][None]).min(1).values  # to the person's nearest photo
+    cand = ws[~hit & (d >= d[~hit].median())]
     return ws[hit], cand[torch.cdist(ws[hit].flatten(1), cand.flatten(1)).argmin(1)]
 
 
@@ -586,7 +586,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
         else:  # who the person is (the picture at the end needs it in either mode)
             P = setup_person(S, photos, retain, retain_faces)
             if cfg.forget == 'person':  # find the person among the original generator's samples
-                P.pool, P.targets = surrogates(S, P, *mine(S, P, S.G_s, S.s_kw, cfg.mine_n))
+                P.pool, P.targets = surrogates(S, P, *mine(S, P, cfg.mine_n))
                 print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, each sent to a '
                       'sample of someone else' + ('' if len(P.pool) else "; nobody beyond the given latents (or every "
                                                   "sample is the person): this run trains the paper's objective"))
