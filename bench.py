@@ -7,7 +7,8 @@ Performance of the unlearning step, as ratios measured in one process on one con
 
 Prints: fused step vs a naive step mirroring the official loop (separate batch-1 passes per term, constant
 targets recomputed each step); adapted vs plain generator forward (T = 1.6, Euler); hand-written solvers
-vs torchdiffeq for the same steps; --adapter ode vs full (time and optimiser memory); each with median
+vs torchdiffeq for the same steps; --adapter ode vs full (time and optimiser memory); inference memory at
+T = 1.6 vs T = 400 (it must not grow with T); each with median
 time, images/s, achieved FLOP/s against a measured matmul/conv peak. --json writes the numbers.
 """
 import argparse
@@ -15,6 +16,8 @@ import copy
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -113,6 +116,29 @@ def build(G0, idn, args, adapter):
     return train.setup(cfg, G, idn, IDFeatureDistance(idn), ws_u), cfg
 
 
+RSS = """
+import resource, sys, torch
+from model import Generator
+from ode_adapter import adapters, attach_adapters
+G = attach_adapters(Generator.from_checkpoint('assets/baby.pt'), 64)
+torch.manual_seed(0)
+for ad in adapters(G).values():
+    torch.nn.init.normal_(ad.f.net[2].weight, 0, 1e-3)
+with torch.no_grad():
+    ws = G.mapping(torch.randn(16, G.cfg.z_dim), psi=0.7)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    G.synthesis(ws, T=float(sys.argv[1]))  # what sample.py draws for 16 seeds
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+"""
+
+
+def inference_mb(T):
+    """Peak memory (MB of process RSS above the loaded model) of 16 samples of the built-in generator at dial T, in a
+    fresh process of its own: inference keeps no solver states, so it should not grow with T."""
+    out = subprocess.run([sys.executable, '-c', RSS, str(T)], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
 def main():
     p = argparse.ArgumentParser(description='Benchmark the unlearning step.')
     p.add_argument('--config', default='baby', choices=list(CONFIGS))
@@ -206,6 +232,12 @@ def main():
         res[f'adapter_{kind}'] = {'ms': t * 1e3, 'trainable': n_train, 'optimizer_mb': opt_mb, 'peak_mb': mem}
         print(f'--adapter {kind:<5} {t * 1e3:9.1f} ms/step, {n_train:,} trainable, optimizer state {opt_mb:.1f} MB, '
               f'peak memory {mem:.0f} MB{" (process RSS)" if dev.type == "cpu" else ""}')
+    # 5. inference memory over the dial: 16 samples at T = 1.6 and T = 400 (1,000 Euler steps), CPU processes
+    if not args.skip_solvers:
+        mb = {T: inference_mb(T) for T in (1.6, 400)}
+        res['inference_mb'] = {'T1.6': mb[1.6], 'T400': mb[400], 'ratio': mb[400] / mb[1.6]}
+        print(f'inference, 16 samples of the baby: {mb[1.6]:.0f} MB at T=1.6, {mb[400]:.0f} MB at T=400 -> '
+              f'{mb[400] / mb[1.6]:.2f}x')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(res, f, indent=1)

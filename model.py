@@ -214,7 +214,7 @@ class SynthesisBlock(nn.Module):
         self.adapter = None  # the place for a per-block module on the conv1 features (see ode_adapter.py)
 
     def forward(self, x, img, ws, noise_mode='const', force_fp32=False, fused=None, T=None, h=None, solver=None,
-                backend=None):
+                backend=None, keep=True):
         # ws: [N, num_conv + 1, w_dim]; x: [N, Cin, H/2, W/2] or None for b4. Returns (x, img, adapter states)
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and ws.device.type == 'cuda') else torch.float32
         if fused is None:  # NVIDIA's rule: the grouped conv for inference in fp32 or at batch 1
@@ -228,7 +228,7 @@ class SynthesisBlock(nn.Module):
             x = self.conv1(x, w[1], noise_mode, fused)
         states = None
         if self.adapter is not None:
-            x, states = self.adapter(x, T, h, solver, backend)
+            x, states = self.adapter(x, T, h, solver, backend, keep)
         y = self.torgb(x, w[-1], fused).float()
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img, states
@@ -265,7 +265,7 @@ class SynthesisNetwork(nn.Module):
         for block in self.blocks():
             # the ToRGB of one block and conv0 of the next share a w
             x, img, states = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, force_fp32, fused,
-                                   T, h, solver, backend)
+                                   T, h, solver, backend, keep=return_traj)  # states only when asked for
             w_idx += block.num_conv
             feats[f'b{block.resolution}'] = x
             if states is not None:

@@ -48,19 +48,19 @@ class VectorField(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# fixed-grid solvers: (f, x0, grid) -> (x_N, [x_0, ..., x_N]), grid states only
+# fixed-grid solvers: (f, x0, grid) -> (x_N, [x_0, ..., x_N]), grid states only ([x_0] with keep=False)
 
-def euler(f, x, grid):
+def euler(f, x, grid, keep=True):
     """x_{k+1} = x_k + (t_{k+1} - t_k) f(x_k): README eq. 2."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
         dt = t1 - t0
         x = x + dt * f(t0, x)
-        xs.append(x)
+        xs += [x] if keep else []  # without the states (inference) memory stays flat in T
     return x, xs
 
 
-def midpoint(f, x, grid):
+def midpoint(f, x, grid, keep=True):
     """The explicit midpoint rule, 2 evaluations a step (README eq. 2's alternative)."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
@@ -68,11 +68,11 @@ def midpoint(f, x, grid):
         half = 0.5 * dt
         k1 = f(t0, x)
         x = x + dt * f(t0 + half, x + k1 * half)
-        xs.append(x)
+        xs += [x] if keep else []
     return x, xs
 
 
-def rk4(f, x, grid):
+def rk4(f, x, grid, keep=True):
     """Kutta's 3/8 rule (what torchdiffeq calls 'rk4'), 4 evaluations a step (README eq. 2's alternative)."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
@@ -82,7 +82,7 @@ def rk4(f, x, grid):
         k3 = f(t0 + dt * (2 / 3), x + dt * (k2 - k1 * (1 / 3)))
         k4 = f(t1, x + dt * (k1 - k2 + k3))
         x = x + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
-        xs.append(x)
+        xs += [x] if keep else []
     return x, xs
 
 
@@ -118,8 +118,9 @@ def grid_tensor(grid, dtype, device):
     return torch.tensor(grid, dtype=dtype, device=device)
 
 
-def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
-    """Integrate dx/dt = f(t, x) over [0, T] with step h -> (x(T), states at the grid points). README eq. 2."""
+def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native', keep=True):
+    """Integrate dx/dt = f(t, x) over [0, T] with step h -> (x(T), states at the grid points). README eq. 2.
+    keep=False (native solvers): only x(0) is kept besides x(T), so memory does not grow with T without gradients."""
     grid = time_grid(T, h)
     if backend not in BACKENDS:
         raise ValueError(f'unknown ODE backend {backend!r}; choose one of {", ".join(BACKENDS)}')
@@ -129,7 +130,7 @@ def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native'):
                              f'(adaptive solvers such as dopri5 need backend="torchdiffeq")')
         if len(grid) == 1:
             return x, [x]
-        return SOLVERS[solver](f, x, grid_tensor(tuple(grid), x.dtype, x.device))
+        return SOLVERS[solver](f, x, grid_tensor(tuple(grid), x.dtype, x.device), keep)
     import torchdiffeq
     if len(grid) == 1:
         return x, [x]
@@ -151,15 +152,15 @@ class ODEAdapter(nn.Module):
         self.f = VectorField(channels, hidden)
         self.res, self.T, self.h, self.solver, self.backend = res, T, h, solver, backend
 
-    def forward(self, x, T=None, h=None, solver=None, backend=None):
-        # x: [N, C, H, W]; states: [N, H, W, C] fp32 (at T = 0 just [x]). fp16 blocks: the ODE runs in fp32
+    def forward(self, x, T=None, h=None, solver=None, backend=None, keep=True):
+        # x: [N, C, H, W]; states: [N, H, W, C] fp32 (at T = 0 or keep=False just [x(0)]). fp16 blocks: the ODE runs in fp32
         T = self.T if T is None else T
         if T == 0:
             return x, [x]
         dtype = x.dtype
         xc = x.float().permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: the state the ODE integrates
         h, solver, backend = self.h if h is None else h, solver or self.solver, backend or self.backend
-        out, states = integrate(self.f, xc, T, h, solver, backend)
+        out, states = integrate(self.f, xc, T, h, solver, backend, keep)
         return out.permute(0, 3, 1, 2).to(dtype), states
 
 

@@ -465,6 +465,20 @@ def test_zero_init_is_identity():
             assert torch.equal(a, b)
 
 
+def test_inference_keeps_no_solver_states(monkeypatch):
+    """Without return_traj the synthesis asks the solvers for no states (memory flat in T; bench.py measures it)."""
+    import ode_adapter
+    G, asked = adapted_tiny(), []
+    real = ode_adapter.integrate
+    monkeypatch.setattr(ode_adapter, 'integrate', lambda *a, **k: asked.append(a[6]) or real(*a, **k))
+    ws = torch.randn(2, G.num_ws, 32)
+    with torch.no_grad():
+        img = G.synthesis(ws, T=1.6)
+        img2, traj = G.synthesis(ws, T=1.6, return_traj=True)
+    assert asked == [False] * 3 + [True] * 3 and torch.equal(img, img2)
+    assert all(len(s) == 5 for s in traj.values())
+
+
 def test_vector_field_slices_match_one_pass():
     """On CPU a large state goes through the MLP in pixel slices: values and gradients as one pass."""
     torch.manual_seed(0)
@@ -513,6 +527,9 @@ def test_solvers_match_torchdiffeq(dtype, solver, T, h):
     # the torchdiffeq backend gives the same states through our interface
     out2, states2 = integrate(f, x, T, h, solver, backend='torchdiffeq')
     assert (out2 - out).abs().max() <= 1e-6 and len(states2) == len(states)
+    # keep=False (inference): the same end state, and only x(0) held besides it
+    out3, states3 = integrate(f, x, T, h, solver, keep=False)
+    assert torch.equal(out3, out) and len(states3) == 1 and states3[0] is x
 
 
 @pytest.mark.parametrize('solver', ['euler', 'midpoint', 'rk4'])
