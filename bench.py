@@ -180,14 +180,15 @@ def main():
     row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S, cfg)))
     res['fused_speedup'] = t_naive / t_fused
     print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
-    # 1b. person mode (--forget person): + n_mine mined latents and 3 kept people in both forwards
+    # 1b. person mode (--forget person): + n_mine mined latents, n_mine held ones and 3 kept people in both forwards
     with torch.no_grad():
         dev_ = S.ws_u.device
         pool = S.G.mapping(torch.randn(64, S.G.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(dev_))
         refs = S.idn.embed(S.G.synthesis(pool[:8], T=0))
-    P = train.Person(refs, torch.arange(8, device=dev_) % 4, pool, pool[-3:].clone(), torch.randn_like(pool))
+    P = train.Person(refs, torch.arange(8, device=dev_) % 4, pool, pool[-3:].clone(), torch.randn_like(pool),
+                     pool[:16].clone())
     t_person = timeit(lambda: train.train_step(S, cfg, P), dev, args.steps, args.warmup)
-    row('person-mode step (ode)', t_person, n_img + cfg.n_mine + 3)
+    row('person-mode step (ode)', t_person, n_img + 2 * cfg.n_mine + 3)
     res['person_step_ratio'] = t_person / t_fused
     print(f'  -> person mode costs {t_person / t_fused:.2f}x the paper\'s step')
     # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights), in --amp

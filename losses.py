@@ -109,21 +109,27 @@ def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_wei
 # -----------------------------------------------------------------------------
 # forgetting the person, not one latent (this project's addition; train.py --forget latent leaves it out)
 
-def shows_person(emb, refs, owner, id_distance, threshold):
-    """1.0 where the nearest known face (refs [P, D], owner [P]: 0 the person, 1.. the kept people) belongs to
-    the person and lies within the threshold, else 0.0 -> [N]. Computed on the device: no host sync. README eq. 4:
-    global samples that showed the person leave the global sum."""
+def who(emb, refs, owner, id_distance, threshold):
+    """Who each face is: the owner of the nearest known face (refs [P, D], owner [P]: 0 the person, 1.. the kept
+    people) where it lies within the threshold, else -1 (nobody known) -> [N]. On the device: no host sync."""
     best = id_distance(emb[:, None], refs[None]).min(1)
-    return ((owner[best.indices] == 0) & (best.values < threshold)).float()
+    return torch.where(best.values < threshold, owner[best.indices], -1)
 
 
-def person_loss(u, s, n_mined, perceptual, id_distance, w, shares=1):
+def shows_person(emb, refs, owner, id_distance, threshold):
+    """1.0 where `who` is the person, else 0.0 -> [N]. README eq. 4: global samples that showed the person leave
+    the global sum."""
+    return (who(emb, refs, owner, id_distance, threshold) == 0).float()
+
+
+def person_loss(u, s, n_mined, n_held, perceptual, id_distance, w, shares=1):
     """What forgetting the person adds (README eq. 4, second line) -> {person, keep}. u/s rows: [mined latents of
-    the person (n_mined) | kept people's latents]; s is drawn by the frozen generator: for a mined latent w_m its
-    target, a nearby sample of the original generator that shows someone else (train.surrogates); for a kept
-    person their own image. Both are GUIDE's image loss, summed over samples as the adjacency and global terms.
-    Every target is an image the original generator draws, so the person's samples become other faces, not the
-    same face with another embedding (an adversarial example against the identity network). shares: as in
-    unlearning_loss (the mined latents are shared among the ranks)."""
-    return dict(person=image_loss(u.rows(0, n_mined), s.rows(0, n_mined), perceptual, id_distance, w).sum() * shares,
-                keep=image_loss(u.rows(n_mined), s.rows(n_mined), perceptual, id_distance, w).sum())
+    the person (n_mined) | mined samples of the kept people (n_held) | the kept people's latents]; s is drawn by the
+    frozen generator: for a mined latent w_m its target, a sample of the original generator that shows someone
+    else (train.surrogates); for the others their own image. All are GUIDE's image loss, summed over samples as the
+    adjacency and global terms. Every target is an image the original generator draws, so the person's samples
+    become other faces, not the same face with another embedding (an adversarial example against the identity
+    network). shares: as in unlearning_loss (the mined rows are shared among the ranks, the kept latents are not)."""
+    loss = image_loss(u, s, perceptual, id_distance, w)
+    a, b = n_mined, n_mined + n_held
+    return dict(person=loss[:a].sum() * shares, keep=loss[a:b].sum() * shares + loss[b:].sum())

@@ -1255,7 +1255,8 @@ def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
     for person in (False, True):  # the paper's step, and the person mode's (a pool, kept people, references)
         (S, cfg), reads = step_setup(), []
         pool = S.G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
-        P = train.Person(torch.randn(4, 128), torch.tensor([0, 0, 1, 2]), pool, pool[:2].clone(), torch.randn_like(pool)) if person else None
+        P = train.Person(torch.randn(4, 128), torch.tensor([0, 0, 1, 2]), pool, pool[:2].clone(), torch.randn_like(pool),
+                         pool[2:5].clone()) if person else None
         train.train_step(S, cfg, P)
         with Reads():
             train.train_step(S, cfg, P)
@@ -1294,28 +1295,32 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
 def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet):
     """mine() + surrogates() keep exactly the latents whose image is nearest the person within the threshold,
     recomputed here from the same random draws; each one's target is its nearest latent in W+ among the searched
-    ones at least as far from the person as the median of the others: a sample that shows someone else."""
+    ones farther from the person than FAR of the others: a sample that clearly shows someone else; the held
+    latents are exactly those nearest the kept person within the threshold."""
     cfg = train.get_args(['--hidden', '16'])
     ws_u = seed_latents(baby, [11])
     S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
     P = train.setup_person(S, None, {'kept': seed_latents(baby, [12])}, {'kept': S.G.synthesis(seed_latents(baby, [12]), T=0)})
     state = S.gen.get_state()
-    pool, targets = train.surrogates(S, P, *train.mine(S, P, 128))
+    pool, targets, held = train.surrogates(S, P, *train.mine(S, P, 128))
     S.gen.set_state(state)  # the same draws again, judged here by hand
     z = torch.randn(128, baby.cfg.z_dim, generator=S.gen)
     psi = 0.5 + 0.5 * torch.rand(128, 1, 1, generator=S.gen)
     with torch.no_grad():
         ws = baby.mapping.w_avg + psi * (baby.mapping(z) - baby.mapping.w_avg)
         d = torch.cdist(facenet.embed(baby.synthesis(ws)), P.refs)  # [128, 2]: the person, the kept one
-    expect = (d.argmin(1) == 0) & (d.min(1).values < facenet.THRESHOLD)
+    near = d.min(1).values < facenet.THRESHOLD
+    expect, kept = (d.argmin(1) == 0) & near, (d.argmin(1) == 1) & near
     assert 0 < len(pool) == expect.sum() and torch.allclose(pool, ws[expect])
-    others = ~expect & (d[:, 0] >= d[~expect, 0].median())
+    assert 0 < len(held) == kept.sum() and torch.allclose(held, ws[kept])
+    far = torch.quantile(d[~expect, 0], train.FAR)
+    others = ~expect & (d[:, 0] >= far)
     for w, t in zip(pool, targets):
         i = (ws[others] - w).flatten(1).norm(dim=1).argmin()
         assert torch.equal(t, ws[others][i])
     with torch.no_grad():
         dt = torch.cdist(facenet.embed(baby.synthesis(targets)), P.refs[:1])
-    assert (dt >= d[~expect, 0].median() - 1e-4).all()  # targets show someone else, as a typical other sample
+    assert (dt >= far - 1e-4).all() and far > d[~expect, 0].median()  # farther than a typical other sample
 
 
 def test_reprojection_through_the_adapters_differs(tmp_path):
@@ -1682,7 +1687,7 @@ def ddp_step(d, rank=0, world=1, n=1):
     with torch.no_grad():
         for p in S.opt.param_groups[0]['params']:
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    P = train.Person(x['refs'], torch.tensor([0, 0, 1]), x['pool'], x['keep'], x['pool'] * 0.5)
+    P = train.Person(x['refs'], torch.tensor([0, 0, 1]), x['pool'], x['keep'], x['pool'] * 0.5, x['pool'][:3] * 0.8)
     L = train.train_step(S, cfg, P)
     return [p.grad.clone() for p in S.opt.param_groups[0]['params']], {k: v.item() for k, v in L.items()}
 

@@ -33,7 +33,7 @@ from data import IMAGE_EXTS, DataError, invert, list_photos, load_faces, resolve
 from helpers import (ROOT, CheckpointError, atomic_save, device, digest, distributed, from_rank0, gather, in_repo,
                      keep_freed_memory, load, most, portable, shard)
 from id_net import ID_NETS, IDFeatureDistance, LPIPSVGG, load_id_net
-from losses import Seen, adjacency_offsets, describe, person_loss, shows_person, target_latent, unlearning_loss
+from losses import Seen, adjacency_offsets, describe, person_loss, shows_person, target_latent, unlearning_loss, who
 from model import Generator
 from ode_adapter import BACKENDS, attach_adapters, integrate, param_report, save_adapters
 
@@ -96,9 +96,12 @@ class Config:
     forget: str = arg('person', "person: also forget the person's samples found among random latents, keep the others' "
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
     mine_n: int = arg(2000, 'random samples searched for the person at the start (psi ~ U(0.5, 1))')
-    n_mine: int = arg(4, 'mined latents of the person per step, each pulled towards a sample of someone else')
+    n_mine: int = arg(4, 'mined latents of the person per step, each pulled towards a sample of someone else (and as '
+                         'many samples of the kept people, held)')
     w_person: float = arg(1.0, "weight of the mined latents' image loss towards their targets (train.surrogates)")
-    w_keep: float = arg(1.0, "weight of holding the kept people's latents to their original images")
+    w_keep: float = arg(1.0, "weight of holding the kept people (their latents, their mined samples) to their images")
+    w_pix_person: float = arg(10.0, "pixel MSE weight of person mode's image loss (for w_pix's 0.01): the one term no "
+                                    "network judges, so his samples change as pictures, not only as features")
     # judging networks
     id_net: str = arg('dlib', 'identity network of the loss (dlib works offline)', ID_NETS)
     id_weights: str = arg(None, 'weights file of --id_net (arcface / curricularface)')
@@ -174,7 +177,7 @@ def check(cfg, out):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) > 0):
             bad(k, 'a finite number > 0' + (' (T = 0 is the original generator)' if k == 't_end' else ''))
     for k in ('alpha_max', 'w_pix', 'w_perc', 'w_id', 'w_local', 'w_adj', 'w_glob', 'w_tc', 'w_person',
-              'w_keep'):
+              'w_keep', 'w_pix_person'):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) >= 0):
             bad(k, 'a finite number >= 0')
     for k in ('alpha_max', 'target_d'):  # distances in W: the paper's are 15 and 30
@@ -303,7 +306,8 @@ def train_step(S, cfg, P=None):
     L = unlearning_loss(u.rows(0, p0), s.rows(0, p0), traj, n_u, n_adj_rows, S.perc, S.idn.distance, cfg, glob_weight,
                         S.world)
     if P:
-        L.update(person_loss(u.rows(p0), s.rows(p0), cfg.n_mine, S.perc, S.idn.distance, cfg, S.world))
+        L.update(person_loss(u.rows(p0), s.rows(p0), cfg.n_mine, len(p_u[1]), S.perc, S.idn.distance,
+                             replace(cfg, w_pix=cfg.w_pix_person), S.world))
         L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_keep * L['keep']
     S.opt.zero_grad(set_to_none=True)
     S.scaler.scale(L['loss']).backward()
@@ -323,14 +327,19 @@ class Person:
     pool: torch.Tensor     # [k, L, C] mined latents whose image showed the person
     keep_ws: torch.Tensor  # [n_keep, L, C] the kept people's latents, held to their original images
     targets: torch.Tensor  # [k, L, C] where each pool latent must go: another person's latent (surrogates)
+    held: torch.Tensor     # [j, L, C] mined latents whose image showed a kept person, held to it (surrogates)
 
 
 def person_latents(S, P, cfg):
-    """This step's person rows, for the trainable and the frozen generator: n_mine latents w_m drawn from the pool
-    (this rank's share) and their targets (README eq. 4), then the kept people's latents twice."""
-    idx = torch.randint(len(P.pool), (cfg.n_mine * S.world,), generator=S.gen, device=P.pool.device)
-    idx = idx[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]
-    return [P.pool[idx], P.keep_ws], [P.targets[idx], P.keep_ws]
+    """This step's person rows, for the trainable and the frozen generator: n_mine latents w_m drawn from the pool and
+    their targets, n_mine samples of the kept people twice (this rank's share of each), then the kept people's latents
+    twice (README eq. 4)."""
+    def draw(x):
+        i = torch.randint(len(x), (cfg.n_mine * S.world,), generator=S.gen, device=x.device)
+        return x[i[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]]
+    idx = draw(torch.arange(len(P.pool), device=P.pool.device))
+    held = draw(P.held) if len(P.held) else P.held
+    return [P.pool[idx], held, P.keep_ws], [P.targets[idx], held, P.keep_ws]
 
 
 @torch.no_grad()
@@ -347,19 +356,24 @@ def mine(S, P, n, bs=64):
     return ws, gather(torch.cat(emb))
 
 
+FAR = 0.9  # a target is at least as far from the person's photos as this share of the other samples
+
+
 @torch.no_grad()
 def surrogates(S, P, ws, emb):
-    """The person's samples among searched latents, and where each must go (README eq. 4) -> (pool, targets),
-    [k, L, C] each. The pool: latents whose image the identity network puts nearest the person within its
-    threshold. A pool latent's target: the nearest latent in W+ among the searched ones whose image is at least as
-    far from the person's photos as the median of the others' (a typical other face, not one at the border of
-    his). Each target is a sample the original generator draws of someone else. Reads back (a host sync)."""
-    hit = shows_person(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD).bool()
+    """Who the searched latents show, and where the person's must go (README eq. 4) -> (pool, targets, held).
+    pool [k, L, C]: the latents whose image the identity network puts nearest the person within its threshold.
+    targets [k, L, C]: for each, the nearest latent in W+ among the samples farther from his photos than FAR of the
+    others (a face clearly someone else's, so that every judge and eye sees the change, not one at the border of
+    his). held [j, L, C]: the latents whose image shows a kept person, held to it while he moves. Every target is an
+    image the original generator draws. Reads back (a host sync)."""
+    shows = who(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD)  # 0 the person, 1.. a kept one, -1 nobody
+    hit = shows == 0
     if not hit.any() or hit.all():  # nobody to send, or nobody else to send him to
-        return ws[:0], ws[:0]
+        return ws[:0], ws[:0], ws[shows > 0]
     d = S.idn.distance(emb[:, None], P.refs[P.owner == 0][None]).min(1).values  # to the person's nearest photo
-    cand = ws[~hit & (d >= d[~hit].median())]
-    return ws[hit], cand[torch.cdist(ws[hit].flatten(1), cand.flatten(1)).argmin(1)]
+    cand = ws[~hit & (d >= d[~hit].quantile(FAR))]
+    return ws[hit], cand[torch.cdist(ws[hit].flatten(1), cand.flatten(1)).argmin(1)], ws[shows > 0]
 
 
 def setup_person(S, photos, retain, retain_faces):
@@ -371,7 +385,7 @@ def setup_person(S, photos, retain, retain_faces):
         refs = [S.idn.embed(faces)] + [S.idn.embed(x.to(dev)) for x in retain_faces.values()]
     owner = torch.cat([torch.full((len(r),), i, device=dev) for i, r in enumerate(refs)])
     keep_ws = torch.cat(list(retain.values())) if retain else S.ws_u[:0]
-    return Person(torch.cat(refs), owner, S.ws_u[:0], keep_ws, S.ws_u[:0])
+    return Person(torch.cat(refs), owner, S.ws_u[:0], keep_ws, S.ws_u[:0], S.ws_u[:0])
 
 
 # -----------------------------------------------------------------------------
@@ -586,10 +600,11 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
         else:  # who the person is (the picture at the end needs it in either mode)
             P = setup_person(S, photos, retain, retain_faces)
             if cfg.forget == 'person':  # find the person among the original generator's samples
-                P.pool, P.targets = surrogates(S, P, *mine(S, P, cfg.mine_n))
+                P.pool, P.targets, P.held = surrogates(S, P, *mine(S, P, cfg.mine_n))
                 print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, each sent to a '
-                      'sample of someone else' + ('' if len(P.pool) else "; nobody beyond the given latents (or every "
-                                                  "sample is the person): this run trains the paper's objective"))
+                      f'sample of someone else; {len(P.held)} show a kept person, held' +
+                      ('' if len(P.pool) else "; nobody beyond the given latents (or every sample is the person): this "
+                                              "run trains the paper's objective"))
     except (CheckpointError, DataError, ValueError, OSError) as e:
         abandon(f'error: {e}')
     except KeyboardInterrupt:
