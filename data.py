@@ -55,8 +55,12 @@ def list_photos(path):
     p = Path(path)
     if not p.exists():
         raise DataError(f'{path}: no such file or folder; pass a photo, a folder of photos, a latent or seed:N')
+    if p.is_file() and p.suffix.lower() not in IMAGE_EXTS:  # e.g. an animated .gif: its frames are not one photo
+        raise DataError(f'{path}: not a .jpg/.png/.webp photo; save it (or the frame you mean) as a .png')
     if p.is_file():
         return [p]
+    if not p.is_dir():  # a pipe such as <(cat photo.png), a device: read once, so never a run's photo
+        raise DataError(f'{path}: not a regular file or folder (a pipe?); save the photo to a file and pass that')
     files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith('.'))
     for f in files:
         if f.suffix.lower() not in IMAGE_EXTS:

@@ -629,6 +629,9 @@ def main(argv=None):
     try:  # every bad file or setting: one line, no traceback
         device(args.device)
         seeds(args), args.T and times(args.T)  # the flags, checked before any work
+        if args.T and not args.sweep:  # the metrics are at the trained T: a --T that does nothing would mislead
+            raise ValueError(f'--T {args.T} is read by --sweep only; add --sweep to evaluate over T (the metrics '
+                             'are at the trained T)')
         if args.n < 2 or (args.invert_steps is not None and args.invert_steps < 1):
             raise ValueError('--samples must be >= 2 (a covariance needs two) and --invert_steps >= 1')
         if args.real and not Path(args.real).exists():

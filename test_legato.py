@@ -1496,6 +1496,14 @@ def bad_files(d):
     torch.save(torch.zeros(3), d / 'tensor.pt')
     (d / 'flat').mkdir()
     shutil.copy(ROOT / 'assets/faces/biden/biden_1.png', d / 'flat')  # photos, not person folders
+    frames = [Image.open(ROOT / 'assets/faces/obama/obama_1.png').convert('RGB'), Image.new('RGB', (256, 256))]
+    frames[0].save(d / 'anim.gif', save_all=True, append_images=frames[1:])  # an animation, not one photo
+    os.mkfifo(d / 'pipe')  # what <(cat photo.png) passes: read once, never a run's photo
+    for name, src in (('obama', 'obama/obama_2.png'), ('biden', 'biden/biden_1.png')):  # the person also kept
+        (d / 'twice' / name).mkdir(parents=True)
+        shutil.copy(ROOT / 'assets/faces' / src, d / 'twice' / name)
+    (d / 'ghost' / 'nobody').mkdir(parents=True)  # a kept person whose only photo shows no face
+    Image.new('RGB', (256, 256), (128, 128, 128)).save(d / 'ghost' / 'nobody' / 'grey.png')
     return d
 
 
@@ -1526,7 +1534,7 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--identity', 'seed:abc'], 'seed:abc: write seed:N with an integer'),
     (['--identity', 'seed:99999999999999999999'], 'write seed:N with an integer 0 <= N < 2**63'),
     (['--identity', 'nowhere.png'], 'nowhere.png: no such file or folder'),
-    (['--identity', 'notes.txt'], 'notes.txt: not a readable image'),
+    (['--identity', 'notes.txt'], 'notes.txt: not a .jpg/.png/.webp photo'),
     (['--identity', 'nan.pt'], 'nan.pt: the latent holds NaN or Inf values'),
     (['--identity', 'w_avg.pt'], "w_avg.pt: a latent equals the generator's average latent"),
     (['--identity', 'empty.pt'], 'empty.pt: latent of shape (0, 8, 32) does not fit'),
@@ -1539,6 +1547,11 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--id_net', 'arcface', '--id_weights', 'tensor.pt'], 'tensor.pt: not the arcface backbone state dict'),
     (['--vgg', 'VGG', '--lpips_lin', 'tensor.pt'], "tensor.pt: not LPIPS v0.1's VGG heads"),
     (['--mine_n', '3', '--iters', '2', '--resume'], 'run/ckpt.pt not found; nothing to resume'),
+    (['--identity', 'anim.gif'], 'anim.gif: not a .jpg/.png/.webp photo; save it (or the frame you mean) as a .png'),
+    (['--identity', 'pipe'], 'pipe: not a regular file or folder (a pipe?)'),
+    (['--identity', str(ROOT / 'assets/faces/obama/obama_1.png'), '--retain', 'twice', '--invert_steps', '2'],
+     'obama is the person being forgotten by the identity network'),
+    (['--retain', 'ghost'], 'grey.png: no face found'),
 ]
 
 
@@ -1600,6 +1613,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--sweep', '--T', 'abc'], '--T abc: write numbers separated by commas'),
     ('evaluate', ['RUN', '--sweep', '--T', '0,-1'], '--T 0,-1: each integration time must be a finite number >= 0'),
     ('evaluate', ['RUN', '--sweep', '--T', 'nan'], '--T nan: each integration time must be a finite number >= 0'),
+    ('evaluate', ['RUN', '--T', '0'], '--T 0 is read by --sweep only; add --sweep'),
     ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
     ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
     ('evaluate', ['RUN', '--device', 'banana'], '--device banana: not a device'),

@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data import IMAGE_EXTS, DataError, invert, list_photos, load_faces, resolve_identity, save_grid
+from data import IMAGE_EXTS, DataError, dlib_available, invert, list_photos, load_faces, resolve_identity, save_grid
 from helpers import (ROOT, CheckpointError, atomic_save, device, digest, distributed, from_rank0, gather, in_repo,
                      keep_freed_memory, load, most, portable, shard)
 from id_net import ID_NETS, IDFeatureDistance, LPIPSVGG, load_id_net
@@ -391,8 +391,10 @@ def setup_person(S, photos, retain, retain_faces):
 # -----------------------------------------------------------------------------
 # the run
 
-def invert_others(cfg, G, idn):
-    """{person: W+ latent}, {person: photo}: the first photo of every other identity folder under --retain."""
+def invert_others(cfg, G, idn, person=None):
+    """{person: W+ latent}, {person: photo}: the first photo of every other identity folder under --retain. Each must
+    show a face (found by dlib when installed, as for --identity) and, when the forgotten person was given as photos
+    (`person`), someone else by the identity network's rule: a person is never forgotten and kept at once."""
     if cfg.retain == 'none' or not Path(cfg.retain).is_dir():
         return {}, {}
     forgotten = Path(cfg.identity).resolve()
@@ -401,6 +403,16 @@ def invert_others(cfg, G, idn):
     if not photos:
         return {}, {}
     faces = torch.cat([load_faces(f, G.cfg.img_resolution, align=False)[0] for f in photos.values()])
+    for (name, f), face in zip(photos.items(), faces):
+        if dlib_available():
+            load_faces(f, G.cfg.img_resolution)  # raises DataError (naming the file) when no face is found
+        if person is not None:
+            with torch.no_grad():
+                d = idn.distance(idn.embed(face[None].to(person.device)), idn.embed(person)).min().item()
+            if d < idn.THRESHOLD:
+                raise DataError(f'--retain {Path(f).parent}: {name} is the person being forgotten by the identity '
+                                f'network (distance {d:.2f} < {idn.THRESHOLD}); remove that folder from --retain or '
+                                'pass --retain none')
     ws, _, _ = invert(G, faces, idn, steps=cfg.invert_steps)
     return {k: ws[i:i + 1] for i, k in enumerate(photos)}, photos
 
@@ -576,7 +588,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             if not torch.isfinite(ws_u).all():
                 raise DataError(f'{cfg.identity}: the latent holds NaN or Inf values; pass a finite latent')
             photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
-            retain, retain_photos = invert_others(cfg, G, idn)
+            retain, retain_photos = invert_others(cfg, G, idn, None if photos is None else photos.to(dev))
             retain = {k: from_rank0(v) for k, v in retain.items()}
             retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
             keep_photos(info, retain_photos, out, writer)
