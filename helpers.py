@@ -80,6 +80,8 @@ def device(name):
         dev = torch.device(name)
     except RuntimeError:
         raise ValueError(f'--device {name}: not a device; use cpu or cuda') from None
+    if dev.type not in ('cpu', 'cuda'):  # mps, meta, xpu ...: the generator's ops and the solvers are tested on these two
+        raise ValueError(f'--device {name}: not supported; use cpu or cuda')
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {name}: this machine has no CUDA GPU PyTorch can use; use --device cpu')
     return dev

@@ -338,6 +338,10 @@ class Generator(nn.Module):
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError,
                 AttributeError, IndexError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if 'Weights only load failed' in str(e):  # torch's text goes on to explain how to load it unsafely
+                found = re.search(r'(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)', str(e))
+                msg = f"it holds Python objects{' (' + found[1] + ')' if found else ''}, refused: loading them could " \
+                      'run code'
             raise CheckpointError(f'{path}: not a readable StyleGAN2 checkpoint ({msg[:200]})') from None
         G = cls(cfg)
         try:

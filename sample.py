@@ -22,17 +22,27 @@ from helpers import CheckpointError, device, written
 from ode_adapter import load_run
 
 
+MAX_SEEDS = 1024  # images in one grid
+
+
 def parse_seeds(spec):
-    """'0-3,10' -> [0, 1, 2, 3, 10]."""
+    """'0-3,10' -> [0, 1, 2, 3, 10]; each range checked before it is built (0-9223372036854775806 is not a list)."""
     seeds = []
     try:
         for part in spec.split(','):
             a, _, b = part.partition('-')
-            seeds += range(int(a), int(b or a) + 1)
-    except ValueError:
+            lo, hi = int(a), int(b or a)
+            if not 0 <= lo <= hi < 2 ** 63:
+                raise OverflowError
+            if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+                raise ValueError(f'--seeds {spec}: more than {MAX_SEEDS} images in one grid; ask for fewer seeds')
+            seeds += range(lo, hi + 1)
+    except OverflowError:
+        raise ValueError(f'--seeds {spec}: seeds are integers 0 <= N < 2**63, ranges low-high') from None
+    except ValueError as e:
+        if str(e).startswith('--seeds'):
+            raise
         raise ValueError(f'--seeds {spec}: write seeds and ranges, e.g. 0-15 or 1,5,7') from None
-    if not seeds or min(seeds) < 0 or max(seeds) >= 2 ** 63:
-        raise ValueError(f'--seeds {spec}: seeds are integers 0 <= N < 2**63, ranges low-high')
     return seeds
 
 
@@ -67,9 +77,8 @@ def main(argv=None):
         Ts = times(args.T) if args.T else None
         if not abs(args.psi) <= 10 or args.frames < 2:
             raise ValueError('--psi must be a number in [-10, 10] and --frames >= 2')
-        if len(seeds) > 1024:
-            raise ValueError(f'--seeds {args.seeds}: {len(seeds)} images in one grid; at most 1024')
-        if args.out and (Path(args.out).suffix.lower() != '.png' or not Path(args.out).resolve().parent.is_dir()):
+        if args.out and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or
+                         not Path(args.out).resolve().parent.is_dir()):
             raise ValueError(f'--out {args.out}: name a .png in an existing folder (the GIF goes beside it)')
         G_s, G_u, s_kw, meta = load_run(args.run, dev, args.ckpt)
         full = meta.get('kind') == 'full'

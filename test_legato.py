@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import re
 import resource
 import shutil
 import signal
@@ -379,6 +380,12 @@ def test_hostile_pickle_refused(tmp_path):
         pickle.dump({'G_ema': _Evil()}, f)
     with pytest.raises(CheckpointError, match=r'evil\.pkl.*refusing to load (posix|os)\.system'):
         Generator.from_checkpoint(path)
+    torch.save({'G_ema': _Evil()}, tmp_path / 'evil.pt')  # a .pt: refused by torch.load(weights_only=True)
+    with pytest.raises(CheckpointError) as e:
+        Generator.from_checkpoint(tmp_path / 'evil.pt')
+    msg = str(e.value)
+    assert re.search(r'evil\.pt: .*Python objects \((posix|os)\.system\), refused: loading them could run code', msg), msg
+    assert 'weights_only' not in msg and 'Re-running' not in msg  # torch's advice to load it unsafely is not passed on
 
 
 def to_rosinality(sd, cfg):
@@ -1527,6 +1534,8 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--id_net', 'arcface'], 'the arcface identity network needs its weights'),
     (['--id_net', 'curricularface', '--id_weights', 'notes.txt'], 'notes.txt: not the curricularface backbone'),
     (['--device', 'banana'], '--device banana: not a device'),
+    (['--device', 'mps'], '--device mps: not supported; use cpu or cuda'),
+    (['--device', 'meta'], '--device meta: not supported; use cpu or cuda'),
     (['--ckpt', 'text.pkl'], "text.pkl: not a readable network pickle (invalid load key, 'n'.); pass NVIDIA's"),
     (['--ckpt', 'missing.pt'], 'missing.pt: no such file'),
     (['--out', 'notes.txt'], 'notes.txt is a file'),
@@ -1617,6 +1626,8 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
     ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
     ('evaluate', ['RUN', '--device', 'banana'], '--device banana: not a device'),
+    ('evaluate', ['RUN', '--device', 'meta'], '--device meta: not supported; use cpu or cuda'),
+    ('sample', ['RUN', '--device', 'mps'], '--device mps: not supported; use cpu or cuda'),
     ('evaluate', ['RUN', '--ckpt', 'missing.pt'], "the run's generator missing.pt is not here; pass it with --ckpt"),
     ('evaluate', ['RUN', '--ckpt', 'OTHER'], 'other weights than the generator'),
     ('evaluate', ['TRUNCATED'], 'adapter.pt: not an adapter file written by train.py'),
@@ -1634,7 +1645,11 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['NOPHOTOS'], 'is missing; a run folder is copied whole (photos/ included)'),
     ('evaluate', ['--compare', 'BADMETRICS'], 'metrics.json: not a metrics file'),
     ('sample', ['RUN', '--psi', '1e308'], '--psi must be a number in [-10, 10]'),
-    ('sample', ['RUN', '--seeds', '0-100000'], '100001 images in one grid; at most 1024'),
+    ('sample', ['RUN', '--seeds', '0-100000'], '--seeds 0-100000: more than 1024 images in one grid'),
+    ('sample', ['RUN', '--seeds', '0-9223372036854775806'], 'more than 1024 images in one grid'),  # never built
+    ('sample', ['RUN', '--seeds', '0-9223372036854775808'], 'seeds are integers 0 <= N < 2**63'),
+    ('sample', ['RUN', '--out', 'run'], '--out run: name a .png in an existing folder'),
+    ('sample', ['RUN', '--out', 'dir.png'], '--out dir.png: name a .png in an existing folder'),
     ('sample', ['RUN', '--out', 'x.gif'], '--out x.gif: name a .png in an existing folder'),
     ('sample', ['RUN', '--T', '1e308'], 'more than 10,000; use a larger step or a smaller T'),
 ]
@@ -1654,6 +1669,7 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     torch.save({**meta, 'retain_photos': {'x': 'photos/keep/x/x.png'}}, tmp_path / 'nophotos/adapter.pt')
     shutil.copytree(tiny_run, tmp_path / 'badmetrics')
     (tmp_path / 'badmetrics/metrics.json').write_text('[1, 2]')
+    (tmp_path / 'dir.png').mkdir()  # a folder with a picture's name
     names = {'RUN': 'run', 'TRUNCATED': 'truncated', 'OTHER': 'other.pt', 'NOPHOTOS': 'nophotos',
              'BADMETRICS': 'badmetrics'}
     before = sorted(tmp_path.rglob('*'))
