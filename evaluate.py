@@ -634,6 +634,8 @@ def main(argv=None):
                              'are at the trained T)')
         if args.n < 2 or (args.invert_steps is not None and args.invert_steps < 1):
             raise ValueError('--samples must be >= 2 (a covariance needs two) and --invert_steps >= 1')
+        if args.n > 100_000:  # their latents are held at once: a typo, not a setting
+            raise ValueError(f'--samples {args.n}: at most 100,000')
         if args.real and not Path(args.real).exists():
             raise ValueError(f'--real {args.real}: no such folder of real images or .npz of (mu, sigma)')
         if args.real and str(args.real).endswith('.npz') and not {'mu', 'sigma'} <= set(np.load(args.real).files):

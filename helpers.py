@@ -47,9 +47,12 @@ def written(path, suffix='.tmp'):
 
 
 def atomic_save(obj, path):
-    """torch.save, written atomically."""
+    """torch.save, written atomically; a failed write (torch raises RuntimeError for a full disk) is an OSError."""
     with written(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            raise OSError(f'{path}: could not be written ({str(e).strip().splitlines()[0][:200]})') from None
 
 
 def write_json(obj, path):

@@ -1523,6 +1523,10 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--log_every', '0'], '--log_every 0: must be >= 1'),
     (['--ckpt_every', '0'], '--ckpt_every 0: must be >= 1'),
     (['--hidden', '0'], '--hidden 0: must be >= 1'),
+    (['--hidden', '100000000'], '--hidden 100000000: must be at most 8,192'),
+    (['--n_adj', '100000'], '--n_adj 100000: must be at most 1,024'),
+    (['--mine_n', '1000000000'], '--mine_n 1000000000: must be at most 1,000,000'),
+    (['--compile'], '--compile: on a CPU the first step compiles for minutes'),
     (['--invert_steps', '0'], '--invert_steps 0: must be >= 1'),
     (['--n_glob', '-1'], '--n_glob -1: must be >= 0'),
     (['--solver', 'dopri5'], "--solver dopri5 --backend native: unknown solver 'dopri5'"),
@@ -1578,6 +1582,19 @@ def test_train_bad_settings_say_why_in_one_line(tmp_path, tiny_ckpt, weight_file
     assert sorted(tmp_path.rglob('*')) == before  # no run folder, no .tmp
 
 
+def test_a_failed_first_checkpoint_says_why_and_leaves_nothing(tmp_path, tiny_ckpt, monkeypatch):
+    """torch.save raises RuntimeError (not OSError) when the disk fills inside its zip writer: one error line."""
+    def save(obj, f, *a, **kw):
+        Path(f).write_bytes(b'half')
+        raise RuntimeError('[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file')
+    monkeypatch.setattr(torch, 'save', save)
+    with pytest.raises(SystemExit) as e:
+        run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--ckpt_every', '1')
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and 'ckpt.pt: could not be written' in msg and 'nothing was kept' in msg, msg
+    assert not (tmp_path / 'run').exists()
+
+
 def test_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, tiny_ckpt, monkeypatch):
     real_save, saves = torch.save, []
 
@@ -1625,6 +1642,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--T', '0'], '--T 0 is read by --sweep only; add --sweep'),
     ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
     ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
+    ('evaluate', ['RUN', '--samples', '1000000000'], '--samples 1000000000: at most 100,000'),
     ('evaluate', ['RUN', '--device', 'banana'], '--device banana: not a device'),
     ('evaluate', ['RUN', '--device', 'meta'], '--device meta: not supported; use cpu or cuda'),
     ('sample', ['RUN', '--device', 'mps'], '--device mps: not supported; use cpu or cuda'),
@@ -1784,15 +1802,31 @@ def test_each_trains_one_run_per_person_over_two_processes(tmp_path, tiny_ckpt):
         assert meta['identity']['name'] == name and list(meta['retain_ws']) == [other]
 
 
+def test_each_checks_every_person_before_the_first_run(tmp_path, tiny_ckpt, capsys):
+    """--each over a folder where one person's only photo shows no face: refused before any run, nothing written."""
+    people = tmp_path / 'people'
+    shutil.copytree(ROOT / 'assets/faces/obama', people / 'obama')
+    (people / 'zed').mkdir()
+    Image.new('RGB', (256, 256), (128, 128, 128)).save(people / 'zed' / 'grey.png')
+    with pytest.raises(SystemExit) as e:
+        train.main(['--ckpt', str(tiny_ckpt), '--identity', str(people), '--each', '--out', str(tmp_path / 'runs'),
+                    '--iters', '1', '--hidden', '8'])
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and 'person zed' in msg and 'grey.png: no face found' in msg, msg
+    assert not (tmp_path / 'runs').exists()
+
+
 # -----------------------------------------------------------------------------
 # bench.py
 
 def test_bench_runs(tmp_path, monkeypatch):
     """bench.py end to end on the built-in layout (one timed call each: numbers meaningless, keys and signs not)."""
     out = tmp_path / 'bench.json'
-    monkeypatch.setattr(sys, 'argv', ['bench.py', '--steps', '1', '--warmup', '0', '--batch', '2', '--json', str(out)])
+    monkeypatch.setattr(sys, 'argv', ['bench.py', '--steps', '1', '--warmup', '0', '--batch', '2', '--big_T', '3.2',
+                                      '--json', str(out)])
     bench.main()
     r = json.load(open(out))
     assert r['fused_speedup'] > 0 and r['adapter_overhead'] > 0 and r['solver_rk4']['ratio'] > 0
     assert r['adapter_ode']['trainable'] == 58048 and r['adapter_full']['trainable'] > 20 * 58048
     assert r['adapter_full']['optimizer_mb'] > r['adapter_ode']['optimizer_mb']
+    assert r['inference_mb']['T1.6'] > 0 and r['inference_mb']['T3.2'] > 0

@@ -189,6 +189,12 @@ def check(cfg, out):
     for k in ('n_adj', 'n_glob', 'snapshot_every'):
         if getattr(cfg, k) < 0:
             bad(k, '>= 0 (0: none)')
+    for k, most_ in (('hidden', 8192), ('n_adj', 1024), ('n_glob', 1024), ('n_mine', 1024), ('mine_n', 10 ** 6)):
+        if (getattr(cfg, k) or 0) > most_:  # sizes that cannot fit, refused before any work (the paper's: 256, 2, 2)
+            bad(k, f'at most {most_:,}')
+    if cfg.compile and cfg.device.startswith('cpu'):
+        raise SystemExit('error: --compile: on a CPU the first step compiles for minutes and runs no faster; use it '
+                         'with --device cuda')
     try:  # the solver and its backend, on a one-number ODE
         integrate(lambda t, x: -x, torch.zeros(1), cfg.t_end, cfg.step, cfg.solver,
                   'native' if cfg.backend == 'native' else 'torchdiffeq')
@@ -520,6 +526,11 @@ def each(argv):
         device(cfg.device)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
+    for p in people:  # every person's photos, before the first run: a faceless folder fails now, not hours in
+        try:
+            load_faces(p, 64)
+        except DataError as e:
+            raise SystemExit(f'error: --identity {folder}: person {p.name}: {e}') from None
     rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group
     hint = f'{launcher()} {shlex.join(a for a in argv if a != "--resume")} --resume'
     runs = []
