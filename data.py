@@ -228,6 +228,9 @@ def load_latent(path, G):
         x = x.get('ws', x.get('w_u'))
     if not isinstance(x, torch.Tensor):
         raise DataError(f'{path}: holds no latent tensor (expected a tensor or a dict with "ws")')
+    if x.layout != torch.strided or x.is_quantized or x.is_complex():
+        raise DataError(f'{path}: holds a {"quantized" if x.is_quantized else str(x.layout).split(".")[-1]} tensor; '
+                        'save a plain (dense, real) latent tensor')
     x = x.float()
     L, C = G.num_ws, G.cfg.w_dim
     if x.shape == (C,):

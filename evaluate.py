@@ -502,9 +502,18 @@ def curve(runs, args, device):
         ids, rets, xs = [], [], []
         for s in tqdm(snaps, desc=str(run)):
             ck = load(s, 'an adapter snapshot written by train.py', device)
-            if not isinstance(ck, dict) or not {'step', 'synthesis'} <= ck.keys():
+            if not isinstance(ck, dict) or not {'step', 'synthesis'} <= ck.keys() or not isinstance(ck['synthesis'], dict):
                 raise CheckpointError(f'{s}: not an adapter snapshot written by train.py')
-            G_u.synthesis.load_state_dict(ck['synthesis'], strict=False)
+            if ck.get('generator_sha', meta.get('generator_sha')) != meta.get('generator_sha'):
+                raise CheckpointError(f'{s}: a snapshot of a run on another generator; keep only {run}\'s own snapshots')
+            own = {k for k in G_u.synthesis.state_dict() if meta.get('kind') == 'full' or '.adapter.' in k}
+            if set(ck['synthesis']) != own:  # strict=False below would quietly keep the weights a foreign file lacks
+                raise CheckpointError(f'{s}: its weights are not this run\'s adapters; keep only {run}\'s own snapshots')
+            try:
+                G_u.synthesis.load_state_dict(ck['synthesis'], strict=False)
+            except RuntimeError:
+                raise CheckpointError(f'{s}: its weights do not fit this run\'s adapters (another --hidden or generator); '
+                                      f'keep only {run}\'s own snapshots') from None
             m = measure(G_s, G_u, s_kw, {}, meta, J, fd=False)
             xs.append(ck['step'])
             ids.append(m['ID'])

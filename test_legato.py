@@ -1138,6 +1138,10 @@ def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt, capsys):
         train.main(['--out', str(out), '--resume', '--iters', '3', '--ckpt', str(tmp_path / 'other.pt')])
     shutil.copy(tiny_ckpt, tmp_path / 'moved.pt')  # the same weights elsewhere: accepted
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
+    for crafted in ({**ck, 'args': list(ck['args'])}, {k: v for k, v in ck.items() if k != 'ws_u'}):
+        torch.save(crafted, out / 'ckpt.pt')
+        with pytest.raises(SystemExit, match=r'^error: .*ckpt\.pt: not a train\.py checkpoint; pass the --out of a run$'):
+            train.main(['--out', str(out), '--resume', '--iters', '3'])
     torch.save({**ck, 'args': {**ck['args'], 'device': 'cuda'}}, out / 'ckpt.pt')  # as if trained on a GPU
     if not torch.cuda.is_available():  # the run's own device is restored, and this machine has none
         with pytest.raises(SystemExit, match='--device cuda: this machine has no CUDA GPU'):
@@ -1434,6 +1438,13 @@ def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
     evaluate.curve([out], args, torch.device('cpu'))
     c = json.load(open(out / 'curve.json'))
     assert c['steps'] == [0, 1, 2] and c['run: forgotten'][0] == 0 and c['run: forgotten'][2] > 0
+    # a foreign snapshot among the run's: another generator's, or one missing adapter weights, is refused by name
+    snap = torch.load(out / 'snapshots/000002.pt', weights_only=True)
+    for name, bad in (('other_gen', {**snap, 'generator_sha': 'f' * 16}),
+                      ('partial', {**snap, 'synthesis': dict(list(snap['synthesis'].items())[:1])})):
+        torch.save(bad, out / 'snapshots/000003.pt')
+        with pytest.raises(CheckpointError, match=r'000003\.pt: .*keep only .*own snapshots'):
+            evaluate.curve([out], args, torch.device('cpu'))
 
 
 # -----------------------------------------------------------------------------
@@ -1501,6 +1512,8 @@ def bad_files(d):
     torch.save(torch.zeros(32), d / 'w_avg.pt')  # the tiny generator's w_avg (it was never trained)
     torch.save(torch.zeros(0, 8, 32), d / 'empty.pt')
     torch.save(torch.zeros(3), d / 'tensor.pt')
+    torch.save(torch.zeros(1, 8, 32).to_sparse(), d / 'sparse.pt')
+    torch.save(torch.quantize_per_tensor(torch.zeros(1, 8, 32), 0.1, 0, torch.qint8), d / 'quant.pt')
     (d / 'flat').mkdir()
     shutil.copy(ROOT / 'assets/faces/biden/biden_1.png', d / 'flat')  # photos, not person folders
     frames = [Image.open(ROOT / 'assets/faces/obama/obama_1.png').convert('RGB'), Image.new('RGB', (256, 256))]
@@ -1560,6 +1573,8 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--id_net', 'arcface', '--id_weights', 'tensor.pt'], 'tensor.pt: not the arcface backbone state dict'),
     (['--vgg', 'VGG', '--lpips_lin', 'tensor.pt'], "tensor.pt: not LPIPS v0.1's VGG heads"),
     (['--mine_n', '3', '--iters', '2', '--resume'], 'run/ckpt.pt not found; nothing to resume'),
+    (['--identity', 'sparse.pt'], 'sparse.pt: holds a sparse_coo tensor; save a plain (dense, real) latent tensor'),
+    (['--identity', 'quant.pt'], 'quant.pt: holds a quantized tensor; save a plain'),
     (['--identity', 'anim.gif'], 'anim.gif: not a .jpg/.png/.webp photo; save it (or the frame you mean) as a .png'),
     (['--identity', 'pipe'], 'pipe: not a regular file or folder (a pipe?)'),
     (['--identity', str(ROOT / 'assets/faces/obama/obama_1.png'), '--retain', 'twice', '--invert_steps', '2'],

@@ -480,7 +480,9 @@ def start(argv):
             ck = load(out / 'ckpt.pt', 'a train.py checkpoint')
         except CheckpointError as e:
             raise SystemExit(f'error: {e}')
-        if not isinstance(ck, dict) or not {'args', 'step', 'synthesis', 'opt', 'gen', 'person'} <= ck.keys():
+        need = {'args': dict, 'step': int, 'synthesis': dict, 'opt': dict, 'gen': torch.Tensor, 'person': dict,
+                'ws_u': torch.Tensor, 'info': dict, 'retain': dict, 'retain_photos': dict}
+        if not isinstance(ck, dict) or not all(isinstance(ck.get(k), t) for k, t in need.items()):
             raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
         if not isinstance(ck['person'], dict) or set(ck['person']) != {f.name for f in fields(Person)}:
             raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (another person mode); start a new '
@@ -652,7 +654,8 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     def snapshot():
         if writer:
             (out / 'snapshots').mkdir(exist_ok=True)
-            atomic_save({'step': step, 'synthesis': trainable_state()}, out / 'snapshots' / f'{step:06d}.pt')
+            atomic_save({'step': step, 'synthesis': trainable_state(), 'generator_sha': sha},
+                        out / 'snapshots' / f'{step:06d}.pt')
 
     stop = {'sig': 0}  # Ctrl-C (SIGINT) and SIGTERM stop the run between steps, never inside one (all ranks agree)
     handlers = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in (signal.SIGINT, signal.SIGTERM)}
