@@ -1097,6 +1097,23 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
         assert 0 < torch.load(a / 'adapter.pt', weights_only=True)['mined'] < 64
 
 
+def test_a_signal_while_the_results_are_written_waits_for_them(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    """Ctrl-C while adapter.pt is being written: both results are still written whole, then exit 130."""
+    real_save = train.save_adapters
+
+    def save(*a, **kw):
+        signal.raise_signal(signal.SIGINT)  # lands mid-write
+        return real_save(*a, **kw)
+    monkeypatch.setattr(train, 'save_adapters', save)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as e:
+        run_train(tiny_ckpt, tmp_path / 'run', '--iters', '1')
+    assert e.value.code == 130 and signal.getsignal(signal.SIGINT) == handler
+    assert 'interrupted while the results were written; they are complete' in capsys.readouterr().out
+    torch.load(tmp_path / 'run/adapter.pt', weights_only=True)
+    assert Image.open(tmp_path / 'run/before_after.png').size[0] > 0
+
+
 @pytest.mark.parametrize('mode,sig', [(('--forget', 'person'), signal.SIGINT),
                                       (('--forget', 'latent', '--adapter', 'full'), signal.SIGTERM)])
 def test_a_signal_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypatch, capsys, mode, sig):

@@ -706,7 +706,8 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     meta = {'identity': info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
             'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'retain_photos': retain_photos, 'args': stored(cfg),
             'generator_sha': sha, 'steps': step, 'wall_s': wall, 'kind': cfg.adapter, 'mined': len(P.pool)}
-    try:
+    handlers = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:  # a signal now waits until both files are written (seconds)
         if cfg.adapter == 'full':
             atomic_save({'generator_config': asdict(G.cfg), 'synthesis': G.synthesis.state_dict(), **meta},
                         out / 'adapter.pt')
@@ -715,6 +716,12 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
         before_after(S, P, retain, out / 'before_after.png')
     except OSError as e:
         raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if stop['sig']:
+        print(f'interrupted while the results were written; they are complete: {out}/adapter.pt, {out}/before_after.png')
+        raise SystemExit(128 + stop['sig'])
     print(f'done in {wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
           f'forgotten face and {", ".join(retain) or "no others"}; random samples; samples that showed the person)')
     return out
