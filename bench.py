@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -133,8 +134,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 def inference_mb(T):
     """Peak memory (MB, the process's RSS, PyTorch included) of drawing 16 samples of the built-in generator at dial T,
-    in a fresh process of its own: inference keeps no solver states, so it should not grow with T."""
-    out = subprocess.run([sys.executable, '-c', RSS, str(T)], capture_output=True, text=True, check=True)
+    in a fresh process of its own, on the CPU whatever --config / --device: inference keeps no solver states (native
+    solvers), so it should not grow with T; PyTorch's own footprint is part of both numbers."""
+    out = subprocess.run([sys.executable, '-c', RSS, str(T)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent)
     return float(out.stdout.split()[-1])
 
 

@@ -28,6 +28,8 @@ def load_image(path):
     """Any JPEG/PNG/WebP -> [H, W, 3] uint8 RGB, EXIF orientation applied."""
     try:
         with Image.open(path) as im:
+            if getattr(im, 'n_frames', 1) > 1:  # an animation (GIF, APNG, WebP) under any name: which frame is meant?
+                raise DataError(f'{path}: an animated image ({im.n_frames} frames); save the frame you mean as a .png')
             im = ImageOps.exif_transpose(im)
             if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grey: rescale, PIL would clip
                 a = np.asarray(im, dtype=np.float64)
@@ -37,6 +39,8 @@ def load_image(path):
                 bg = Image.new('RGBA', im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             x = np.asarray(im.convert('RGB'))
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f'{path}: no such file') from None
     except Image.DecompressionBombError:
@@ -228,8 +232,10 @@ def load_latent(path, G):
         x = x.get('ws', x.get('w_u'))
     if not isinstance(x, torch.Tensor):
         raise DataError(f'{path}: holds no latent tensor (expected a tensor or a dict with "ws")')
-    if x.layout != torch.strided or x.is_quantized or x.is_complex():
-        raise DataError(f'{path}: holds a {"quantized" if x.is_quantized else str(x.layout).split(".")[-1]} tensor; '
+    if x.layout != torch.strided or x.is_quantized or x.is_complex() or x.is_meta:
+        kind = 'quantized' if x.is_quantized else 'complex' if x.is_complex() else 'meta' if x.is_meta else \
+            str(x.layout).split('.')[-1]
+        raise DataError(f'{path}: holds a {kind} tensor; '
                         'save a plain (dense, real) latent tensor')
     x = x.float()
     L, C = G.num_ws, G.cfg.w_dim

@@ -52,7 +52,7 @@ def atomic_save(obj, path):
         try:
             torch.save(obj, tmp)
         except RuntimeError as e:
-            raise OSError(f'{path}: could not be written ({str(e).strip().splitlines()[0][:200]})') from None
+            raise OSError(f'{path}: could not be written ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})') from None
 
 
 def write_json(obj, path):

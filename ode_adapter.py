@@ -120,7 +120,8 @@ def grid_tensor(grid, dtype, device):
 
 def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native', keep=True):
     """Integrate dx/dt = f(t, x) over [0, T] with step h -> (x(T), states at the grid points). README eq. 2.
-    keep=False (native solvers): only x(0) is kept besides x(T), so memory does not grow with T without gradients."""
+    keep=False (native solvers): only x(0) is kept besides x(T), so memory does not grow with T without gradients;
+    torchdiffeq returns every grid state whatever keep says."""
     grid = time_grid(T, h)
     if backend not in BACKENDS:
         raise ValueError(f'unknown ODE backend {backend!r}; choose one of {", ".join(BACKENDS)}')

@@ -30,8 +30,8 @@ def parse_seeds(spec):
     seeds = []
     try:
         for part in spec.split(','):
-            a, _, b = part.partition('-')
-            lo, hi = int(a), int(b or a)
+            a, dash, b = part.partition('-')
+            lo, hi = int(a), int(b if dash else a)  # '5-' is not a range
             if not 0 <= lo <= hi < 2 ** 63:
                 raise OverflowError
             if len(seeds) + hi - lo + 1 > MAX_SEEDS:

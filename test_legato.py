@@ -1535,6 +1535,7 @@ def bad_files(d):
     shutil.copy(ROOT / 'assets/faces/biden/biden_1.png', d / 'flat')  # photos, not person folders
     frames = [Image.open(ROOT / 'assets/faces/obama/obama_1.png').convert('RGB'), Image.new('RGB', (256, 256))]
     frames[0].save(d / 'anim.gif', save_all=True, append_images=frames[1:])  # an animation, not one photo
+    shutil.copy(d / 'anim.gif', d / 'anim.png')  # the same under a photo's name
     os.mkfifo(d / 'pipe')  # what <(cat photo.png) passes: read once, never a run's photo
     for name, src in (('obama', 'obama/obama_2.png'), ('biden', 'biden/biden_1.png')):  # the person also kept
         (d / 'twice' / name).mkdir(parents=True)
@@ -1556,7 +1557,7 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--hidden', '100000000'], '--hidden 100000000: must be at most 8,192'),
     (['--n_adj', '100000'], '--n_adj 100000: must be at most 1,024'),
     (['--mine_n', '1000000000'], '--mine_n 1000000000: must be at most 1,000,000'),
-    (['--compile'], '--compile: on a CPU the first step compiles for minutes'),
+    (['--compile', '--device', 'cpu'], '--compile: on a CPU the first step compiles for minutes'),
     (['--invert_steps', '0'], '--invert_steps 0: must be >= 1'),
     (['--n_glob', '-1'], '--n_glob -1: must be >= 0'),
     (['--solver', 'dopri5'], "--solver dopri5 --backend native: unknown solver 'dopri5'"),
@@ -1593,6 +1594,7 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--identity', 'sparse.pt'], 'sparse.pt: holds a sparse_coo tensor; save a plain (dense, real) latent tensor'),
     (['--identity', 'quant.pt'], 'quant.pt: holds a quantized tensor; save a plain'),
     (['--identity', 'anim.gif'], 'anim.gif: not a .jpg/.png/.webp photo; save it (or the frame you mean) as a .png'),
+    (['--identity', 'anim.png'], 'anim.png: an animated image (2 frames); save the frame you mean as a .png'),
     (['--identity', 'pipe'], 'pipe: not a regular file or folder (a pipe?)'),
     (['--identity', str(ROOT / 'assets/faces/obama/obama_1.png'), '--retain', 'twice', '--invert_steps', '2'],
      'obama is the person being forgotten by the identity network'),
@@ -1684,6 +1686,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['nowhere'], 'nowhere: no such run folder'),
     ('evaluate', ['--compare', 'RUN'], 'no metrics.json; run python evaluate.py'),
     ('sample', ['RUN', '--seeds', 'x'], '--seeds x: write seeds and ranges'),
+    ('sample', ['RUN', '--seeds', '5-'], '--seeds 5-: write seeds and ranges'),
     ('sample', ['RUN', '--seeds', '5-2'], '--seeds 5-2: seeds are integers'),
     ('sample', ['RUN', '--T', '-1'], '--T -1: each integration time must be a finite number >= 0'),
     ('sample', ['RUN', '--psi', 'nan'], '--psi must be a number in [-10, 10]'),
@@ -1834,6 +1837,7 @@ def test_each_trains_one_run_per_person_over_two_processes(tmp_path, tiny_ckpt):
         assert meta['identity']['name'] == name and list(meta['retain_ws']) == [other]
 
 
+@needs_dlib
 def test_each_checks_every_person_before_the_first_run(tmp_path, tiny_ckpt, capsys):
     """--each over a folder where one person's only photo shows no face: refused before any run, nothing written."""
     people = tmp_path / 'people'

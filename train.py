@@ -296,7 +296,8 @@ def sample_latents(S, cfg):
 def train_step(S, cfg, P=None):
     """One step: sample latents, frozen forward, trainable forward, loss (README eq. 4), backward. No host sync.
     With P (--forget person) mined latents of the person and the kept people join the batch and the loss.
-    Rows of both batches: [w_u (n_u) | w_u + delta (n_u * n_adj) | global (n_glob) | mined (n_mine) | kept]."""
+    Rows of both batches: [w_u (n_u) | w_u + delta (n_u * n_adj) | global (n_glob) | mined (n_mine) | held (n_mine) |
+    kept]."""
     w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg)
     p_u, p_s = person_latents(S, P, cfg) if P else ([], [])
     with torch.no_grad(), S.amp:  # what each should look like: [G_s(w_t) (constant) | G_s(w_t + delta) | G_s(w) ...]
@@ -480,9 +481,12 @@ def start(argv):
             ck = load(out / 'ckpt.pt', 'a train.py checkpoint')
         except CheckpointError as e:
             raise SystemExit(f'error: {e}')
-        need = {'args': dict, 'step': int, 'synthesis': dict, 'opt': dict, 'gen': torch.Tensor, 'person': dict,
-                'ws_u': torch.Tensor, 'info': dict, 'retain': dict, 'retain_photos': dict}
+        need = {'args': dict, 'step': int, 'wall': (int, float), 'synthesis': dict, 'opt': dict, 'gen': torch.Tensor,
+                'person': dict, 'ws_u': torch.Tensor, 'info': dict, 'retain': dict, 'retain_photos': dict}
         if not isinstance(ck, dict) or not all(isinstance(ck.get(k), t) for k, t in need.items()):
+            raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
+        if not isinstance(ck['args'].get('device'), str) or not all(
+                isinstance(v, torch.Tensor) for v in [*ck['person'].values(), *ck['retain'].values()]):
             raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
         if not isinstance(ck['person'], dict) or set(ck['person']) != {f.name for f in fields(Person)}:
             raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (another person mode); start a new '
@@ -494,6 +498,11 @@ def start(argv):
         cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 300 if cfg.forget == 'person' else 500
     check(cfg, out)
     return cfg, out, ck
+
+
+def trainable_keys(G, cfg):
+    """The names of what trains: the adapters' weights, or the whole synthesis (--adapter full)."""
+    return [k for k in G.synthesis.state_dict() if cfg.adapter == 'full' or '.adapter.' in k]
 
 
 def launcher():
@@ -530,7 +539,7 @@ def each(argv):
         raise SystemExit(f'error: {e}')
     for p in people:  # every person's photos, before the first run: a faceless folder fails now, not hours in
         try:
-            load_faces(p, 64)
+            load_faces(p, 64), load_faces(list_photos(p)[0], 64)  # the first one is the kept person's latent
         except DataError as e:
             raise SystemExit(f'error: --identity {folder}: person {p.name}: {e}') from None
     rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group
@@ -612,6 +621,8 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
         param_report(G)
         step, wall, loss = 0, 0.0, None
         if cfg.resume:  # the run goes on exactly as it would have
+            if set(ck['synthesis']) != set(trainable_keys(G, cfg)):  # strict=False would keep missing ones at init
+                raise CheckpointError(f'{out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
             G.synthesis.load_state_dict(ck['synthesis'], strict=False)
             S.opt.load_state_dict(ck['opt'])
             step, wall = ck['step'], ck['wall']
@@ -627,7 +638,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             if cfg.forget == 'person':  # find the person among the original generator's samples
                 P.pool, P.targets, P.held = surrogates(S, P, *mine(S, P, cfg.mine_n))
                 print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, each sent to a '
-                      f'sample of someone else; {len(P.held)} show a kept person, held' +
+                      f'sample of someone else; {len(P.held)} show a kept person' + (', held' if len(P.pool) else '') +
                       ('' if len(P.pool) else "; nobody beyond the given latents (or every sample is the person): this "
                                               "run trains the paper's objective"))
     except (CheckpointError, DataError, ValueError, OSError) as e:
@@ -640,7 +651,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     person = P if cfg.forget == 'person' and len(P.pool) else None  # None: the paper's method
 
     def trainable_state():
-        return {k: v for k, v in G.synthesis.state_dict().items() if cfg.adapter == 'full' or '.adapter.' in k}
+        return {k: v for k, v in G.synthesis.state_dict().items() if k in trainable_keys(G, cfg)}
 
     def save_ckpt():  # every rank holds the same state (the same random stream, the same averaged gradients)
         if loss is not None and most(int(not torch.isfinite(loss))):  # never overwrite a good checkpoint with NaNs
