@@ -1858,11 +1858,11 @@ def test_each_checks_every_person_before_the_first_run(tmp_path, tiny_ckpt, caps
 def test_bench_runs(tmp_path, monkeypatch):
     """bench.py end to end on the built-in layout (one timed call each: numbers meaningless, keys and signs not)."""
     out = tmp_path / 'bench.json'
-    monkeypatch.setattr(sys, 'argv', ['bench.py', '--steps', '1', '--warmup', '0', '--batch', '2', '--big_T', '3.2',
+    monkeypatch.setattr(sys, 'argv', ['bench.py', '--steps', '1', '--warmup', '0', '--batch', '2', '--big_T', '8',
                                       '--json', str(out)])
     bench.main()
     r = json.load(open(out))
     assert r['fused_speedup'] > 0 and r['adapter_overhead'] > 0 and r['solver_rk4']['ratio'] > 0
     assert r['adapter_ode']['trainable'] == 58048 and r['adapter_full']['trainable'] > 20 * 58048
     assert r['adapter_full']['optimizer_mb'] > r['adapter_ode']['optimizer_mb']
-    assert r['inference_mb']['T1.6'] > 0 and r['inference_mb']['T3.2'] > 0
+    assert r['inference_mb']['ratio'] < 1.3  # T = 8 keeping its 21 states would hold about 2x the memory of T = 1.6
