@@ -225,6 +225,8 @@ def load_run(run, device, ckpt=None):
     run, path = Path(run), Path(run) / 'adapter.pt'
     if not run.is_dir():
         raise CheckpointError(f'{run}: no such run folder')
+    if not path.exists() and not (run / 'ckpt.pt').exists():
+        raise CheckpointError(f'{run}: not a run folder (no adapter.pt, no ckpt.pt); pass a folder train.py wrote')
     if not path.exists():
         raise CheckpointError(f'{run}: no adapter.pt (the run did not finish; resume it with train.py --resume)')
     meta = load(path, 'an adapter file written by train.py')

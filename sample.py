@@ -77,8 +77,8 @@ def main(argv=None):
         Ts = times(args.T) if args.T else None
         if not abs(args.psi) <= 10 or args.frames < 2:
             raise ValueError('--psi must be a number in [-10, 10] and --frames >= 2')
-        if args.out and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or
-                         not Path(args.out).resolve().parent.is_dir()):
+        if args.out and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or args.out.endswith('/')
+                         or not Path(args.out).resolve().parent.is_dir()):
             raise ValueError(f'--out {args.out}: name a .png in an existing folder (the GIF goes beside it)')
         G_s, G_u, s_kw, meta = load_run(args.run, dev, args.ckpt)
         full = meta.get('kind') == 'full'

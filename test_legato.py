@@ -1703,6 +1703,8 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('sample', ['RUN', '--seeds', '0-9223372036854775808'], 'seeds are integers 0 <= N < 2**63'),
     ('sample', ['RUN', '--out', 'run'], '--out run: name a .png in an existing folder'),
     ('sample', ['RUN', '--out', 'dir.png'], '--out dir.png: name a .png in an existing folder'),
+    ('sample', ['RUN', '--out', 'new.png/'], '--out new.png/: name a .png in an existing folder'),
+    ('evaluate', ['dir.png'], 'dir.png: not a run folder (no adapter.pt, no ckpt.pt); pass a folder train.py wrote'),
     ('sample', ['RUN', '--out', 'x.gif'], '--out x.gif: name a .png in an existing folder'),
     ('sample', ['RUN', '--T', '1e308'], 'more than 10,000; use a larger step or a smaller T'),
 ]
