@@ -1839,6 +1839,21 @@ def test_each_trains_one_run_per_person_over_two_processes(tmp_path, tiny_ckpt):
         assert meta['identity']['name'] == name and list(meta['retain_ws']) == [other]
 
 
+def test_a_latent_identity_is_never_also_kept(tmp_path, baby, capsys):
+    """--identity seed:N with a kept person whose photo is that seed's own image: refused before any training."""
+    w = seed_latents(baby, [5], psi=1)  # what seed:5 means
+    with torch.no_grad():
+        img = F.interpolate(baby.synthesis(w), size=256, mode='bilinear', align_corners=False)
+    (tmp_path / 'keep' / 'same').mkdir(parents=True)
+    Image.fromarray(data.to_uint8(img)[0]).save(tmp_path / 'keep' / 'same' / 'same.png')
+    with pytest.raises(SystemExit) as e:
+        train.main(['--identity', 'seed:5', '--retain', str(tmp_path / 'keep'), '--out', str(tmp_path / 'run'),
+                    '--iters', '1', '--invert_steps', '1', '--mine_n', '8'])
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and 'same is the person being forgotten by the identity network' in msg, msg
+    assert not (tmp_path / 'run').exists()
+
+
 @needs_dlib
 def test_each_checks_every_person_before_the_first_run(tmp_path, tiny_ckpt, capsys):
     """--each over a folder where one person's only photo shows no face: refused before any run, nothing written."""

@@ -400,8 +400,8 @@ def setup_person(S, photos, retain, retain_faces):
 
 def invert_others(cfg, G, idn, person=None):
     """{person: W+ latent}, {person: photo}: the first photo of every other identity folder under --retain. Each must
-    show a face (found by dlib when installed, as for --identity) and, when the forgotten person was given as photos
-    (`person`), someone else by the identity network's rule: a person is never forgotten and kept at once."""
+    show a face (found by dlib when installed, as for --identity) and someone else than `person` (the forgotten
+    person's photos or latent's image) by the identity network's rule: nobody is forgotten and kept at once."""
     if cfg.retain == 'none' or not Path(cfg.retain).is_dir():
         return {}, {}
     forgotten = Path(cfg.identity).resolve()
@@ -610,7 +610,9 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             if not torch.isfinite(ws_u).all():
                 raise DataError(f'{cfg.identity}: the latent holds NaN or Inf values; pass a finite latent')
             photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
-            retain, retain_photos = invert_others(cfg, G, idn, None if photos is None else photos.to(dev))
+            with torch.no_grad():  # the person as the identity network sees them: the photos, or the latent's image
+                face = photos.to(dev) if photos is not None else G.synthesis(ws_u)
+            retain, retain_photos = invert_others(cfg, G, idn, face)
             retain = {k: from_rank0(v) for k, v in retain.items()}
             retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
             keep_photos(info, retain_photos, out, writer)
