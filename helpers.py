@@ -87,6 +87,9 @@ def device(name):
         raise ValueError(f'--device {name}: not supported; use cpu or cuda')
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {name}: this machine has no CUDA GPU PyTorch can use; use --device cpu')
+    if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f'--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 to '
+                         f'cuda:{torch.cuda.device_count() - 1}')
     return dev
 
 
