@@ -5,10 +5,11 @@ Make a generator forget one identity: LEGATO's Neural-ODE adapters trained with 
     python train.py --identity photos/ --ckpt ffhq.pkl --device cuda
     python train.py --adapter full                        # GUIDE's baseline: fine-tune the whole synthesis
 
-Each step is fused: one batched forward of the trainable generator over [identity, adjacency, global
-(, mined, kept)] latents, one no-grad forward of the frozen generator over what they should look like (the
-identity's target, which never changes, is computed once), one backward. The step itself reads nothing back
-from the device (fp16's loss scaler aside); logging, person-mode searches and checkpoints do, at their intervals.
+Each step is one batched pass (not the official code's batch-1 pass per term): one forward of the trainable
+generator over [identity, adjacency, global(, mined, held, kept)] latents, one no-grad forward of the frozen
+generator over what they should look like (the identity's target, which never changes, is computed once), one
+backward. The step itself reads nothing back from the device (fp16's loss scaler aside); logging, person mode's
+search (once, at the start) and checkpoints do.
 Writes to --out: adapter.pt, before_after.png, log.jsonl, and ckpt.pt for --resume.
 """
 import argparse
