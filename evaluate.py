@@ -28,7 +28,7 @@ from helpers import (ROOT, CheckpointError, device, distributed, gather, keep_fr
                      world, write_json)
 from id_net import ID_NETS, DlibCpp, FaceRes, FIDInception, load_id_net
 from model import Generator
-from ode_adapter import load_run
+from ode_adapter import load_run, trainable_state
 
 
 # -----------------------------------------------------------------------------
@@ -506,8 +506,7 @@ def curve(runs, args, device):
                 raise CheckpointError(f'{s}: not an adapter snapshot written by train.py')
             if ck.get('generator_sha', meta.get('generator_sha')) != meta.get('generator_sha'):
                 raise CheckpointError(f'{s}: a snapshot of a run on another generator; keep only {run}\'s own snapshots')
-            own = {k for k in G_u.synthesis.state_dict() if meta.get('kind') == 'full' or '.adapter.' in k}
-            if set(ck['synthesis']) != own:  # strict=False below would quietly keep the weights a foreign file lacks
+            if ck['synthesis'].keys() != trainable_state(G_u, meta.get('kind') == 'full').keys():  # strict=False below would quietly keep the weights a foreign file lacks
                 raise CheckpointError(f'{s}: its weights are not this run\'s adapters; keep only {run}\'s own snapshots')
             try:
                 G_u.synthesis.load_state_dict(ck['synthesis'], strict=False)

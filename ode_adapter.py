@@ -183,6 +183,11 @@ def adapters(G):
     return {f'b{b.resolution}': b.adapter for b in G.synthesis.blocks() if b.adapter is not None}
 
 
+def trainable_state(G, full=False):
+    """What trains, by name: the adapters' weights, or the whole synthesis network (full: --adapter full)."""
+    return {k: v for k, v in G.synthesis.state_dict().items() if full or '.adapter.' in k}
+
+
 def param_report(G):
     """(trainable, frozen) parameter counts, printed as one line."""
     trainable = sum(p.numel() for p in G.parameters() if p.requires_grad)

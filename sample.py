@@ -28,21 +28,17 @@ MAX_SEEDS = 1024  # images in one grid
 def parse_seeds(spec):
     """'0-3,10' -> [0, 1, 2, 3, 10]; each range checked before it is built (0-9223372036854775806 is not a list)."""
     seeds = []
-    try:
-        for part in spec.split(','):
-            a, dash, b = part.partition('-')
+    for part in spec.split(','):
+        a, dash, b = part.partition('-')
+        try:
             lo, hi = int(a), int(b if dash else a)  # '5-' is not a range
-            if not 0 <= lo <= hi < 2 ** 63:
-                raise OverflowError
-            if len(seeds) + hi - lo + 1 > MAX_SEEDS:
-                raise ValueError(f'--seeds {spec}: more than {MAX_SEEDS} images in one grid; ask for fewer seeds')
-            seeds += range(lo, hi + 1)
-    except OverflowError:
-        raise ValueError(f'--seeds {spec}: seeds are integers 0 <= N < 2**63, ranges low-high') from None
-    except ValueError as e:
-        if str(e).startswith('--seeds'):
-            raise
-        raise ValueError(f'--seeds {spec}: write seeds and ranges, e.g. 0-15 or 1,5,7') from None
+        except ValueError:
+            raise ValueError(f'--seeds {spec}: write seeds and ranges, e.g. 0-15 or 1,5,7') from None
+        if not 0 <= lo <= hi < 2 ** 63:
+            raise ValueError(f'--seeds {spec}: seeds are integers 0 <= N < 2**63, ranges low-high')
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise ValueError(f'--seeds {spec}: more than {MAX_SEEDS} images in one grid; ask for fewer seeds')
+        seeds += range(lo, hi + 1)
     return seeds
 
 

@@ -36,7 +36,7 @@ from helpers import (ROOT, CheckpointError, atomic_save, device, digest, distrib
 from id_net import ID_NETS, IDFeatureDistance, LPIPSVGG, load_id_net
 from losses import Seen, adjacency_offsets, describe, person_loss, shows_person, target_latent, unlearning_loss, who
 from model import Generator
-from ode_adapter import BACKENDS, attach_adapters, integrate, param_report, save_adapters
+from ode_adapter import BACKENDS, attach_adapters, integrate, param_report, save_adapters, trainable_state
 
 BABY = ROOT / 'assets/baby.pt'  # the built-in generator
 ADAPTERS = ('ode', 'residual', 'full')
@@ -190,9 +190,9 @@ def check(cfg, out):
     for k in ('n_adj', 'n_glob', 'snapshot_every'):
         if getattr(cfg, k) < 0:
             bad(k, '>= 0 (0: none)')
-    for k, most_ in (('hidden', 8192), ('n_adj', 1024), ('n_glob', 1024), ('n_mine', 1024), ('mine_n', 10 ** 6)):
-        if (getattr(cfg, k) or 0) > most_:  # sizes that cannot fit, refused before any work (the paper's: 256, 2, 2)
-            bad(k, f'at most {most_:,}')
+    for k, limit in (('hidden', 8192), ('n_adj', 1024), ('n_glob', 1024), ('n_mine', 1024), ('mine_n', 10 ** 6)):
+        if (getattr(cfg, k) or 0) > limit:  # sizes that cannot fit, refused before any work (the paper's: 256, 2, 2)
+            bad(k, f'at most {limit:,}')
     if cfg.compile and cfg.device.startswith('cpu'):
         raise SystemExit('error: --compile: on a CPU the first step compiles for minutes and runs no faster; use it '
                          'with --device cuda')
@@ -342,11 +342,11 @@ def person_latents(S, P, cfg):
     """This step's person rows, for the trainable and the frozen generator: n_mine latents w_m drawn from the pool and
     their targets, n_mine samples of the kept people twice (this rank's share of each), then the kept people's latents
     twice (README eq. 4)."""
-    def draw(x):
-        i = torch.randint(len(x), (cfg.n_mine * S.world,), generator=S.gen, device=x.device)
-        return x[i[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]]
-    idx = draw(torch.arange(len(P.pool), device=P.pool.device))
-    held = draw(P.held) if len(P.held) else P.held
+    def draw(n):  # n_mine indices below n, this rank's share of the world's draw
+        i = torch.randint(n, (cfg.n_mine * S.world,), generator=S.gen, device=P.pool.device)
+        return i[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]
+    idx = draw(len(P.pool))
+    held = P.held[draw(len(P.held))] if len(P.held) else P.held
     return [P.pool[idx], held, P.keep_ws], [P.targets[idx], held, P.keep_ws]
 
 
@@ -411,12 +411,13 @@ def invert_others(cfg, G, idn, person=None):
     if not photos:
         return {}, {}
     faces = torch.cat([load_faces(f, G.cfg.img_resolution, align=False)[0] for f in photos.values()])
-    for (name, f), face in zip(photos.items(), faces):
-        if dlib_available():
+    if dlib_available():
+        for f in photos.values():
             load_faces(f, G.cfg.img_resolution)  # raises DataError (naming the file) when no face is found
-        if person is not None:
-            with torch.no_grad():
-                d = idn.distance(idn.embed(face[None].to(person.device)), idn.embed(person)).min().item()
+    if person is not None:
+        with torch.no_grad():  # [kept people]: each one's distance to the person's nearest photo
+            near = idn.distance(idn.embed(faces.to(person.device))[:, None], idn.embed(person)[None]).min(1).values
+        for (name, f), d in zip(photos.items(), near.tolist()):
             if d < idn.THRESHOLD:
                 raise DataError(f'--retain {Path(f).parent}: {name} is the person being forgotten by the identity '
                                 f'network (distance {d:.2f} < {idn.THRESHOLD}); remove that folder from --retain or '
@@ -484,12 +485,11 @@ def start(argv):
             raise SystemExit(f'error: {e}')
         need = {'args': dict, 'step': int, 'wall': (int, float), 'synthesis': dict, 'opt': dict, 'gen': torch.Tensor,
                 'person': dict, 'ws_u': torch.Tensor, 'info': dict, 'retain': dict, 'retain_photos': dict}
-        if not isinstance(ck, dict) or not all(isinstance(ck.get(k), t) for k, t in need.items()):
+        if not (isinstance(ck, dict) and all(isinstance(ck.get(k), t) for k, t in need.items()) and
+                isinstance(ck['args'].get('device'), str) and
+                all(isinstance(v, torch.Tensor) for v in [*ck['person'].values(), *ck['retain'].values()])):
             raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
-        if not isinstance(ck['args'].get('device'), str) or not all(
-                isinstance(v, torch.Tensor) for v in [*ck['person'].values(), *ck['retain'].values()]):
-            raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
-        if not isinstance(ck['person'], dict) or set(ck['person']) != {f.name for f in fields(Person)}:
+        if set(ck['person']) != {f.name for f in fields(Person)}:
             raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (another person mode); start a new '
                              'run with another --out')
         cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
@@ -499,11 +499,6 @@ def start(argv):
         cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 300 if cfg.forget == 'person' else 500
     check(cfg, out)
     return cfg, out, ck
-
-
-def trainable_keys(G, cfg):
-    """The names of what trains: the adapters' weights, or the whole synthesis (--adapter full)."""
-    return [k for k in G.synthesis.state_dict() if cfg.adapter == 'full' or '.adapter.' in k]
 
 
 def launcher():
@@ -540,7 +535,7 @@ def each(argv):
         raise SystemExit(f'error: {e}')
     for p in people:  # every person's photos, before the first run: a faceless folder fails now, not hours in
         try:
-            load_faces(p, 64), load_faces(list_photos(p)[0], 64)  # the first one is the kept person's latent
+            load_faces(list_photos(p)[0], 64)  # the first photo: the kept person's latent in the others' runs
         except DataError as e:
             raise SystemExit(f'error: --identity {folder}: person {p.name}: {e}') from None
     rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group
@@ -624,7 +619,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
         param_report(G)
         step, wall, loss = 0, 0.0, None
         if cfg.resume:  # the run goes on exactly as it would have
-            if set(ck['synthesis']) != set(trainable_keys(G, cfg)):  # strict=False would keep missing ones at init
+            if ck['synthesis'].keys() != trainable_state(G, cfg.adapter == 'full').keys():  # strict=False: kept at init
                 raise CheckpointError(f'{out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
             G.synthesis.load_state_dict(ck['synthesis'], strict=False)
             S.opt.load_state_dict(ck['opt'])
@@ -640,10 +635,10 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             P = setup_person(S, photos, retain, retain_faces)
             if cfg.forget == 'person':  # find the person among the original generator's samples
                 P.pool, P.targets, P.held = surrogates(S, P, *mine(S, P, cfg.mine_n))
-                print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, each sent to a '
-                      f'sample of someone else; {len(P.held)} show a kept person' + (', held' if len(P.pool) else '') +
-                      ('' if len(P.pool) else "; nobody beyond the given latents (or every sample is the person): this "
-                                              "run trains the paper's objective"))
+                print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, '
+                      f'{len(P.held)} a kept person; ' + ('each of his is sent to a sample of someone else, theirs held'
+                                                          if len(P.pool) else "nobody beyond the given latents (or every "
+                                                          "sample is the person): this run trains the paper's objective"))
     except (CheckpointError, DataError, ValueError, OSError) as e:
         abandon(f'error: {e}')
     except KeyboardInterrupt:
@@ -653,14 +648,11 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             signal.signal(s, h)
     person = P if cfg.forget == 'person' and len(P.pool) else None  # None: the paper's method
 
-    def trainable_state():
-        return {k: v for k, v in G.synthesis.state_dict().items() if k in trainable_keys(G, cfg)}
-
     def save_ckpt():  # every rank holds the same state (the same random stream, the same averaged gradients)
         if loss is not None and most(int(not torch.isfinite(loss))):  # never overwrite a good checkpoint with NaNs
             raise FloatingPointError(f'non-finite loss at step {step}')
         if writer:
-            atomic_save({'synthesis': trainable_state(), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(),
+            atomic_save({'synthesis': trainable_state(G, cfg.adapter == 'full'), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(),
                          'step': step, 'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain,
                          'retain_photos': retain_photos, 'person': vars(P), 'args': stored(cfg), 'generator_sha': sha},
                         out / 'ckpt.pt')
@@ -668,7 +660,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     def snapshot():
         if writer:
             (out / 'snapshots').mkdir(exist_ok=True)
-            atomic_save({'step': step, 'synthesis': trainable_state(), 'generator_sha': sha},
+            atomic_save({'step': step, 'synthesis': trainable_state(G, cfg.adapter == 'full'), 'generator_sha': sha},
                         out / 'snapshots' / f'{step:06d}.pt')
 
     stop = {'sig': 0}  # Ctrl-C (SIGINT) and SIGTERM stop the run between steps, never inside one (all ranks agree)
