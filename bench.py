@@ -26,8 +26,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import train
 from helpers import keep_freed_memory
-from id_net import DlibFaceNet, IDFeatureDistance
-from losses import describe, image_loss, trajectory_consistency
+from id_net import DlibFaceNet
+from perceptual import IDFeatureDistance
+from losses import describe, image_loss, total, trajectory_consistency
 from model import Generator, GeneratorConfig
 from ode_adapter import adapters
 
@@ -88,12 +89,12 @@ def naive_step(S, cfg):
     def pair(w, w_t):  # one batch-1 pass of each generator, GUIDE's image loss between them
         with torch.no_grad():
             s = seen(G_s, w_t, **S.s_kw)
-        return image_loss(seen(G, w), s, S.perc, S.idn.distance, cfg).sum()
+        return image_loss(seen(G, w), s, S.perc, S.idn.distance, S.wt.pix, S.wt.perc, S.wt.id).sum()
 
     L = dict(local=0, adj=0, glob=0, tc=0)
     for i in range(n_u):  # each forgotten latent: its trajectory pass, then its local pair
         _, traj = G.synthesis(S.ws_u[i:i + 1], return_traj=True)
-        L['tc'] = L['tc'] + trajectory_consistency(traj, 1, cfg.tc_blocks and cfg.tc_blocks.split(',')) / n_u
+        L['tc'] = L['tc'] + trajectory_consistency(traj, 1, S.wt.tc_blocks) / n_u
         L['local'] = L['local'] + pair(S.ws_u[i:i + 1], S.ws_t[i:i + 1]) / n_u
     for j in range(len(w_adj_u)):
         L['adj'] = L['adj'] + pair(w_adj_u[j:j + 1], w_adj_t[j:j + 1]) / n_u
@@ -101,7 +102,7 @@ def naive_step(S, cfg):
         with torch.no_grad():
             f_s = seen(G_s, w_glob[j:j + 1], **S.s_kw).feats
         L['glob'] = L['glob'] + S.perc(seen(G, w_glob[j:j + 1]).feats, f_s).sum()
-    L['loss'] = cfg.w_local * L['local'] + cfg.w_adj * L['adj'] + cfg.w_glob * L['glob'] + cfg.w_tc * L['tc']
+    L['loss'] = total(L, S.wt)
     S.opt.zero_grad(set_to_none=True)
     L['loss'].backward()
     S.opt.step()
@@ -142,6 +143,93 @@ def inference_mb(T):
     return float(out.stdout.split()[-1])
 
 
+class Report:
+    """The measurements: one printed row each, all kept for --json."""
+
+    def __init__(self, peak, **info):
+        self.peak, self.res = peak, {**info, 'peak_tflops': peak / 1e12}
+
+    def row(self, name, t, n_img, fl=None):
+        self.res[name] = {'ms': t * 1e3, 'img_per_s': n_img / t, **({'tflops': fl / t / 1e12} if fl else {})}
+        util = f', {fl / t / 1e12:.3f} TFLOP/s = {100 * fl / t / self.peak:.0f}% of peak' if fl else ''
+        print(f'{name:<28} {t * 1e3:9.1f} ms  {n_img / t:7.2f} img/s{util}')
+
+
+def step_costs(S, cfg, args, rep, dev):
+    """1. the fused step against the naive official-style one; the person-mode step against the paper's -> fused s."""
+    n_img = len(S.ws_u) * (1 + cfg.n_adj) + cfg.n_glob
+    t_fused = timeit(lambda: train.train_step(S, cfg), dev, args.steps, args.warmup)
+    rep.row('fused step (ode)', t_fused, n_img, flops(lambda: train.train_step(S, cfg)))
+    t_naive = timeit(lambda: naive_step(S, cfg), dev, args.steps, args.warmup)
+    rep.row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S, cfg)))
+    rep.res['fused_speedup'] = t_naive / t_fused
+    print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
+    # person mode (--forget person): + n_mine mined latents, n_mine held ones and 3 kept people in both forwards
+    with torch.no_grad():
+        pool = S.G.mapping(torch.randn(64, S.G.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(dev))
+        refs = S.idn.embed(S.G.synthesis(pool[:8], T=0))
+    P = train.Person(refs, torch.arange(8, device=dev) % 4, pool, pool[-3:].clone(), torch.randn_like(pool),
+                     pool[:16].clone())
+    t_person = timeit(lambda: train.train_step(S, cfg, P), dev, args.steps, args.warmup)
+    rep.row('person-mode step (ode)', t_person, n_img + 2 * cfg.n_mine + 3)
+    rep.res['person_step_ratio'] = t_person / t_fused
+    print(f'  -> person mode costs {t_person / t_fused:.2f}x the paper\'s step')
+    return t_fused
+
+
+def adapter_overhead(S, args, rep, dev):
+    """2. adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights), in --amp -> the latents."""
+    with torch.no_grad(), S.amp:
+        for ad in adapters(S.G).values():
+            ad.f.net[2].weight.normal_(0, 1e-3)
+        ws = S.G.mapping(torch.randn(args.batch, S.G.cfg.z_dim, device=dev))
+        t_plain = timeit(lambda: S.G.synthesis(ws, T=0), dev, args.steps, args.warmup)
+        t_adapt = timeit(lambda: S.G.synthesis(ws, T=1.6, h=0.4), dev, args.steps, args.warmup)
+        rep.row('plain forward', t_plain, args.batch, flops(lambda: S.G.synthesis(ws, T=0)))
+        rep.row('adapted forward T=1.6', t_adapt, args.batch, flops(lambda: S.G.synthesis(ws, T=1.6, h=0.4)))
+    rep.res['adapter_overhead'] = t_adapt / t_plain
+    print(f'  -> adapter overhead {t_adapt / t_plain:.2f}x')
+    return ws
+
+
+def solver_pass(S, ws, solver, backend):
+    """Forward and backward through the adapted generator, as train.py runs it."""
+    with S.amp:
+        img = S.G.synthesis(ws, T=1.6, h=0.4, solver=solver, backend=backend, fused=False)
+    img.float().square().mean().backward()
+
+
+def solver_costs(S, ws, args, rep, dev):
+    """3. the hand-written solvers against torchdiffeq's, interleaved so that drift hits both alike."""
+    for solver in ('euler', 'rk4'):
+        for _ in range(args.warmup):
+            solver_pass(S, ws, solver, 'native'), solver_pass(S, ws, solver, 'torchdiffeq')
+        ts = [[timeit(lambda b=b: solver_pass(S, ws, solver, b), dev, 1, 0) for b in ('native', 'torchdiffeq')]
+              for _ in range(args.steps)]
+        t_nat, t_tde = (statistics.median(col) for col in zip(*ts))
+        rep.res[f'solver_{solver}'] = {'native_ms': t_nat * 1e3, 'torchdiffeq_ms': t_tde * 1e3, 'ratio': t_tde / t_nat}
+        print(f'{solver:>5}: native {t_nat * 1e3:.1f} ms, torchdiffeq {t_tde * 1e3:.1f} ms -> native is '
+              f'{t_tde / t_nat:.2f}x the speed')
+
+
+def adapter_kinds(S, cfg, G0, idn, t_fused, args, rep, dev):
+    """4. ode adapters against full fine-tuning: step time, trainable parameters, optimiser state, peak memory."""
+    for kind in ['ode'] + ([] if args.skip_full else ['full']):
+        Sk, cfg_k = (S, cfg) if kind == 'ode' else build(G0, idn, args, kind)
+        if dev.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        t = t_fused if kind == 'ode' else timeit(lambda: train.train_step(Sk, cfg_k), dev, args.steps, args.warmup)
+        train.train_step(Sk, cfg_k)
+        n_train = sum(p.numel() for p in Sk.G.parameters() if p.requires_grad)
+        opt_mb = sum(v.numel() * v.element_size() for st in Sk.opt.state.values() for v in st.values()
+                     if torch.is_tensor(v)) / 2 ** 20
+        mem = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda' else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rep.res[f'adapter_{kind}'] = {'ms': t * 1e3, 'trainable': n_train, 'optimizer_mb': opt_mb, 'peak_mb': mem}
+        print(f'--adapter {kind:<5} {t * 1e3:9.1f} ms/step, {n_train:,} trainable, optimizer state {opt_mb:.1f} MB, '
+              f'peak memory {mem:.0f} MB{" (process RSS)" if dev.type == "cpu" else ""}')
+
+
 def main():
     p = argparse.ArgumentParser(description='Benchmark the unlearning step.')
     p.add_argument('--config', default='baby', choices=list(CONFIGS))
@@ -164,87 +252,25 @@ def main():
     G0.requires_grad_(False)
     idn = DlibFaceNet().to(dev)
     # the peak in the dtype the step computes in; PyTorch's default TF32 settings, as train.py runs
-    peak = peak_flops(dev, train.AMP[args.amp] or torch.float32)
-    res = {'config': args.ckpt or args.config, 'device': str(dev) if dev.type == 'cpu' else torch.cuda.get_device_name(),
-           'threads': torch.get_num_threads(), 'amp': args.amp, 'peak_tflops': peak / 1e12}
-
-    def row(name, t, n_img, fl=None, extra=''):
-        res[name] = {'ms': t * 1e3, 'img_per_s': n_img / t, **({'tflops': fl / t / 1e12} if fl else {})}
-        util = f', {fl / t / 1e12:.3f} TFLOP/s = {100 * fl / t / peak:.0f}% of peak' if fl else ''
-        print(f'{name:<28} {t * 1e3:9.1f} ms  {n_img / t:7.2f} img/s{util}{extra}')
-
-    print(f'{res["config"]} on {res["device"]} ({res["threads"]} threads), amp {args.amp}, '
-          f'measured peak {peak / 1e12:.3f} TFLOP/s')
-    # 1. fused vs naive unlearning step (ode adapters)
+    rep = Report(peak_flops(dev, train.AMP[args.amp] or torch.float32), config=args.ckpt or args.config,
+                 device=str(dev) if dev.type == 'cpu' else torch.cuda.get_device_name(),
+                 threads=torch.get_num_threads(), amp=args.amp)
+    print(f'{rep.res["config"]} on {rep.res["device"]} ({rep.res["threads"]} threads), amp {args.amp}, '
+          f'measured peak {rep.peak / 1e12:.3f} TFLOP/s')
     S, cfg = build(G0, idn, args, 'ode')
-    n_img = len(S.ws_u) * (1 + cfg.n_adj) + cfg.n_glob
-    t_fused = timeit(lambda: train.train_step(S, cfg), dev, args.steps, args.warmup)
-    row('fused step (ode)', t_fused, n_img, flops(lambda: train.train_step(S, cfg)))
-    t_naive = timeit(lambda: naive_step(S, cfg), dev, args.steps, args.warmup)
-    row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S, cfg)))
-    res['fused_speedup'] = t_naive / t_fused
-    print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
-    # 1b. person mode (--forget person): + n_mine mined latents, n_mine held ones and 3 kept people in both forwards
-    with torch.no_grad():
-        dev_ = S.ws_u.device
-        pool = S.G.mapping(torch.randn(64, S.G.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(dev_))
-        refs = S.idn.embed(S.G.synthesis(pool[:8], T=0))
-    P = train.Person(refs, torch.arange(8, device=dev_) % 4, pool, pool[-3:].clone(), torch.randn_like(pool),
-                     pool[:16].clone())
-    t_person = timeit(lambda: train.train_step(S, cfg, P), dev, args.steps, args.warmup)
-    row('person-mode step (ode)', t_person, n_img + 2 * cfg.n_mine + 3)
-    res['person_step_ratio'] = t_person / t_fused
-    print(f'  -> person mode costs {t_person / t_fused:.2f}x the paper\'s step')
-    # 2. adapter overhead: adapted vs plain forward, T = 1.6 Euler (adapters given non-zero weights), in --amp
-    with torch.no_grad(), S.amp:
-        for ad in adapters(S.G).values():
-            ad.f.net[2].weight.normal_(0, 1e-3)
-        ws = S.G.mapping(torch.randn(args.batch, S.G.cfg.z_dim, device=dev))
-        fwd = lambda **kw: S.G.synthesis(ws, **kw)  # noqa: E731
-        t_plain = timeit(lambda: fwd(T=0), dev, args.steps, args.warmup)
-        t_adapt = timeit(lambda: fwd(T=1.6, h=0.4), dev, args.steps, args.warmup)
-        row('plain forward', t_plain, args.batch, flops(lambda: fwd(T=0)))
-        row('adapted forward T=1.6', t_adapt, args.batch, flops(lambda: fwd(T=1.6, h=0.4)))
-    res['adapter_overhead'] = t_adapt / t_plain
-    print(f'  -> adapter overhead {t_adapt / t_plain:.2f}x')
-    # 3. hand-written solvers vs torchdiffeq, forward + backward through the adapted generator as train.py runs it
-    ws1 = ws[:2]
-    for solver in () if args.skip_solvers else ('euler', 'rk4'):
-        def run(backend):
-            with S.amp:
-                img = S.G.synthesis(ws1, T=1.6, h=0.4, solver=solver, backend=backend, fused=False)
-            img.float().square().mean().backward()
-        for _ in range(args.warmup):
-            run('native'), run('torchdiffeq')
-        ts = [[timeit(lambda b=b: run(b), dev, 1, 0) for b in ('native', 'torchdiffeq')] for _ in range(args.steps)]
-        t_nat, t_tde = (statistics.median(col) for col in zip(*ts))  # interleaved, so drift hits both alike
-        res[f'solver_{solver}'] = {'native_ms': t_nat * 1e3, 'torchdiffeq_ms': t_tde * 1e3, 'ratio': t_tde / t_nat}
-        print(f'{solver:>5}: native {t_nat * 1e3:.1f} ms, torchdiffeq {t_tde * 1e3:.1f} ms -> native is '
-              f'{t_tde / t_nat:.2f}x the speed')
-    # 4. ode vs full fine-tuning: step time and memory
-    kinds = ['ode'] + ([] if args.skip_full else ['full'])
-    for kind in kinds:
-        Sk, cfg_k = (S, cfg) if kind == 'ode' else build(G0, idn, args, kind)
-        if dev.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-        t = t_fused if kind == 'ode' else timeit(lambda: train.train_step(Sk, cfg_k), dev, args.steps, args.warmup)
-        train.train_step(Sk, cfg_k)
-        n_train = sum(p.numel() for p in Sk.G.parameters() if p.requires_grad)
-        opt_mb = sum(v.numel() * v.element_size() for st in Sk.opt.state.values() for v in st.values()
-                     if torch.is_tensor(v)) / 2 ** 20
-        mem = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == 'cuda' else \
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        res[f'adapter_{kind}'] = {'ms': t * 1e3, 'trainable': n_train, 'optimizer_mb': opt_mb, 'peak_mb': mem}
-        print(f'--adapter {kind:<5} {t * 1e3:9.1f} ms/step, {n_train:,} trainable, optimizer state {opt_mb:.1f} MB, '
-              f'peak memory {mem:.0f} MB{" (process RSS)" if dev.type == "cpu" else ""}')
+    t_fused = step_costs(S, cfg, args, rep, dev)
+    ws = adapter_overhead(S, args, rep, dev)
+    if not args.skip_solvers:
+        solver_costs(S, ws[:2], args, rep, dev)
+    adapter_kinds(S, cfg, G0, idn, t_fused, args, rep, dev)
     # 5. inference memory over the dial: 16 samples at T = 1.6 and --big_T (400: 1,000 Euler steps), CPU processes
     mb = {T: inference_mb(T) for T in (1.6, args.big_T)}
-    res['inference_mb'] = {'T1.6': mb[1.6], f'T{args.big_T:g}': mb[args.big_T], 'ratio': mb[args.big_T] / mb[1.6]}
+    rep.res['inference_mb'] = {'T1.6': mb[1.6], f'T{args.big_T:g}': mb[args.big_T], 'ratio': mb[args.big_T] / mb[1.6]}
     print(f'inference, 16 samples of the baby: {mb[1.6]:.0f} MB at T=1.6, {mb[args.big_T]:.0f} MB at T={args.big_T:g} '
           f'-> {mb[args.big_T] / mb[1.6]:.2f}x')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(res, f, indent=1)
+            json.dump(rep.res, f, indent=1)
 
 
 if __name__ == '__main__':

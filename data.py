@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from helpers import load, model_file, written
-from id_net import IDFeatureDistance
+from perceptual import IDFeatureDistance
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
 MIN_SIZE = 64  # smaller photos hold too little of a face to align or recognise
@@ -248,7 +248,7 @@ def load_latent(path, G):
     return x
 
 
-def resolve_identity(spec, G, id_net, steps=300, progress=True):
+def resolve_identity(spec, G, id_net, steps=300):
     """--identity -> (ws [N, num_ws, w_dim], info dict).
 
     A photo or folder of photos (aligned with dlib, then inverted), a latent file (.pt/.npy), or seed:N
@@ -268,6 +268,6 @@ def resolve_identity(spec, G, id_net, steps=300, progress=True):
     if Path(spec).is_file() and Path(spec).suffix.lower() in ('.pt', '.pth', '.npy'):
         return load_latent(spec, G).to(dev), {'kind': 'latent', 'path': spec}
     faces, names = load_faces(spec, G.cfg.img_resolution)
-    ws, mse, dist = invert(G, faces, id_net, steps=steps, progress=progress)
+    ws, mse, dist = invert(G, faces, id_net, steps=steps)
     return ws, {'kind': 'photos', 'path': spec, 'names': names, 'photos': faces, 'inversion_mse': mse.tolist(),
                 'inversion_id_distance': dist.tolist()}

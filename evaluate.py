@@ -13,7 +13,6 @@ computed on the identity network's 128-d descriptors and named FD_<net>, never F
 """
 import argparse
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -24,11 +23,13 @@ from scipy import linalg
 from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
-from helpers import (ROOT, CheckpointError, device, distributed, gather, keep_freed_memory, load, reduce_sum, shard,
-                     world, write_json)
-from id_net import ID_NETS, DlibCpp, FaceRes, FIDInception, load_id_net
-from model import Generator
-from ode_adapter import load_run, trainable_state
+from ddp import distributed, gather, reduce_sum, shard, world
+from helpers import ROOT, CheckpointError, device, keep_freed_memory, load, write_json
+from id_net import ID_NETS, DlibCpp, FaceRes, load_id_net
+from losses import who
+from model import Generator, generate
+from perceptual import FIDInception
+from ode_adapter import load_run, times, trainable_state
 
 
 # -----------------------------------------------------------------------------
@@ -112,11 +113,6 @@ def eval_latents(G, n, seed, psi=0.7):
 
 
 @torch.no_grad()
-def generate(G, ws, kw, bs=16):
-    return torch.cat([G.synthesis(ws[i:i + bs], noise_mode='const', **kw) for i in range(0, len(ws), bs)])
-
-
-@torch.no_grad()
 def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True, retain_photos=None):
     """The metric dict of one generator pair; u_kw (e.g. {'T': 0.8}) picks a point on the dial."""
     dev = J.device
@@ -178,11 +174,13 @@ def known_people(meta, G_s, s_kw, size=256):
     return out
 
 
-def census(emb, refs, dist, thr):
-    """Who each sample is: (index of the nearest known person within thr, -1 for nobody [N]; distances [N, P])."""
+def recognise(emb, refs, dist, thr):
+    """Who each sample is, by the rule training uses (losses.who): the index of the nearest known person within thr,
+    -1 for nobody [N]; and each sample's distance to each person's nearest face [N, P] (inf where none was found).
+    refs: one [k, D] tensor of embeddings per person, the forgotten one first."""
     d = torch.stack([dist(emb[:, None], r[None]).min(1).values for r in refs], 1).nan_to_num(float('inf'))
-    best = d.min(1)
-    return torch.where(best.values < thr, best.indices, -1), d
+    owner = torch.cat([torch.full((len(r),), i) for i, r in enumerate(refs)]).to(emb.device)
+    return who(emb, torch.cat(refs), owner, dist, thr), d
 
 
 def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
@@ -190,7 +188,7 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     loose count (within thr of any of the person's photos), and where the person's samples went. `showed` [N]
     (bool): the samples that showed the person before by another judge (dlib C++); then also how close they are
     to the person after, and the floor: how close the samples that never showed him were before."""
-    (ib, db), (ia, da) = census(emb_b, refs, dist, thr), census(emb_a, refs, dist, thr)
+    (ib, db), (ia, da) = recognise(emb_b, refs, dist, thr), recognise(emb_a, refs, dist, thr)
     n, was = len(ib), ib == 0
     went = {name: (ia[was] == i).sum().item() / max(was.sum().item(), 1) for i, name in enumerate(names)}
     went['nobody'] = (ia[was] == -1).sum().item() / max(was.sum().item(), 1)
@@ -209,8 +207,8 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     return m
 
 
-class Census:
-    """Who fresh samples are, by each judge: the identity network (the fixed crop of the generator image); when
+class Panel:
+    """The judges of the leak, and who fresh samples are by each: the identity network (the fixed crop of the generator image); when
     dlib-bin is installed dlib's own C++ detector, alignment and descriptor; with --faceres, HSE FaceRes-deep on
     the same detection (an evaluation-only network, threshold fixed on the original generator by
     faceres_threshold). The known people are embedded once by each."""
@@ -243,9 +241,9 @@ class Census:
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def who(self, judge, emb, thr=None):
-        """census() by one judge: the nearest known person within its threshold (or thr), -1 for nobody."""
+        """recognise() by one judge: the nearest known person within its threshold (or thr), -1 for nobody."""
         dist, t = self.rules[judge]
-        return census(emb, self.refs[judge], dist, t if thr is None else thr)
+        return recognise(emb, self.refs[judge], dist, t if thr is None else thr)
 
     def counts(self, before, after):
         """leak_counts for each judge, from embed() of the same samples before and after; the samples that showed
@@ -264,32 +262,32 @@ class Census:
 CALIBRATION_SEED = 1 << 40  # FaceRes's threshold: samples of a stream no evaluation seed (< 2**40) draws
 
 
-def faceres_threshold(census, G_s, s_kw, n):
+def faceres_threshold(panel, G_s, s_kw, n):
     """Fix FaceRes's threshold on the original generator alone, before anything unlearned is looked at: of n
     samples (psi 0.7) of the calibration stream, the 1 - cosine at which FaceRes's verdict (nearest known person
     within it, or nobody) agrees with dlib C++'s on the most samples with a face (the lowest such distance on ties).
-    Sets it in the census and returns (threshold, agreement)."""
+    Sets it in the panel and returns (threshold, agreement)."""
     ws = shard(eval_latents(G_s, n, CALIBRATION_SEED))
-    emb = {k: gather(v) for k, v in census.drawn(G_s, ws, s_kw, 'faceres threshold, original generator').items()}
-    ref, face = census.who('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
-    best = census.who('faceres', emb['faceres'], float('inf'))[1].min(1)  # nearest known person, once for every t
+    emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'faceres threshold, original generator').items()}
+    ref, face = panel.who('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
+    best = panel.who('faceres', emb['faceres'], float('inf'))[1].min(1)  # nearest known person, once for every t
     grid = torch.arange(0.10, 0.90, 0.005)
     agree = torch.stack([(torch.where(best.values < t, best.indices, -1) == ref)[face].float().mean() for t in grid])
     agree = agree.nan_to_num(0)  # no face found at all (a random generator): the lowest threshold, 0% agreement
     i = int(agree.argmax())
-    census.rules['faceres'] = (FaceRes.distance, round(grid[i].item(), 3))
-    return census.rules['faceres'][1], agree[i].item()
+    panel.rules['faceres'] = (FaceRes.distance, round(grid[i].item(), 3))
+    return panel.rules['faceres'][1], agree[i].item()
 
 
-def leak(G_s, G_u, s_kw, u_kw, census, n, seed, before=None):
+def leak(G_s, G_u, s_kw, u_kw, panel, n, seed, before=None):
     """How often n fresh samples (psi 0.7, evaluation seed) show the forgotten person, before and after, by each
-    judge. `before` (census.embed of G_s's samples) can be passed to skip drawing them again. Each process draws its
+    judge. `before` (panel.embed of G_s's samples) can be passed to skip drawing them again. Each process draws its
     share of the samples; the embeddings are gathered, so any number of processes count the same."""
     ws = shard(eval_latents(G_s, n, seed))
-    before = before or census.drawn(G_s, ws, s_kw, f'leak: seed {seed}, before')
-    after = census.drawn(G_u, ws, u_kw, f'leak: seed {seed}, after')
-    return {'leak_n': n, 'leak_seed': seed, 'leak_psi': 0.7, 'people': census.names,
-            **census.counts(gather(before), gather(after))}, before
+    before = before or panel.drawn(G_s, ws, s_kw, f'leak: seed {seed}, before')
+    after = panel.drawn(G_u, ws, u_kw, f'leak: seed {seed}, after')
+    return {'leak_n': n, 'leak_seed': seed, 'leak_psi': 0.7, 'people': panel.names,
+            **panel.counts(gather(before), gather(after))}, before
 
 
 def seeds(args):
@@ -303,22 +301,11 @@ def seeds(args):
     return out
 
 
-def times(spec):
-    """--T 0,0.8,1.6 -> [0.0, 0.8, 1.6]: integration times, finite and >= 0."""
-    try:
-        Ts = [float(t) for t in spec.split(',')]
-    except ValueError:
-        raise ValueError(f'--T {spec}: write numbers separated by commas, e.g. 0,0.8,1.6') from None
-    if not all(math.isfinite(t) and t >= 0 for t in Ts):
-        raise ValueError(f'--T {spec}: each integration time must be a finite number >= 0')
-    return Ts
-
-
-def leak_summary(runs, census):
+def leak_summary(runs, panel):
     """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers; per judge also
     the samples that showed the person before (by dlib C++) and the judge's floor (the samples that never did)."""
     out = {}
-    for judge in census.rules:
+    for judge in panel.rules:
         for key in ('leak_before', 'leak_after'):
             v = np.array([r[judge][key] for r in runs])
             out[f'{key.replace("leak_", f"leak_{judge}_")}'] = float(v.mean())
@@ -326,23 +313,23 @@ def leak_summary(runs, census):
         for key in ('showed_dist_before', 'showed_dist_after', 'showed_called_after', 'floor_dist', 'floor_called'):
             k = key.replace('showed_', f'showed_{judge}_').replace('floor_', f'floor_{judge}_')
             out[k] = float(np.mean([r[judge][key] for r in runs]))
-        for name in census.names[1:]:  # the kept people's shares of the samples
+        for name in panel.names[1:]:  # the kept people's shares of the samples
             for when in ('before', 'after'):
                 out[f'share_{judge}_{name}_{when}'] = float(np.mean([r[judge][f'share_{when}'][name] for r in runs]))
         if judge == 'dlib_cpp':
             out['face_after'] = float(np.mean([r[judge]['face_after'] for r in runs]))
-    if 'faceres' in census.rules:
-        out['faceres_threshold'] = census.rules['faceres'][1]
+    if 'faceres' in panel.rules:
+        out['faceres_threshold'] = panel.rules['faceres'][1]
     return out
 
 
-def make_census(meta, G_s, s_kw, J, args):
+def make_panel(meta, G_s, s_kw, J, args):
     """The judges of the leak (FaceRes with --faceres: its threshold fixed on the original generator first)."""
     cpp, path = DlibCpp() if dlib_available() else None, getattr(args, 'faceres', None)
     if path and cpp is None:
         raise ValueError('--faceres needs dlib-bin for its face alignment; run pip install -r requirements.txt')
     faceres = FaceRes(path).to(J.device) if path else None
-    c = Census(known_people(meta, G_s, s_kw), J, cpp, faceres)
+    c = Panel(known_people(meta, G_s, s_kw), J, cpp, faceres)
     if faceres is not None:
         thr, agree = faceres_threshold(c, G_s, s_kw, args.n)
         print(f'faceres: threshold {thr} (1 - cosine), agreeing with dlib C++ on {agree:.1%} of {args.n} samples of '
@@ -391,9 +378,9 @@ def evaluate_run(run, args, device):
     retain_photos = {k: load_faces(f, res, align=False)[0] for k, f in meta.get('retain_photos', {}).items()}
     m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
     m['held_out_photos'] = [f.name for f in files]
-    census = make_census(meta, G_s, s_kw, J, args)
-    m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, census, args.n, seed)[0] for seed in seeds(args)}
-    m.update(leak_summary(m['leak'].values(), census))
+    panel = make_panel(meta, G_s, s_kw, J, args)
+    m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, panel, args.n, seed)[0] for seed in seeds(args)}
+    m.update(leak_summary(m['leak'].values(), panel))
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
         m['reproject_photos'] = names + [f.stem for f in files]
         m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))
@@ -463,12 +450,12 @@ def sweep(run, args, device):
     J = Judge(args, device)
     photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution)[0] \
         if meta['identity'].get('kind') == 'photos' else None
-    census = make_census(meta, G_s, s_kw, J, args)
+    panel = make_panel(meta, G_s, s_kw, J, args)
     rows, strip, before = [], [], None
     for T in tqdm(Ts, desc='sweep'):
         m = measure(G_s, G_u, s_kw, {'T': T}, meta, J, photos_u, fd=False)
-        lk, before = leak(G_s, G_u, s_kw, {'T': T}, census, args.n, seeds(args)[0], before)
-        rows.append({'T': T, **m, **leak_summary([lk], census), 'leak': lk})
+        lk, before = leak(G_s, G_u, s_kw, {'T': T}, panel, args.n, seeds(args)[0], before)
+        rows.append({'T': T, **m, **leak_summary([lk], panel), 'leak': lk})
         strip.append(generate(G_u, meta['ws_u'][:1].to(device), {'T': T}))
     out = Path(run)
     if world()[0] == 0:  # rank 0 writes
@@ -481,11 +468,11 @@ def sweep(run, args, device):
         if rows[0].get('retain_people') is not None:
             series['retention: other people'] = [r['retain_people'] for r in rows]
         p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=J.idn.THRESHOLD)
-        leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in census.rules}
+        leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in panel.rules}
         leaks.update({f'floor ({j}: samples that never showed the person)': [r[f'floor_{j}_called'] for r in rows]
-                      for j in census.rules if j != 'dlib_cpp'})
+                      for j in panel.rules if j != 'dlib_cpp'})
         p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person')
-        print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in census.rules]]))
+        print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in panel.rules]]))
         print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}, {p2}')
     return rows
 
@@ -578,7 +565,7 @@ def baby_report(args, device):
     with torch.enable_grad():
         ws, mse, dist = invert(G, allx, idn, steps=args.invert_steps or 1000, w_perc=0, w_id=0)
     for n, d, e in zip(names, dist.tolist(), mse.tolist()):
-        rep['inversion'][n] = {'id_distance': d, 'pixel_mse': e, 'recognised': d < 0.6}
+        rep['inversion'][n] = {'id_distance': d, 'pixel_mse': e, 'recognised': d < idn.THRESHOLD}
     # held-out: the other Obama photos against the image of the latent inverted from obama_1
     i1 = names.index('obama_1')
     e1 = idn.embed(G.synthesis(ws[i1:i1 + 1], noise_mode='const'))
@@ -588,20 +575,17 @@ def baby_report(args, device):
     det = dlib.get_frontal_face_detector()
     ref = {p: idn.embed(x.to(device)) for p, (x, _) in photos.items()}
     ws = eval_latents(G, args.n, seeds(args)[0])  # psi 0.7
-    found, who = 0, {p: 0 for p in people}
+    found, named = 0, {p: 0 for p in people}
     for i in tqdm(range(0, args.n, 50), desc='samples'):
         img = G.synthesis(ws[i:i + 50], noise_mode='const')
         big = torch.nn.functional.interpolate(img, size=256, mode='bilinear', align_corners=False)
         u8 = to_uint8(big)
         found += sum(len(det(np.ascontiguousarray(x), 0)) > 0 for x in u8)
-        e = idn.embed(img)
-        d = torch.stack([torch.cdist(e, r).min(dim=1).values for r in ref.values()], 1)  # [n, people]
-        best = d.min(dim=1)
-        for j, v in zip(best.indices.tolist(), best.values.tolist()):
-            if v < 0.6:
-                who[people[j]] += 1
+        for j in recognise(idn.embed(img), list(ref.values()), idn.distance, idn.THRESHOLD)[0].tolist():
+            if j >= 0:
+                named[people[j]] += 1
     rep['samples'] = {'n': args.n, 'psi': 0.7, 'face_detected': found / args.n,
-                      'recognised_as': {p: c / args.n for p, c in who.items()}}
+                      'recognised_as': {p: c / args.n for p, c in named.items()}}
     png = Path(args.out or ROOT / 'assets' / 'baby_samples.png')
     save_grid(G.synthesis(ws[:32], noise_mode='const'), png, nrow=8)
     write_json(rep, png.with_name(png.stem + '_report.json'))  # assets/baby_samples_report.json by default

@@ -2,10 +2,8 @@
 Small generic helpers any file may import: safe loading, atomic writes, portable paths, weight files, the CPU
 allocator.
 """
-import atexit
 import contextlib
 import ctypes
-import functools
 import hashlib
 import importlib.util
 import json
@@ -14,8 +12,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent  # the repository: paths inside it are stored relative to it
 
@@ -121,91 +117,3 @@ def keep_freed_memory(device):
         return
     libc.mallopt(-4, 0)   # M_MMAP_MAX = 0: large blocks come from the heap, not from fresh mmaps
     libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD = -1: never hand the heap's free top back to the OS
-
-
-# -----------------------------------------------------------------------------
-# torchrun: one process per GPU (or per share of the CPU cores); plain python is one process of one
-
-_cpu_group = []  # a gloo group for host-side agreements (the stop flag) when the main backend is nccl
-
-
-def distributed(device, group=True):
-    """(rank, world size, this process's device). Under torchrun this starts the process group (nccl on GPUs, gloo
-    on CPU; a CPU process takes its share of the cores, so N of them do not oversubscribe one machine); group=False:
-    independent processes (train.py --each), no group."""
-    dev = torch.device(device)
-    if 'RANK' not in os.environ:
-        return 0, 1, dev
-    if dev.type == 'cuda':
-        dev = torch.device('cuda', int(os.environ['LOCAL_RANK']))
-        torch.cuda.set_device(dev)
-    else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ['LOCAL_WORLD_SIZE'])))
-    if not group:
-        return int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), dev
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-        _cpu_group.append(dist.new_group(backend='gloo') if dev.type == 'cuda' else None)
-        # torn down before the interpreter exits: left to process exit, gloo's threads could abort a finished rank
-        atexit.register(dist.destroy_process_group)
-        if dist.get_rank() > 0:  # rank 0 alone prints and shows progress
-            sys.stdout = open(os.devnull, 'w')
-            tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
-    return dist.get_rank(), dist.get_world_size(), dev
-
-
-def world():
-    """(rank, world size) of the process group; (0, 1) without one."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _group(t):
-    """The process group that can carry t: the main one, or gloo for CPU tensors under nccl."""
-    return _cpu_group[0] if t.device.type == 'cpu' and _cpu_group and _cpu_group[0] is not None else None
-
-
-def shard(x):
-    """This rank's share of x's rows or items (every rank holds the same x): contiguous, in rank order."""
-    rank, n = world()
-    if len(x) < n:
-        raise ValueError(f'{len(x)} samples cannot be shared among {n} processes; ask for at least {n}')
-    i = torch.arange(len(x)).tensor_split(n)[rank]
-    return x[int(i[0]):int(i[-1]) + 1]
-
-
-def gather(y):
-    """The shares' results in rank order, on every rank (a dict: each value): what one process computes whole."""
-    if isinstance(y, dict):
-        return {k: gather(v) for k, v in y.items()}
-    if world()[1] == 1:
-        return y
-    n = world()[1]
-    sizes = [torch.zeros(1, dtype=torch.long, device=y.device) for _ in range(n)]
-    dist.all_gather(sizes, torch.tensor([len(y)], device=y.device), group=_group(y))
-    m = max(int(s) for s in sizes)  # shares differ by one at most: pad, gather, trim
-    out = [y.new_empty((m, *y.shape[1:])) for _ in range(n)]
-    dist.all_gather(out, torch.cat([y, y.new_zeros((m - len(y), *y.shape[1:]))]), group=_group(y))
-    return torch.cat([o[:int(s)] for o, s in zip(out, sizes)])
-
-
-def reduce_sum(t):
-    """t summed over the ranks, in place (moments and counts: exact reductions); t itself in one process."""
-    if world()[1] > 1:
-        dist.all_reduce(t, group=_group(t))
-    return t
-
-
-def most(x):
-    """The largest of an int over the ranks (a stop agreed at a step boundary); host-side, no GPU sync."""
-    if world()[1] == 1:
-        return x
-    t = torch.tensor([x])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group[0])
-    return int(t)
-
-
-def from_rank0(t):
-    """Rank 0's t on every rank (latents found by optimisation: the ranks start from the same ones)."""
-    if world()[1] > 1:
-        dist.broadcast(t, 0, group=_group(t))
-    return t

@@ -1,11 +1,13 @@
 """
 The unlearning objective: GUIDE's target latent and local / adjacency / global losses, LEGATO's trajectory
-consistency. The networks that judge images (identity, perceptual) are in id_net.py.
+consistency. The networks that judge images are in id_net.py (identity) and perceptual.py.
 
 Facts and weights follow the official LEGATO code (a fork of GUIDE's); its loss-accumulation bug (the last
 trajectory step counted twice) is not reproduced.
 """
+import itertools
 import math
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -64,16 +66,54 @@ def describe(img, id_net, perceptual):
     return Seen(img, perceptual.features(img), id_net.embed(img))
 
 
-def image_loss(u, s, perceptual, id_distance, w):
-    """GUIDE's image loss per sample, u towards s: w_pix MSE + w_perc perceptual + w_id identity -> [N].
-    README eq. 4's l(a, b); the weights are train.Config's (0.01 / 1 / 0.1)."""
+@dataclass(frozen=True)
+class Weights:
+    """The objective's weights (README eq. 4; train.py's --w_* flags): GUIDE's image loss (pix, perc, id) and its
+    local / adjacency / global terms, LEGATO's trajectory consistency, person mode's terms and pixel weight."""
+    pix: float = 1e-2
+    perc: float = 1.0
+    id: float = 0.1
+    local: float = 1.0
+    adj: float = 1.0
+    glob: float = 1.0
+    tc: float = 1.0
+    person: float = 1.0
+    keep: float = 1.0
+    pix_person: float = 10.0  # the pixel weight of person mode's image loss
+    tc_blocks: tuple = ()  # the adapters trajectory consistency counts, e.g. ('b128',); () all
+
+    @classmethod
+    def of(cls, cfg):
+        """From train.Config: --w_pix -> pix, ..., --tc_blocks b64,b128 -> ('b64', 'b128')."""
+        return cls(**{f.name: getattr(cfg, 'w_' + f.name) for f in fields(cls) if f.name != 'tc_blocks'},
+                   tc_blocks=tuple(cfg.tc_blocks.split(',')) if cfg.tc_blocks else ())
+
+
+class Rows(NamedTuple):
+    """How many rows of the step's batch each group is, in batch order (README eq. 4)."""
+    u: int          # the forgotten latents w_u (their images towards G_s(w_t): local)
+    adj: int        # w_u + delta, n_adj per w_u (towards G_s(w_t + delta): adjacency)
+    glob: int       # random latents (held to their own image: global)
+    mined: int = 0  # person mode: the person's mined latents (towards their targets: person)
+    held: int = 0   # mined samples of the kept people (held to their image: keep)
+    kept: int = 0   # the kept people's latents (held to their image: keep)
+
+    def slices(self):
+        """{group: slice of the batch}."""
+        ends = itertools.accumulate(self)
+        return {k: slice(e - n, e) for k, n, e in zip(self._fields, self, ends)}
+
+
+def image_loss(u, s, perceptual, id_distance, pix, perc, id):
+    """GUIDE's image loss per sample, u towards s: pix MSE + perc perceptual + id identity -> [N].
+    README eq. 4's l(a, b)."""
     mse = (u.img - s.img).square().mean(dim=[1, 2, 3])
-    return w.w_pix * mse + w.w_perc * perceptual(u.feats, s.feats) + w.w_id * id_distance(u.emb, s.emb)
+    return pix * mse + perc * perceptual(u.feats, s.feats) + id * id_distance(u.emb, s.emb)
 
 
-def trajectory_consistency(traj, n, blocks=None, device=None):
+def trajectory_consistency(traj, n, blocks=(), device=None):
     """LEGATO's smoothness term (README eq. 5): the mean squared increment between successive grid states,
-    averaged over steps and over the adapters (all, or those named in `blocks`, e.g. ['b128']); only the first n
+    averaged over steps and over the adapters (all, or those named in `blocks`, e.g. ('b128',)); only the first n
     samples (the forgotten latents w_u, not the mined ones) count. Each increment counts once (the official code
     counts the last one twice)."""
     terms = []
@@ -85,24 +125,40 @@ def trajectory_consistency(traj, n, blocks=None, device=None):
     return torch.stack(terms).mean() if terms else torch.zeros((), device=device)
 
 
-def unlearning_loss(u, s, traj, n_u, n_adj, perceptual, id_distance, w, glob_weight=None, shares=1):
-    """The paper's objective on one fused batch -> {local, adj, glob, tc, loss}: README eq. 4 without person mode.
+def total(L, wt):
+    """The weighted sum of the named terms (README eq. 4): the objective the step minimises."""
+    return sum(getattr(wt, k) * L[k] for k in ('local', 'adj', 'glob', 'tc', 'person', 'keep') if k in L)
 
-    u: what the trainable generator draws for [forgotten latents w_u (n_u) | adjacency w_u + delta (n_adj) |
-    global latents]; s: what each should look like, drawn by the frozen generator: [G_s(w_t) | G_s(w_t + delta) |
-    the same global latents]; traj: the adapters' states; w: the weights (w_pix, w_perc, w_id, w_local, w_adj,
-    w_glob, w_tc) and tc_blocks; glob_weight [n_glob] (person mode) releases global samples from preservation.
-    shares: the random samples are one of `shares` equal shares of the batch (torchrun: one per rank); their sums
-    count `shares` times, so that DDP's gradient average is the gradient of the whole batch's objective (one
-    process: shares = 1)."""
-    a, b = n_u, n_u + n_adj
-    L = dict(local=image_loss(u.rows(0, a), s.rows(0, a), perceptual, id_distance, w).mean(),  # mean over w_u
-             # GUIDE sums over the adjacency samples of each forgotten latent, and over the global samples
-             adj=image_loss(u.rows(a, b), s.rows(a, b), perceptual, id_distance, w).view(n_u, -1).sum(1).mean() * shares,
-             glob=perceptual(u.rows(b).feats, s.rows(b).feats),  # perceptual only, as GUIDE
-             tc=trajectory_consistency(traj, n_u, w.tc_blocks and w.tc_blocks.split(','), u.img.device))
-    L['glob'] = (L['glob'] if glob_weight is None else L['glob'] * glob_weight).sum() * shares
-    L['loss'] = w.w_local * L['local'] + w.w_adj * L['adj'] + w.w_glob * L['glob'] + w.w_tc * L['tc']
+
+def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=1):
+    """The whole objective on one batch -> {local, adj, glob, tc, (person, keep,) loss}: README eq. 4.
+
+    u: what the trainable generator draws (Seen), s: what each row should look like, drawn by the frozen generator,
+    both in the order of `rows` (Rows); traj: the adapters' states; wt: Weights. GUIDE: the forgotten latents go to
+    G_s(w_t) (local, a mean), their neighbours to G_s(w_t + delta) (adjacency, summed per latent, averaged), random
+    latents stay (global, perceptual only, summed); LEGATO: trajectory consistency. Person mode (rows.mined > 0) adds
+    the mined latents towards their targets, images the original generator draws of someone else (train.surrogates),
+    so that the person's samples become other faces rather than the same face with another embedding (an adversarial
+    example against the identity network); and the kept people held. known = (refs, owner, threshold) of `who`:
+    global samples that showed the person leave the global sum. shares: the random rows are one of `shares` equal
+    shares of the batch (torchrun: one per rank); their sums count `shares` times, so that DDP's gradient average
+    is the gradient of the whole batch's objective (the kept latents are every rank's, not shared)."""
+    r = rows.slices()
+    pick = lambda g: (u.rows(r[g].start, r[g].stop), s.rows(r[g].start, r[g].stop))  # noqa: E731
+    img = dict(pix=wt.pix, perc=wt.perc, id=wt.id)
+    L = dict(local=image_loss(*pick('u'), perceptual, id_distance, **img).mean(),
+             adj=image_loss(*pick('adj'), perceptual, id_distance, **img).view(rows.u, -1).sum(1).mean() * shares)
+    glob = perceptual(*(x.feats for x in pick('glob')))
+    if known is not None:
+        glob = glob * (1 - shows_person(s.emb[r['glob']], *known[:2], id_distance, known[2]))
+    L['glob'] = glob.sum() * shares
+    L['tc'] = trajectory_consistency(traj, rows.u, wt.tc_blocks, u.img.device)
+    if rows.mined:  # one image loss over [mined | held | kept], its pixel term weighted as person mode's
+        p = image_loss(u.rows(r['mined'].start), s.rows(r['mined'].start), perceptual, id_distance,
+                       **{**img, 'pix': wt.pix_person})
+        L['person'] = p[:rows.mined].sum() * shares
+        L['keep'] = p[rows.mined:rows.mined + rows.held].sum() * shares + p[rows.mined + rows.held:].sum()
+    L['loss'] = total(L, wt)
     return L
 
 
@@ -120,16 +176,3 @@ def shows_person(emb, refs, owner, id_distance, threshold):
     """1.0 where `who` is the person, else 0.0 -> [N]. README eq. 4: global samples that showed the person leave
     the global sum."""
     return (who(emb, refs, owner, id_distance, threshold) == 0).float()
-
-
-def person_loss(u, s, n_mined, n_held, perceptual, id_distance, w, shares=1):
-    """What forgetting the person adds (README eq. 4, second line) -> {person, keep}. u/s rows: [mined latents of
-    the person (n_mined) | mined samples of the kept people (n_held) | the kept people's latents]; s is drawn by the
-    frozen generator: for a mined latent w_m its target, a sample of the original generator that shows someone
-    else (train.surrogates); for the others their own image. All are GUIDE's image loss, summed over samples as the
-    adjacency and global terms. Every target is an image the original generator draws, so the person's samples
-    become other faces, not the same face with another embedding (an adversarial example against the identity
-    network). shares: as in unlearning_loss (the mined rows are shared among the ranks, the kept latents are not)."""
-    loss = image_loss(u, s, perceptual, id_distance, w)
-    a, b = n_mined, n_mined + n_held
-    return dict(person=loss[:a].sum() * shares, keep=loss[a:b].sum() * shares + loss[b:].sum())

@@ -566,6 +566,13 @@ def load_official_pkl(path):
 
 
 # -----------------------------------------------------------------------------
+# drawing
+
+@torch.no_grad()
+def generate(G, ws, kw, bs=16):
+    """G's images of ws [N, L, C], bs at a time, with constant noise; kw go to G.synthesis (e.g. {'T': 0.8})."""
+    return torch.cat([G.synthesis(ws[i:i + bs], noise_mode='const', **kw) for i in range(0, len(ws), bs)])
+
 
 if __name__ == '__main__':
     import time

@@ -112,6 +112,17 @@ def time_grid(T, h):
     return pts
 
 
+def times(spec):
+    """--T 0,0.8,1.6 -> [0.0, 0.8, 1.6]: integration times, finite and >= 0."""
+    try:
+        Ts = [float(t) for t in spec.split(',')]
+    except ValueError:
+        raise ValueError(f'--T {spec}: write numbers separated by commas, e.g. 0,0.8,1.6') from None
+    if not all(math.isfinite(t) and t >= 0 for t in Ts):
+        raise ValueError(f'--T {spec}: each integration time must be a finite number >= 0')
+    return Ts
+
+
 @functools.lru_cache(maxsize=64)
 def grid_tensor(grid, dtype, device):
     """The grid on the device, made once per (grid, dtype, device): a copy from the host would stall a GPU."""

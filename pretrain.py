@@ -1,5 +1,6 @@
 """
-Train the small built-in StyleGAN2 ("baby") on a handful of aligned faces, on a CPU.
+Train the small built-in StyleGAN2 ("baby") on a handful of aligned faces: on a CPU in about a day (the
+assets' generator was), or on a GPU when there is one (--device, whose default is cuda when present).
 
 Objective: StyleGAN2's non-saturating GAN loss with lazy R1 on a resnet discriminator, differentiable
 augmentation of everything D sees (DiffAugment-style: colour, translation/scale/rotation, cutout; needed
@@ -22,6 +23,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -125,7 +127,7 @@ def augment(x, gen):
 # -----------------------------------------------------------------------------
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--data', default='assets/faces', help='folder of identity folders of aligned faces')
     p.add_argument('--out', default='runs/pretrain', help='run folder: checkpoint, samples, log')
@@ -149,132 +151,163 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--export', default=None, help='only write the EMA generator of --out to this path and exit')
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path = os.path.join(args.out, 'ckpt.pt')
-    dev = torch.device(args.device)
+    return p
 
-    # data: every identity folder under --data, plus mirror images
+
+def load_reals(args, dev):
+    """Every identity folder under --data -> (images [P, 3, res, res], their names)."""
     people = sorted(d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d)))
     faces, names = [], []
     for person in people:
         x, n = load_faces(os.path.join(args.data, person), args.res, align=False)
         faces.append(x)
         names += n
-    reals = torch.cat(faces).to(dev)  # [P, 3, res, res]
-    P = reals.shape[0]
-    idn = DlibFaceNet().to(dev)
-    with torch.no_grad():
-        emb_real = idn.embed(reals)
+    return torch.cat(faces).to(dev), names
 
-    # models
+
+@dataclass
+class GAN:
+    """Everything a checkpoint holds: the networks, their optimisers, the random streams, the step."""
+    cfg: GeneratorConfig
+    G: Generator
+    G_ema: Generator
+    D: Discriminator
+    optG: torch.optim.Optimizer
+    optD: torch.optim.Optimizer
+    anchors: torch.Tensor  # [P, z_dim] each photo's fixed latent
+    fixed_z: torch.Tensor  # [16, z_dim] the sample grids' latents
+    gen: torch.Generator   # the training draws
+    step: int = 0
+    wall: float = 0.0
+
+
+def build(args, P, dev):
+    """The GAN at step 0, or resumed from --out's checkpoint."""
     cfg = GeneratorConfig(img_resolution=args.res, z_dim=args.zdim, w_dim=args.zdim, channel_base=args.channel_base,
                           channel_max=args.channels, mapping_layers=args.mapping, conv_clamp=256)
     torch.manual_seed(args.seed)
     G = Generator(cfg).to(dev).train()
     G_ema = Generator(cfg).to(dev).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
-    dch, r = {}, args.res
-    while r >= 4:
-        dch[r] = min(args.dchannels * args.res // r, args.channels)
-        r //= 2
+    dch = {args.res // 2 ** i: min(args.dchannels * 2 ** i, args.channels) for i in range(int(math.log2(args.res)) - 1)}
     D = Discriminator(args.res, dch).to(dev)
     c = args.r1_every / (args.r1_every + 1)  # lazy regularisation: rescale lr and betas
-    optG = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8)
-    optD = torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
-    anchors = torch.randn(P, cfg.z_dim, generator=torch.Generator().manual_seed(1000 + args.seed)).to(dev)
-    fixed_z = torch.randn(16, cfg.z_dim, generator=torch.Generator().manual_seed(2000 + args.seed)).to(dev)
-    gen = torch.Generator(device=dev).manual_seed(args.seed)
-    step, wall = 0, 0.0
-
-    if os.path.exists(ckpt_path):
-        ck = load(ckpt_path, 'a pretrain.py checkpoint', map_location=dev)
+    n = GAN(cfg, G, G_ema, D, torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8),
+            torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8),
+            torch.randn(P, cfg.z_dim, generator=torch.Generator().manual_seed(1000 + args.seed)).to(dev),
+            torch.randn(16, cfg.z_dim, generator=torch.Generator().manual_seed(2000 + args.seed)).to(dev),
+            torch.Generator(device=dev).manual_seed(args.seed))
+    path = os.path.join(args.out, 'ckpt.pt')
+    if os.path.exists(path):
+        ck = load(path, 'a pretrain.py checkpoint', map_location=dev)
         if ck['config'] != cfg.__dict__:
-            raise SystemExit(f'error: {ckpt_path} was trained with another config; use another --out')
-        G.load_state_dict(ck['G']); G_ema.load_state_dict(ck['G_ema']); D.load_state_dict(ck['D'])
-        optG.load_state_dict(ck['optG']); optD.load_state_dict(ck['optD'])
-        gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
+            raise SystemExit(f'error: {path} was trained with another config; use another --out')
+        for k in ('G', 'G_ema', 'D', 'optG', 'optD'):
+            getattr(n, k).load_state_dict(ck[k])
+        n.gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
         torch.set_rng_state(ck['cpu_rng'])
-        step, wall = ck['step'], ck['wall']
-        print(f'resumed {ckpt_path} at step {step} ({wall / 3600:.2f} h of training so far)')
+        n.step, n.wall = ck['step'], ck['wall']
+        print(f'resumed {path} at step {n.step} ({n.wall / 3600:.2f} h of training so far)')
+    return n
+
+
+def save(n, args):
+    atomic_save({'config': n.cfg.__dict__, 'G': n.G.state_dict(), 'G_ema': n.G_ema.state_dict(), 'D': n.D.state_dict(),
+                 'optG': n.optG.state_dict(), 'optD': n.optD.state_dict(), 'gen': n.gen.get_state(),
+                 'cpu_rng': torch.get_rng_state(), 'step': n.step, 'wall': n.wall, 'args': vars(args)},
+                os.path.join(args.out, 'ckpt.pt'))
+
+
+def d_step(n, real, args):
+    """Logistic loss on real and generated images (augmented), lazy R1 on the reals -> D's loss."""
+    z = torch.randn(args.batch, n.cfg.z_dim, generator=n.gen, device=real.device)
+    with torch.no_grad():
+        fake = n.G(z, noise_mode='random')
+    do_r1 = n.step % args.r1_every == 0
+    real_a = augment(real, n.gen).requires_grad_(do_r1)
+    d_real, d_fake = n.D(real_a), n.D(augment(fake, n.gen))  # separate: minibatch-std groups never mix them
+    loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+    if do_r1:
+        g, = torch.autograd.grad(d_real.sum(), real_a, create_graph=True)
+        loss = loss + g.square().sum(dim=[1, 2, 3]).mean() * (args.r1 / 2 * args.r1_every)
+    n.optD.zero_grad(set_to_none=True)
+    loss.backward()
+    n.optD.step()
+    return loss
+
+
+def g_step(n, reals, emb_real, idn, args):
+    """Non-saturating loss, plus the anchors: up to 4 photos' latents pulled to their photos -> (loss, L1, identity)."""
+    z = torch.randn(args.batch, n.cfg.z_dim, generator=n.gen, device=reals.device)
+    ws = n.G.mapping(z, update_w_avg=True)
+    loss = F.softplus(-n.D(augment(n.G.synthesis(ws, noise_mode='random'), n.gen))).mean()
+    a = torch.randint(len(reals), (min(4, len(reals)),), generator=n.gen, device=reals.device)
+    rcn = n.G(n.anchors[a], noise_mode='const')
+    rec = (rcn - reals[a]).abs().mean()
+    rec_id = idn.distance(idn.embed(rcn), emb_real[a]).mean()
+    n.optG.zero_grad(set_to_none=True)
+    (loss + args.rec * rec + args.rec_id * rec_id).backward()
+    n.optG.step()
+    return loss, rec, rec_id
+
+
+@torch.no_grad()
+def ema(n, args):
+    """G_ema towards G, with NVIDIA's ramp-up (a short half-life early on); buffers copied."""
+    beta = min(0.5 ** (args.batch / (args.ema_kimg * 1000)), 0.5 ** (args.batch / max((n.step + 1) * args.batch * 0.05, 1e-8)))
+    for pe, pg in zip(n.G_ema.parameters(), n.G.parameters()):
+        pe.lerp_(pg, 1 - beta)
+    for be, bg in zip(n.G_ema.buffers(), n.G.buffers()):
+        be.copy_(bg)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    dev = torch.device(args.device)
+    reals, names = load_reals(args, dev)
+    idn = DlibFaceNet().to(dev)
+    with torch.no_grad():
+        emb_real = idn.embed(reals)
+    n = build(args, len(reals), dev)
     if args.export:
-        G_ema.save(args.export, pretrain={'step': step, 'wall_s': round(wall), 'args': vars(args), 'anchors': anchors.cpu(),
-                                          'anchor_names': names})
-        print(f'exported G_ema at step {step} to {args.export}')
+        n.G_ema.save(args.export, pretrain={'step': n.step, 'wall_s': round(n.wall), 'args': vars(args),
+                                            'anchors': n.anchors.cpu(), 'anchor_names': names})
+        print(f'exported G_ema at step {n.step} to {args.export}')
         return
-
-    def save():
-        atomic_save({'config': cfg.__dict__, 'G': G.state_dict(), 'G_ema': G_ema.state_dict(), 'D': D.state_dict(),
-                     'optG': optG.state_dict(), 'optD': optD.state_dict(), 'gen': gen.get_state(),
-                     'cpu_rng': torch.get_rng_state(), 'step': step, 'wall': wall, 'args': vars(args)}, ckpt_path)
-
-    stop = {'now': False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    ema_beta = 0.5 ** (args.batch / (args.ema_kimg * 1000))
-    log = open(os.path.join(args.out, 'log.jsonl'), 'a')
-    pbar = tqdm(total=args.iters, initial=step, desc='pretrain', dynamic_ncols=True)
+    stopped = []  # SIGTERM stops at the next step (Ctrl-C at once); either way the checkpoint is written
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
     t0 = time.time()
-    try:
-        while step < args.iters and not stop['now']:
-            idx = torch.randint(P, (args.batch,), generator=gen, device=dev)
-            real = reals[idx]
-            # D step: logistic loss, lazy R1 on (augmented) reals
-            z = torch.randn(args.batch, cfg.z_dim, generator=gen, device=dev)
-            with torch.no_grad():
-                fake = G(z, noise_mode='random')
-            do_r1 = step % args.r1_every == 0
-            real_a = augment(real, gen).requires_grad_(do_r1)
-            d_real, d_fake = D(real_a), D(augment(fake, gen))  # separate: minibatch-std groups never mix them
-            loss_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
-            if do_r1:
-                g, = torch.autograd.grad(d_real.sum(), real_a, create_graph=True)
-                loss_d = loss_d + g.square().sum(dim=[1, 2, 3]).mean() * (args.r1 / 2 * args.r1_every)
-            optD.zero_grad(set_to_none=True)
-            loss_d.backward()
-            optD.step()
-            # G step: non-saturating loss + anchor reconstruction
-            z = torch.randn(args.batch, cfg.z_dim, generator=gen, device=dev)
-            ws = G.mapping(z, update_w_avg=True)
-            fake = G.synthesis(ws, noise_mode='random')
-            loss_g = F.softplus(-D(augment(fake, gen))).mean()
-            a = torch.randint(P, (min(4, P),), generator=gen, device=dev)
-            rcn = G(anchors[a], noise_mode='const')
-            rec = (rcn - reals[a]).abs().mean()
-            rec_id = idn.distance(idn.embed(rcn), emb_real[a]).mean()
-            optG.zero_grad(set_to_none=True)
-            (loss_g + args.rec * rec + args.rec_id * rec_id).backward()
-            optG.step()
-            # EMA (with NVIDIA's ramp-up: short half-life early on)
-            beta = min(ema_beta, 0.5 ** (args.batch / max((step + 1) * args.batch * 0.05, 1e-8)))
-            with torch.no_grad():
-                for pe, pg in zip(G_ema.parameters(), G.parameters()):
-                    pe.lerp_(pg, 1 - beta)
-                for be, bg in zip(G_ema.buffers(), G.buffers()):
-                    be.copy_(bg)
-            step += 1
-            pbar.update(1)
-            if step % 50 == 0:
-                pbar.set_postfix(d=f'{loss_d.item():.3f}', g=f'{loss_g.item():.3f}', rec=f'{rec.item():.3f}',
-                                 id=f'{rec_id.item():.3f}')
-                log.write(json.dumps({'step': step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'rec': rec.item(),
-                                      'rec_id': rec_id.item(), 'wall': wall + time.time() - t0}) + '\n')
-                log.flush()
-            if step % args.sample_every == 0 or step == args.iters:
-                with torch.no_grad():
-                    s = G_ema(fixed_z, psi=0.7, noise_mode='const')
-                    rcn = G_ema(anchors, noise_mode='const')
-                save_grid(torch.cat([s, reals, rcn]), os.path.join(args.out, f'samples_{step:07d}.png'), nrow=P)
-            if step % args.ckpt_every == 0:
-                wall += time.time() - t0; t0 = time.time()
-                save()
-    except KeyboardInterrupt:
-        pass
-    wall += time.time() - t0
-    save()
-    pbar.close()
-    print(f'saved {ckpt_path} at step {step}')
+    with open(os.path.join(args.out, 'log.jsonl'), 'a') as log, \
+            tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
+        try:
+            while n.step < args.iters and not stopped:
+                loss_d = d_step(n, reals[torch.randint(len(reals), (args.batch,), generator=n.gen, device=dev)], args)
+                loss_g, rec, rec_id = g_step(n, reals, emb_real, idn, args)
+                ema(n, args)
+                n.step += 1
+                pbar.update(1)
+                if n.step % 50 == 0:
+                    logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'rec': rec.item(),
+                            'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
+                    pbar.set_postfix({k: f'{v:.3f}' for k, v in logged.items() if k not in ('step', 'wall')})
+                    log.write(json.dumps(logged) + '\n')
+                    log.flush()
+                if n.step % args.sample_every == 0 or n.step == args.iters:
+                    with torch.no_grad():
+                        grid = [n.G_ema(n.fixed_z, psi=0.7, noise_mode='const'), reals,
+                                n.G_ema(n.anchors, noise_mode='const')]
+                    save_grid(torch.cat(grid), os.path.join(args.out, f'samples_{n.step:07d}.png'), nrow=len(reals))
+                if n.step % args.ckpt_every == 0:
+                    n.wall, t0 = n.wall + time.time() - t0, time.time()
+                    save(n, args)
+        except KeyboardInterrupt:
+            pass
+    n.wall += time.time() - t0
+    save(n, args)
+    print(f'saved {os.path.join(args.out, "ckpt.pt")} at step {n.step}')
 
 
 if __name__ == '__main__':

@@ -17,9 +17,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, grid, save_grid
-from evaluate import generate, times
 from helpers import CheckpointError, device, written
-from ode_adapter import load_run
+from model import generate
+from ode_adapter import load_run, times
 
 
 MAX_SEEDS = 1024  # images in one grid

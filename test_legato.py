@@ -9,6 +9,7 @@ Run: python -m pytest -q test_legato.py
 import argparse
 import collections
 import copy
+import dataclasses
 import importlib.util
 import json
 import math
@@ -37,14 +38,16 @@ import bench
 import data
 import evaluate
 import helpers
+import losses
 import pretrain
 import sample
 import train
 from data import DataError, load_faces, load_image
 from helpers import CheckpointError
-from id_net import DlibCpp, DlibFaceNet, FaceRes, FIDInception, IDFeatureDistance, IRNet, LPIPSVGG, load_id_net
+from id_net import DlibCpp, DlibFaceNet, FaceRes, IRNet, load_id_net
 from losses import adjacency_offsets, target_latent, trajectory_consistency
 from model import Generator, GeneratorConfig, rosinality_key_map
+from perceptual import FIDInception, IDFeatureDistance, LPIPSVGG
 from ode_adapter import (ODEAdapter, VectorField, adapters, attach_adapters, integrate, load_adapters, param_report,
                          save_adapters, time_grid)
 
@@ -660,7 +663,7 @@ def test_adapter_file_roundtrip_and_errors(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# id_net.py: the dlib port, ArcFace / CurricularFace, FID Inception, perceptual distances
+# id_net.py: the dlib port, ArcFace / CurricularFace
 
 @needs_dlib
 def test_dlib_port_matches_dlib(facenet, chips):
@@ -729,22 +732,6 @@ def test_irnet_loads_official_key_layouts(tmp_path, weight_files):
         load_id_net('curricularface')
 
 
-def test_fid_inception_loads_official_key_names(tmp_path, weight_files):
-    ref = FIDInception()
-    sd = ref.state_dict()
-    expect = {'Conv2d_1a_3x3.conv.weight': (32, 3, 3, 3), 'Conv2d_4a_3x3.bn.running_var': (192,),
-              'Mixed_5b.branch5x5_2.conv.weight': (64, 48, 5, 5), 'Mixed_6a.branch3x3.conv.weight': (384, 288, 3, 3),
-              'Mixed_6e.branch7x7dbl_5.conv.weight': (192, 192, 1, 7), 'Mixed_7a.branch3x3_2.conv.weight': (320, 192, 3, 3),
-              'Mixed_7c.branch3x3dbl_3b.conv.weight': (384, 384, 3, 1), 'fc.weight': (1008, 2048)}
-    for k, shape in expect.items():
-        assert tuple(sd[k].shape) == shape, k
-    net = FIDInception(weight_files['inception'])  # random weights under these keys
-    assert net(torch.rand(2, 3, 64, 64) * 2 - 1).shape == (2, 2048)
-    torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
-    with pytest.raises(ValueError, match='not the FID Inception weights'):
-        FIDInception(tmp_path / 'other.pth')
-
-
 def lpips_reference(fa, fb, lins=None):
     """LPIPS's formula written out: each feature map unit-normalised over channels (lpips.normalize_tensor),
     squared difference weighted per channel (the lin heads; unit weights without them), summed over channels,
@@ -756,23 +743,6 @@ def lpips_reference(fa, fb, lins=None):
         d = (a - b).square() * (1 if lins is None else lins[i])
         total = total + d.sum(1).mean((1, 2))
     return total
-
-
-def test_perceptual_distances(tmp_path, facenet, weight_files):
-    """The offline stand-in and LPIPS-VGG16 (unit heads, and LPIPS v0.1's heads read from a file) compute LPIPS's
-    formula on their feature maps; zero on identical images."""
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
-    y = x.flip(-1)
-    vgg, lin = weight_files['vgg16'], weight_files['vgg_lin']  # random VGG16 weights, LPIPS heads as in lpips' files
-    lins = list(torch.load(lin, weights_only=True).values())
-    for perc, w in ((IDFeatureDistance(facenet), None), (LPIPSVGG(vgg), None), (LPIPSVGG(vgg, lin), lins)):
-        fx, fy = perc.features(x), perc.features(y)
-        d = perc(fx, fy)
-        assert torch.allclose(perc(fx, fx), torch.zeros(2)) and (d > 0).all()
-        assert torch.allclose(d, lpips_reference(fx, fy, w), rtol=1e-5, atol=0), (type(perc).__name__, d)
-    torch.save({'features.0.weight': torch.zeros(3)}, tmp_path / 'other.pth')
-    with pytest.raises(ValueError, match=r'other\.pth: not a torchvision VGG16 state dict'):
-        LPIPSVGG(tmp_path / 'other.pth')
 
 
 # -----------------------------------------------------------------------------
@@ -921,6 +891,42 @@ def test_faceres_real_weights_separate_the_demo_people():
 
 
 # -----------------------------------------------------------------------------
+# perceptual.py: the offline stand-in, LPIPS-VGG16, FID Inception
+
+def test_perceptual_distances(tmp_path, facenet, weight_files):
+    """The offline stand-in and LPIPS-VGG16 (unit heads, and LPIPS v0.1's heads read from a file) compute LPIPS's
+    formula on their feature maps; zero on identical images."""
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    y = x.flip(-1)
+    vgg, lin = weight_files['vgg16'], weight_files['vgg_lin']  # random VGG16 weights, LPIPS heads as in lpips' files
+    lins = list(torch.load(lin, weights_only=True).values())
+    for perc, w in ((IDFeatureDistance(facenet), None), (LPIPSVGG(vgg), None), (LPIPSVGG(vgg, lin), lins)):
+        fx, fy = perc.features(x), perc.features(y)
+        d = perc(fx, fy)
+        assert torch.allclose(perc(fx, fx), torch.zeros(2)) and (d > 0).all()
+        assert torch.allclose(d, lpips_reference(fx, fy, w), rtol=1e-5, atol=0), (type(perc).__name__, d)
+    torch.save({'features.0.weight': torch.zeros(3)}, tmp_path / 'other.pth')
+    with pytest.raises(ValueError, match=r'other\.pth: not a torchvision VGG16 state dict'):
+        LPIPSVGG(tmp_path / 'other.pth')
+
+
+def test_fid_inception_loads_official_key_names(tmp_path, weight_files):
+    ref = FIDInception()
+    sd = ref.state_dict()
+    expect = {'Conv2d_1a_3x3.conv.weight': (32, 3, 3, 3), 'Conv2d_4a_3x3.bn.running_var': (192,),
+              'Mixed_5b.branch5x5_2.conv.weight': (64, 48, 5, 5), 'Mixed_6a.branch3x3.conv.weight': (384, 288, 3, 3),
+              'Mixed_6e.branch7x7dbl_5.conv.weight': (192, 192, 1, 7), 'Mixed_7a.branch3x3_2.conv.weight': (320, 192, 3, 3),
+              'Mixed_7c.branch3x3dbl_3b.conv.weight': (384, 384, 3, 1), 'fc.weight': (1008, 2048)}
+    for k, shape in expect.items():
+        assert tuple(sd[k].shape) == shape, k
+    net = FIDInception(weight_files['inception'])  # random weights under these keys
+    assert net(torch.rand(2, 3, 64, 64) * 2 - 1).shape == (2, 2048)
+    torch.save({'conv.weight': torch.zeros(1)}, tmp_path / 'other.pth')
+    with pytest.raises(ValueError, match='not the FID Inception weights'):
+        FIDInception(tmp_path / 'other.pth')
+
+
+# -----------------------------------------------------------------------------
 # data.py: identity photos in
 
 def test_image_modes_and_exif(tmp_path):
@@ -1042,6 +1048,83 @@ def test_trajectory_consistency_counts_each_step_once():
     assert trajectory_consistency({'b8': states}, n=1).item() == pytest.approx(one)
     assert trajectory_consistency(traj, n=1).item() == pytest.approx((one + 4 * one) / 2)
     assert trajectory_consistency(traj, n=1, blocks=['b16']).item() == pytest.approx(4 * one)
+
+
+def toy_batch(rows, seed=0):
+    """Two Seen batches (what the generator drew, what it should look like) of sum(rows) rows, values at random."""
+    g, n = torch.Generator().manual_seed(seed), sum(rows)
+    make = lambda: losses.Seen(torch.randn(n, 3, 4, 4, generator=g), [torch.randn(n, 2, 2, 2, generator=g)],  # noqa: E731
+                               torch.randn(n, 3, generator=g))
+    return make(), make()
+
+
+def toy_perceptual(fa, fb):
+    return (fa[0] - fb[0]).square().mean(dim=[1, 2, 3])
+
+
+def toy_distance(a, b):
+    return (a - b).norm(dim=-1)
+
+
+def test_image_loss_weighs_its_three_terms():
+    u, s = toy_batch([3])
+    mse = (u.img - s.img).square().mean(dim=[1, 2, 3])
+    got = losses.image_loss(u, s, toy_perceptual, toy_distance, pix=2.0, perc=3.0, id=5.0)
+    assert torch.allclose(got, 2 * mse + 3 * toy_perceptual(u.feats, s.feats) + 5 * toy_distance(u.emb, s.emb))
+
+
+def test_objective_terms_by_hand():
+    """Every term of README eq. 4 recomputed row by row from the batch layout: local a mean over w_u, adjacency summed
+    per w_u and averaged, global perceptual-only and summed over the samples that did not show the person, person
+    and keep summed (person mode's pixel weight), the random rows' sums times `shares`, the total weighted."""
+    rows = losses.Rows(u=2, adj=4, glob=3, mined=2, held=1, kept=2)
+    u, s = toy_batch(rows)
+    wt = losses.Weights(pix=0.5, perc=2.0, id=0.25, local=1.5, adj=0.7, glob=1.3, tc=0.0, person=2.5, keep=0.4,
+                        pix_person=7.0)
+    refs, owner = torch.randn(3, 3), torch.tensor([0, 1, 2])
+    s.emb[7] = refs[0]  # the second global sample showed the person: it leaves the global sum
+    s.emb[8] = refs[2] + 0.01  # the third showed a kept person: it stays
+    L = losses.objective(u, s, {}, rows, toy_perceptual, toy_distance, wt, (refs, owner, 0.5), shares=3)
+
+    def l(i, pix=wt.pix):  # GUIDE's image loss of row i
+        return (pix * (u.img[i] - s.img[i]).square().mean() + wt.perc * (u.feats[0][i] - s.feats[0][i]).square().mean()
+                + wt.id * (u.emb[i] - s.emb[i]).norm()).item()
+    perc = lambda i: (u.feats[0][i] - s.feats[0][i]).square().mean().item()  # noqa: E731
+    want = dict(local=(l(0) + l(1)) / 2, adj=3 * ((l(2) + l(3)) + (l(4) + l(5))) / 2, glob=3 * (perc(6) + perc(8)),
+                tc=0.0, person=3 * (l(9, wt.pix_person) + l(10, wt.pix_person)),
+                keep=3 * l(11, wt.pix_person) + l(12, wt.pix_person) + l(13, wt.pix_person))
+    want['loss'] = sum(getattr(wt, k) * v for k, v in want.items())
+    assert L.keys() == want.keys()
+    assert all(L[k].item() == pytest.approx(v, rel=1e-5) for k, v in want.items()), ({k: L[k].item() for k in L}, want)
+    paper = losses.objective(u.rows(0, 9), s.rows(0, 9), {}, losses.Rows(2, 4, 3), toy_perceptual, toy_distance, wt)
+    assert paper.keys() == {'local', 'adj', 'glob', 'tc', 'loss'}  # the paper's objective: no person terms
+    assert paper['glob'].item() == pytest.approx(perc(6) + perc(7) + perc(8), rel=1e-5)  # without `known`: all held
+
+
+def test_rows_name_the_batch_in_order():
+    r = losses.Rows(u=1, adj=2, glob=2, mined=4, held=4, kept=3).slices()
+    assert list(r) == ['u', 'adj', 'glob', 'mined', 'held', 'kept']
+    assert [(x.start, x.stop) for x in r.values()] == [(0, 1), (1, 3), (3, 5), (5, 9), (9, 13), (13, 16)]
+
+
+def test_weights_come_from_the_flags():
+    wt = losses.Weights.of(train.get_args(['--w_pix', '0.5', '--w_keep', '3', '--tc_blocks', 'b32,b64']))
+    assert (wt.pix, wt.keep, wt.perc, wt.pix_person, wt.tc_blocks) == (0.5, 3.0, 1.0, 10.0, ('b32', 'b64'))
+    assert losses.Weights.of(train.get_args([])) == losses.Weights()  # the defaults agree
+
+
+def test_who_is_the_nearest_known_face_within_the_threshold():
+    """The one rule of who a face is (the step, mining, evaluation): the owner of the nearest known face, -1 beyond
+    the threshold or without a face (NaN)."""
+    refs = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 0.0], [5.0, 1.0]])
+    owner = torch.tensor([0, 0, 1, 2])
+    emb = torch.tensor([[0.1, 0.9], [4.9, 0.1], [5.0, 0.8], [3.0, 0.4], [float("nan")] * 2])
+    assert losses.who(emb, refs, owner, toy_distance, 0.6).tolist() == [0, 1, 2, -1, -1]
+    assert losses.who(emb, refs, owner, toy_distance, 3.0).tolist() == [0, 1, 2, 1, -1]  # (3, 0.4): 2.04 from (5, 0)
+    assert losses.shows_person(emb, refs, owner, toy_distance, 0.6).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    refs_by_person = [refs[:2], refs[2:3], refs[3:]]
+    got, d = evaluate.recognise(emb, refs_by_person, toy_distance, 0.6)
+    assert got.tolist() == [0, 1, 2, -1, -1] and d.shape == (5, 3) and torch.isinf(d[4]).all()
 
 
 # -----------------------------------------------------------------------------
@@ -1172,13 +1255,13 @@ def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt, monkeypat
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
     with pytest.raises(SystemExit, match='already exists; pass --resume'):
         run_train(tiny_ckpt, out, '--iters', '2')
-    real_loss, calls = train.unlearning_loss, []
+    real_loss, calls = train.objective, []
 
     def nan_from_step_3(*args, **kw):
         calls.append(1)
         L = real_loss(*args, **kw)
         return {**L, 'loss': L['loss'] * float('nan')} if len(calls) >= 3 else L
-    monkeypatch.setattr(train, 'unlearning_loss', nan_from_step_3)
+    monkeypatch.setattr(train, 'objective', nan_from_step_3)
     with pytest.raises(SystemExit, match='non-finite loss at step 3.*nothing was kept'):
         run_train(tiny_ckpt, tmp_path / 'nan', '--iters', '4', '--log_every', '1', '--ckpt_every', '10')
     assert not (tmp_path / 'nan').exists()  # no checkpoint yet: the run leaves nothing behind
@@ -1266,30 +1349,69 @@ def test_autocast_step_follows_fp32(step_setup):
     assert all(Lh[k] == pytest.approx(L32[k], rel=0.02, abs=1e-6) for k in L32), (Lh, L32)
 
 
-def test_step_compiles_as_one_graph_and_reads_nothing_back(step_setup):
-    """--compile traces the adapted synthesis without graph breaks (same numbers as eager); the step asks the
-    device for no value (no .item() / bool(tensor), which would stall a GPU) except Adam's CPU step count."""
+def test_step_compiles_as_one_graph(step_setup):
+    """--compile traces the adapted synthesis without graph breaks: the same numbers as eager."""
     L_eager, g_eager = step_grads(*step_setup())
     S, cfg = step_setup()
     S.syn = torch.compile(S.G.synthesis, backend='aot_eager', fullgraph=True)  # inductor's codegen is slow here
     L_comp, g_comp = step_grads(S, cfg)
     assert L_comp == pytest.approx(L_eager, rel=1e-5) and torch.allclose(g_comp, g_eager, rtol=1e-4, atol=1e-6)
 
-    class Reads(TorchDispatchMode):  # .item() / bool(tensor), and data-dependent shapes (boolean indexing)
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
-                reads.append(args[0])
-            return func(*args, **(kwargs or {}))
-    for person in (False, True):  # the paper's step, and the person mode's (a pool, kept people, references)
-        (S, cfg), reads = step_setup(), []
-        pool = S.G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
-        P = train.Person(torch.randn(4, 128), torch.tensor([0, 0, 1, 2]), pool, pool[:2].clone(), torch.randn_like(pool),
-                         pool[2:5].clone()) if person else None
-        train.train_step(S, cfg, P)
-        with Reads():
-            train.train_step(S, cfg, P)
-        steps = [st['step'] for st in S.opt.state.values()]
-        assert reads and all(any(r is s for s in steps) for r in reads)  # only Adam's per-parameter step counters
+
+def on_meta(S, P):
+    """S and P with every module and tensor on PyTorch's meta device (shapes, no data): a step that builds a tensor
+    on the host, reads one back or indexes by value fails there, as it would stall a GPU. Adam's per-parameter
+    step counters stay on the CPU, as on a GPU (they are read by the host, never from the device)."""
+    meta = torch.device('meta')
+    move = lambda t: t.to(meta) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    G, idn = S.G.to(meta), copy.deepcopy(S.idn).to(meta)  # the identity network is shared by the tests: a copy
+    perc = IDFeatureDistance(idn) if getattr(S.perc, 'net', None) is S.idn else copy.deepcopy(S.perc).to(meta)
+    S = dataclasses.replace(S, G=G, G_s=G if S.G_s is S.G else S.G_s.to(meta), syn=G.synthesis, idn=idn, perc=perc,
+                            ws_u=move(S.ws_u), ws_t=move(S.ws_t),
+                            tgt=losses.Seen(move(S.tgt.img), [move(f) for f in S.tgt.feats], move(S.tgt.emb)),
+                            opt=torch.optim.Adam([p for p in G.parameters() if p.requires_grad]))
+    for p in S.opt.param_groups[0]['params']:  # Adam's state, made before the step (its counters live on the CPU)
+        p.grad = torch.zeros_like(p)
+    S.opt.step()
+    P = P and train.Person(**{k: move(v) for k, v in vars(P).items()})
+    return S, P
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records every operation that touches a tensor off the meta device (except `allowed` ones)."""
+    def __init__(self, allowed=()):
+        super().__init__()
+        self.allowed, self.found = allowed, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.device.type != 'meta' and not any(t is a for a in self.allowed) for t in tensors):
+            self.found.append(func)
+        return out
+
+
+@pytest.mark.parametrize('person', [False, True])
+def test_step_is_free_of_host_traffic(step_setup, person, monkeypatch):
+    """The whole training step (the paper's, and the person mode's) on the meta device: nothing is built on the host
+    or from Python data (torch.tensor copies it from the host even with device=), read back, or indexed by value
+    (boolean masks, nonzero), so on a GPU the step never waits for the device."""
+    S, cfg = step_setup()
+    pool = S.G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
+    P = train.Person(torch.randn(4, 128), torch.tensor([0, 0, 1, 2]), pool, pool[:2].clone(), torch.randn_like(pool),
+                     pool[2:5].clone()) if person else None
+    train.train_step(S, cfg, P)  # the first step may place constants on the device (cached), as on a GPU
+    S, P = on_meta(S, P)
+    train.train_step(S, cfg, P)
+    built = []
+    for name in ('tensor', 'as_tensor'):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _real=real, _name=name, **k: built.append(_name) or _real(*a, **k))
+    with HostTraffic(allowed=[st['step'] for st in S.opt.state.values()]) as mode:
+        L = train.train_step(S, cfg, P)
+    monkeypatch.undo()
+    assert not mode.found and not built, (mode.found, built)
+    assert L['loss'].device.type == 'meta' and all(p.grad is not None for p in S.opt.param_groups[0]['params'])
 
 
 # -----------------------------------------------------------------------------
@@ -1309,9 +1431,9 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
     everyone = types.SimpleNamespace(  # an "unlearned" generator that draws the kept person from every latent
         synthesis=lambda ws, noise_mode='const', **kw: baby.synthesis(w[1:2].repeat(len(ws), 1, 1)))
     J = evaluate.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=10), 'cpu')
-    census = evaluate.Census(people, J, DlibCpp() if dlib is not None else None)
-    m, _ = evaluate.leak(baby, everyone, {}, {}, census, 10, 0)
-    for judge in census.refs:
+    panel = evaluate.Panel(people, J, DlibCpp() if dlib is not None else None)
+    m, _ = evaluate.leak(baby, everyone, {}, {}, panel, 10, 0)
+    for judge in panel.refs:
         c = m[judge]
         assert c['leak_before'] == 0.3 and c['share_before'] == {'person': 0.3, 'kept': 0.7}, (judge, c)
         assert c['leak_after'] == 0 and c['share_after'] == {'person': 0, 'kept': 1.0}, (judge, c)
@@ -1328,7 +1450,8 @@ def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet)
     cfg = train.get_args(['--hidden', '16'])
     ws_u = seed_latents(baby, [11])
     S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
-    P = train.setup_person(S, None, {'kept': seed_latents(baby, [12])}, {'kept': S.G.synthesis(seed_latents(baby, [12]), T=0)})
+    P = train.setup_person(S, S.G.synthesis(ws_u, T=0), {'kept': seed_latents(baby, [12])},
+                           {'kept': S.G.synthesis(seed_latents(baby, [12]), T=0)})
     state = S.gen.get_state()
     pool, targets, held = train.surrogates(S, P, *train.mine(S, P, 128))
     S.gen.set_state(state)  # the same draws again, judged here by hand
@@ -1789,8 +1912,8 @@ def test_two_ranks_step_equals_one_process_with_the_doubled_batch(tmp_path, face
         refs = facenet.embed(G.synthesis(w[:3]))
     torch.save({'ws_u': w[:1], 'pool': w[1:6], 'keep': w[6:7], 'refs': refs}, tmp_path / 'inputs.pt')
     (tmp_path / 'rank.py').write_text(  # each rank: the step on its share, then its gradients and terms to a file
-        f'import sys, torch\nfrom pathlib import Path\nsys.path.insert(0, {str(ROOT)!r})\nimport helpers\n'
-        f'from test_legato import ddp_step\nrank, world, _ = helpers.distributed("cpu")\n'
+        f'import sys, torch\nfrom pathlib import Path\nsys.path.insert(0, {str(ROOT)!r})\nimport ddp\n'
+        f'from test_legato import ddp_step\nrank, world, _ = ddp.distributed("cpu")\n'
         f'torch.save(ddp_step(Path({str(tmp_path)!r}), rank, world), Path({str(tmp_path)!r}) / f"rank{{rank}}.pt")\n')
     torchrun(tmp_path / 'rank.py')
     (g0, L0), (g1, L1) = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
@@ -1800,10 +1923,10 @@ def test_two_ranks_step_equals_one_process_with_the_doubled_batch(tmp_path, face
         g_ref, L_ref = ddp_step(tmp_path, n=2)
     finally:
         torch.set_num_threads(threads)
-    ddp, ref = torch.cat([x.flatten() for x in g0]), torch.cat([x.flatten() for x in g_ref])
-    assert torch.equal(ddp, torch.cat([x.flatten() for x in g1]))  # the ranks agree
-    print('relative gradient difference', ((ddp - ref).norm() / ref.norm()).item())
-    assert ref.norm() > 0 and (ddp - ref).norm() <= 1e-5 * ref.norm(), ((ddp - ref).norm() / ref.norm()).item()
+    g, ref = torch.cat([x.flatten() for x in g0]), torch.cat([x.flatten() for x in g_ref])
+    assert torch.equal(g, torch.cat([x.flatten() for x in g1]))  # the ranks agree
+    print('relative gradient difference', ((g - ref).norm() / ref.norm()).item())
+    assert ref.norm() > 0 and (g - ref).norm() <= 1e-5 * ref.norm(), ((g - ref).norm() / ref.norm()).item()
     assert L0['local'] == pytest.approx(L_ref['local'], rel=1e-6) and L0['adj'] != L1['adj']  # shared, own shares
 
 

@@ -31,11 +31,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import IMAGE_EXTS, DataError, dlib_available, invert, list_photos, load_faces, resolve_identity, save_grid
-from helpers import (ROOT, CheckpointError, atomic_save, device, digest, distributed, from_rank0, gather, in_repo,
-                     keep_freed_memory, load, most, portable, shard)
-from id_net import ID_NETS, IDFeatureDistance, LPIPSVGG, load_id_net
-from losses import Seen, adjacency_offsets, describe, person_loss, shows_person, target_latent, unlearning_loss, who
+from ddp import distributed, from_rank0, gather, max_over_ranks, shard
+from helpers import ROOT, CheckpointError, atomic_save, device, digest, in_repo, keep_freed_memory, load, portable
+from id_net import ID_NETS, load_id_net
+from losses import Rows, Seen, Weights, adjacency_offsets, describe, objective, shows_person, target_latent, who
 from model import Generator
+from perceptual import IDFeatureDistance, LPIPSVGG
 from ode_adapter import BACKENDS, attach_adapters, integrate, param_report, save_adapters, trainable_state
 
 BABY = ROOT / 'assets/baby.pt'  # the built-in generator
@@ -119,8 +120,9 @@ class Config:
     compile: bool = arg(False, 'torch.compile the synthesis network')
 
 
-RESUMABLE = ('out', 'resume', 'each', 'iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt', 'device')  # may change
-MAY_CHANGE = ', '.join('--' + k for k in RESUMABLE[3:])  # as the help and the errors name them
+MAY_CHANGE = ('iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt', 'device')  # a --resume may change these
+RESUMABLE = ('out', 'resume', 'each') + MAY_CHANGE  # the flags a --resume may give: which run, and these
+MAY_CHANGE_FLAGS = ', '.join('--' + k for k in MAY_CHANGE)  # as the help and the errors name them
 PATHS = ('identity', 'ckpt', 'retain', 'id_weights', 'vgg', 'lpips_lin')  # stored relative to the repo when inside
 
 
@@ -128,7 +130,7 @@ def parser(only_given=False):
     """The command line, one flag per Config field (only_given: parse to just the flags on the command line)."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog=f"--resume restores the run's settings; only {MAY_CHANGE} may differ "
+                                epilog=f"--resume restores the run's settings; only {MAY_CHANGE_FLAGS} may differ "
                                        "(--ckpt: the same weights in another file or folder)",
                                 argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
@@ -152,13 +154,12 @@ def stored(cfg):
 def resumed(cfg, given, ck, path):
     """--resume: the run's own settings from its checkpoint; a given flag outside RESUMABLE must agree with them."""
     known = {f.name for f in fields(Config)}
-    run = Config(**{'forget': 'latent',  # runs from before person mode trained the paper's objective
-                    **{k: in_repo(v) if k in PATHS else v for k, v in ck['args'].items() if k in known}})
+    run = Config(**{k: in_repo(v) if k in PATHS else v for k, v in ck['args'].items() if k in known})
     same = lambda k, v: portable(v) if k in PATHS else v  # noqa: E731 - a path may be spelled two ways
     for k in sorted(given - set(RESUMABLE)):
         if same(k, getattr(cfg, k)) != same(k, getattr(run, k)):
             raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); '
-                             f'drop it to resume (only {MAY_CHANGE} may change) or use a new --out')
+                             f'drop it to resume (only {MAY_CHANGE_FLAGS} may change) or use a new --out')
     run = replace(run, resume=True, **{k: getattr(cfg, k) for k in given & set(RESUMABLE) - {'resume'}})
     if run.iters < ck['step']:
         raise SystemExit(f'error: {path}: --iters {run.iters} is below the step the run reached ({ck["step"]}); '
@@ -166,33 +167,35 @@ def resumed(cfg, given, ck, path):
     return run
 
 
+def bad(cfg, k, rule):
+    raise SystemExit(f'error: --{k} {getattr(cfg, k)}: must be {rule}')
+
+
 def check(cfg, out):
     """Every setting that can be wrong, checked before any expensive work: the first problem, as one line."""
-    def bad(k, rule):
-        raise SystemExit(f'error: --{k} {getattr(cfg, k)}: must be {rule}')
     if not cfg.identity:
         raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
     if not -2 ** 63 <= cfg.seed < 2 ** 64:
-        bad('seed', 'an integer in [-2**63, 2**64)')
+        bad(cfg, 'seed', 'an integer in [-2**63, 2**64)')
     for k in ('lr', 't_end', 'step', 'target_d'):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) > 0):
-            bad(k, 'a finite number > 0' + (' (T = 0 is the original generator)' if k == 't_end' else ''))
+            bad(cfg, k, 'a finite number > 0' + (' (T = 0 is the original generator)' if k == 't_end' else ''))
     for k in ('alpha_max', 'w_pix', 'w_perc', 'w_id', 'w_local', 'w_adj', 'w_glob', 'w_tc', 'w_person',
               'w_keep', 'w_pix_person'):
         if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) >= 0):
-            bad(k, 'a finite number >= 0')
+            bad(cfg, k, 'a finite number >= 0')
     for k in ('alpha_max', 'target_d'):  # distances in W: the paper's are 15 and 30
         if getattr(cfg, k) > 1e3:
-            bad(k, 'at most 1000 (a distance that large overflows the generator)')
+            bad(cfg, k, 'at most 1000 (a distance that large overflows the generator)')
     for k in ('iters', 'hidden', 'log_every', 'ckpt_every', 'invert_steps', 'n_mine', 'mine_n'):
         if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
-            bad(k, '>= 1')
+            bad(cfg, k, '>= 1')
     for k in ('n_adj', 'n_glob', 'snapshot_every'):
         if getattr(cfg, k) < 0:
-            bad(k, '>= 0 (0: none)')
+            bad(cfg, k, '>= 0 (0: none)')
     for k, limit in (('hidden', 8192), ('n_adj', 1024), ('n_glob', 1024), ('n_mine', 1024), ('mine_n', 10 ** 6)):
         if (getattr(cfg, k) or 0) > limit:  # sizes that cannot fit, refused before any work (the paper's: 256, 2, 2)
-            bad(k, f'at most {limit:,}')
+            bad(cfg, k, f'at most {limit:,}')
     if cfg.compile and cfg.device.startswith('cpu'):
         raise SystemExit('error: --compile: on a CPU the first step compiles for minutes and runs no faster; use it '
                          'with --device cuda')
@@ -250,6 +253,7 @@ class Step:
     scaler: torch.amp.GradScaler
     amp: object          # autocast context (or a null one)
     gen: torch.Generator  # the training latents' random stream (saved in ckpt.pt)
+    wt: Weights          # the objective's weights
     rank: int = 0        # torchrun: this process draws the whole world-times batch and keeps share `rank`
     world: int = 1
 
@@ -277,7 +281,7 @@ def setup(cfg, G, idn, perc, ws_u, rank=0, world=1):
                 perc=perc, ws_u=ws_u, ws_t=ws_t, tgt=tgt,
                 opt=torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=cfg.lr),
                 scaler=torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16'), amp=amp,
-                gen=torch.Generator(device=dev).manual_seed(cfg.seed), rank=rank, world=world)
+                gen=torch.Generator(device=dev).manual_seed(cfg.seed), wt=Weights.of(cfg), rank=rank, world=world)
 
 
 def sample_latents(S, cfg):
@@ -295,28 +299,20 @@ def sample_latents(S, cfg):
 
 
 def train_step(S, cfg, P=None):
-    """One step: sample latents, frozen forward, trainable forward, loss (README eq. 4), backward. No host sync.
-    With P (--forget person) mined latents of the person and the kept people join the batch and the loss.
-    Rows of both batches: [w_u (n_u) | w_u + delta (n_u * n_adj) | global (n_glob) | mined (n_mine) | held (n_mine) |
-    kept]."""
+    """One step: sample latents, frozen forward, trainable forward, the objective (README eq. 4), backward. No host
+    sync. With P (--forget person) the person's mined latents and the kept people join the batch and the objective;
+    the batch's groups are losses.Rows, in its order: [w_u | w_u + delta | global | mined | held | kept]."""
     w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg)
     p_u, p_s = person_latents(S, P, cfg) if P else ([], [])
+    rows = Rows(len(S.ws_u), len(w_adj_u), len(w_glob), *map(len, p_u))
     with torch.no_grad(), S.amp:  # what each should look like: [G_s(w_t) (constant) | G_s(w_t + delta) | G_s(w) ...]
-        s = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *p_s]), fused=False, **S.s_kw).float(),
-                               S.idn, S.perc))
-    with S.amp:  # what the trainable generator draws for [w_u | w_u + delta | w ...]
+        want = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *p_s]), fused=False, **S.s_kw).float(),
+                                  S.idn, S.perc))
+    with S.amp:  # what the trainable generator draws for [w_u | w_u + delta | w ...], scored as the targets are
         img, traj = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob, *p_u]), fused=False, return_traj=True)
-    u = describe(img.float(), S.idn, S.perc)
-    n_u, n_adj_rows, p0 = len(S.ws_u), len(w_adj_u), len(S.ws_u) + len(w_adj_u) + len(w_glob)  # p0: person rows
-    # person mode: global samples that showed the person (frozen image) are no longer preserved
-    glob_weight = 1 - shows_person(s.emb[n_u + n_adj_rows:p0], P.refs, P.owner, S.idn.distance,
-                                   S.idn.THRESHOLD) if P else None
-    L = unlearning_loss(u.rows(0, p0), s.rows(0, p0), traj, n_u, n_adj_rows, S.perc, S.idn.distance, cfg, glob_weight,
-                        S.world)
-    if P:
-        L.update(person_loss(u.rows(p0), s.rows(p0), cfg.n_mine, len(p_u[1]), S.perc, S.idn.distance,
-                             replace(cfg, w_pix=cfg.w_pix_person), S.world))
-        L['loss'] = L['loss'] + cfg.w_person * L['person'] + cfg.w_keep * L['keep']
+        got = describe(img.float(), S.idn, S.perc)
+    known = (P.refs, P.owner, S.idn.THRESHOLD) if P else None  # who the global samples show (person mode)
+    L = objective(got, want, traj, rows, S.perc, S.idn.distance, S.wt, known, S.world)
     S.opt.zero_grad(set_to_none=True)
     S.scaler.scale(L['loss']).backward()
     S.scaler.step(S.opt)
@@ -338,15 +334,18 @@ class Person:
     held: torch.Tensor     # [j, L, C] mined latents whose image showed a kept person, held to it (surrogates)
 
 
+def draw(S, n, k):
+    """k random indices below n, this rank's share of the world's draw of k * world (from the step's stream)."""
+    i = torch.randint(n, (k * S.world,), generator=S.gen, device=S.ws_u.device)
+    return i[S.rank * k:(S.rank + 1) * k]
+
+
 def person_latents(S, P, cfg):
     """This step's person rows, for the trainable and the frozen generator: n_mine latents w_m drawn from the pool and
     their targets, n_mine samples of the kept people twice (this rank's share of each), then the kept people's latents
     twice (README eq. 4)."""
-    def draw(n):  # n_mine indices below n, this rank's share of the world's draw
-        i = torch.randint(n, (cfg.n_mine * S.world,), generator=S.gen, device=P.pool.device)
-        return i[S.rank * cfg.n_mine:(S.rank + 1) * cfg.n_mine]
-    idx = draw(len(P.pool))
-    held = P.held[draw(len(P.held))] if len(P.held) else P.held
+    idx = draw(S, len(P.pool), cfg.n_mine)
+    held = P.held[draw(S, len(P.held), cfg.n_mine)] if len(P.held) else P.held
     return [P.pool[idx], held, P.keep_ws], [P.targets[idx], held, P.keep_ws]
 
 
@@ -384,13 +383,12 @@ def surrogates(S, P, ws, emb):
     return ws[hit], cand[torch.cdist(ws[hit].flatten(1), cand.flatten(1)).argmin(1)], ws[shows > 0]
 
 
-def setup_person(S, photos, retain, retain_faces):
+def setup_person(S, face, retain, retain_faces):
     """Who the person is: reference faces (the training photos only, or the forgotten latent's image) and the
     kept people (their photos and latents); the pool starts empty."""
     dev = S.ws_u.device
     with torch.no_grad():
-        faces = photos.to(dev) if photos is not None else S.G_s.synthesis(S.ws_u, **S.s_kw)
-        refs = [S.idn.embed(faces)] + [S.idn.embed(x.to(dev)) for x in retain_faces.values()]
+        refs = [S.idn.embed(face)] + [S.idn.embed(x.to(dev)) for x in retain_faces.values()]
     owner = torch.cat([torch.full((len(r),), i, device=dev) for i, r in enumerate(refs)])
     keep_ws = torch.cat(list(retain.values())) if retain else S.ws_u[:0]
     return Person(torch.cat(refs), owner, S.ws_u[:0], keep_ws, S.ws_u[:0], S.ws_u[:0])
@@ -400,16 +398,17 @@ def setup_person(S, photos, retain, retain_faces):
 # the run
 
 def invert_others(cfg, G, idn, person=None):
-    """{person: W+ latent}, {person: photo}: the first photo of every other identity folder under --retain. Each must
-    show a face (found by dlib when installed, as for --identity) and someone else than `person` (the forgotten
-    person's photos or latent's image) by the identity network's rule: nobody is forgotten and kept at once."""
+    """{person: W+ latent}, {person: photo}, {person: its image [1, 3, H, W]}: the first photo of every other identity
+    folder under --retain. Each must show a face (found by dlib when installed, as for --identity) and someone else
+    than `person` (the forgotten person's photos or latent's image) by the identity network's rule: nobody is
+    forgotten and kept at once."""
     if cfg.retain == 'none' or not Path(cfg.retain).is_dir():
-        return {}, {}
+        return {}, {}, {}
     forgotten = Path(cfg.identity).resolve()
     photos = {p.name: str(list_photos(p)[0]) for p in sorted(Path(cfg.retain).iterdir())
               if p.is_dir() and p.resolve() not in (forgotten, forgotten.parent)}
     if not photos:
-        return {}, {}
+        return {}, {}, {}
     faces = torch.cat([load_faces(f, G.cfg.img_resolution, align=False)[0] for f in photos.values()])
     if dlib_available():
         for f in photos.values():
@@ -423,7 +422,7 @@ def invert_others(cfg, G, idn, person=None):
                                 f'network (distance {d:.2f} < {idn.THRESHOLD}); remove that folder from --retain or '
                                 'pass --retain none')
     ws, _, _ = invert(G, faces, idn, steps=cfg.invert_steps)
-    return {k: ws[i:i + 1] for i, k in enumerate(photos)}, photos
+    return {k: ws[i:i + 1] for i, k in enumerate(photos)}, photos, {k: faces[i:i + 1] for i, k in enumerate(photos)}
 
 
 @torch.no_grad()
@@ -449,25 +448,29 @@ def before_after(S, P, retain, path, n=6):
     save_grid(grid, path, nrow=2 * n)
 
 
+def copy_photos(folder, dest):
+    """The image files of folder, copied into a new folder dest."""
+    dest.mkdir(parents=True)
+    for f in folder.iterdir():
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+            shutil.copy2(f, dest / f.name)
+
+
 def keep_photos(info, retain_photos, out, write=True):
     """Copy the photos evaluation reads into the run folder (the forgotten person's folder, held-out photos included,
-    and each kept person's) and point the run at them: a run folder copied anywhere evaluates."""
-    def copy(folder, dest):
-        if not write:
-            return
-        dest.mkdir(parents=True)
-        for f in folder.iterdir():
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-                shutil.copy2(f, dest / f.name)
+    and each kept person's; write=False: rank > 0, which only renames) and point the run at them: a run folder
+    copied anywhere evaluates."""
     if info['kind'] == 'photos':
         p = Path(info['path'])
         folder = p if p.is_dir() else p.parent
-        copy(folder, out / 'photos/forget')
+        if write:
+            copy_photos(folder, out / 'photos/forget')
         info.update(source=portable(p), name=folder.name, path='photos/forget' + ('' if p.is_dir() else f'/{p.name}'))
     elif info['kind'] == 'latent':
         info['path'] = portable(info['path'])
     for name, photo in retain_photos.items():
-        copy(Path(photo).parent, out / 'photos/keep' / name)
+        if write:
+            copy_photos(Path(photo).parent, out / 'photos/keep' / name)
         retain_photos[name] = f'photos/keep/{name}/{Path(photo).name}'
 
 
@@ -552,12 +555,46 @@ def each(argv):
     return runs
 
 
-def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
-    """The unlearning run: settings checked, the run's inputs settled, the loop, the results. Rank 0 writes."""
-    keep_freed_memory(dev)
-    torch.manual_seed(cfg.seed)
-    existed, writer = out.exists(), rank == 0
-    if writer and not cfg.resume:  # claim the folder before any work: a second run on the same --out stops here
+class Signals:
+    """Ctrl-C and SIGTERM while a `with` block runs: noted in .sig (the loop stops between steps, a write finishes),
+    or with at_once=True raised as KeyboardInterrupt; the previous handlers come back at the end of the block."""
+
+    def __init__(self, at_once=False):
+        self.at_once, self.sig = at_once, 0
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def note(self, sig, _):
+        self.sig = sig
+        if self.at_once:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Run:
+    """A run besides its step: where it writes, who is forgotten and kept, how far it got (ckpt.pt keeps it)."""
+    cfg: Config
+    out: Path
+    writer: bool          # rank 0: the process that writes
+    existed: bool         # --out existed before the run (an abandoned run leaves it as it was)
+    info: dict = None     # the identity: its kind, path, inversion distances
+    retain: dict = None   # {kept person: W+ latent [1, L, C]}
+    retain_photos: dict = None  # {kept person: its photo, in the run folder}
+    sha: str = None       # the generator's weights
+    step: int = 0
+    wall: float = 0.0     # seconds of training so far
+
+
+def claim(cfg, out, writer):
+    """The run's folder, claimed before any work (a second run on the same --out stops here) -> Run."""
+    R = Run(cfg, out, writer, out.exists())
+    if writer and not cfg.resume:
         try:
             out.mkdir(parents=True, exist_ok=True)
             (out / 'log.jsonl').open('x').close()
@@ -565,171 +602,200 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
             raise SystemExit(f'error: --out {out} was just taken by another run; choose another --out') from None
         except OSError as e:
             raise SystemExit(f'error: --out {out}: cannot create it ({e.strerror}); choose another folder') from None
+    return R
 
-    def abandon(msg, code=None):
-        """Stop with msg (exit 1, or code): a run that fails before its first checkpoint leaves nothing behind."""
-        if writer and not cfg.resume and not (out / 'ckpt.pt').exists():
-            shutil.rmtree(out, ignore_errors=True)
-            if existed:
-                out.mkdir()
-        if code:
-            print(msg)
-        raise SystemExit(code or msg)
 
-    # generator, identity network, perceptual distance, who to forget and keep
-    got = {'sig': signal.SIGINT}
+def abandon(R, msg, code=None):
+    """Stop with msg (exit 1, or code): a run that fails before its first checkpoint leaves nothing behind."""
+    if R.writer and not R.cfg.resume and not (R.out / 'ckpt.pt').exists():
+        shutil.rmtree(R.out, ignore_errors=True)
+        if R.existed:
+            R.out.mkdir()
+    if code:
+        print(msg)
+    raise SystemExit(code or msg)
 
-    def interrupt(sig, _):  # Ctrl-C or SIGTERM before the first step: stop at once, clean up
-        got['sig'] = sig
-        raise KeyboardInterrupt
-    found = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        G = Generator.from_checkpoint(cfg.ckpt)
-        sha = digest(G)
-        if cfg.resume and ck.get('generator_sha', sha) != sha:
-            raise CheckpointError(f'{cfg.ckpt}: other weights than the generator this run was trained on; pass that '
-                                  'generator with --ckpt')
-        G = G.to(dev)
-        cfg.hidden = cfg.hidden or G.cfg.channel_max // 2  # stored as a number: a resume may name it
-        if cfg.tc_blocks and set(cfg.tc_blocks.split(',')) - {f'b{b.resolution}' for b in G.synthesis.blocks()[1:]}:
-            raise ValueError(f'--tc_blocks {cfg.tc_blocks}: this generator has adapters on '
-                             f'{",".join(f"b{b.resolution}" for b in G.synthesis.blocks()[1:])} only')
-        idn = load_id_net(cfg.id_net, cfg.id_weights).to(dev)
-        perc = (LPIPSVGG(cfg.vgg, cfg.lpips_lin) if cfg.vgg else IDFeatureDistance(idn)).to(dev)
-        print(f'generator {cfg.ckpt} ({G.cfg.img_resolution} px); identity: {cfg.id_net}; perceptual: {perc.name}')
-        if cfg.resume:  # who to forget (and the others) were settled by the run being resumed
-            ws_u, info, retain = ck['ws_u'].to(dev), ck['info'], {k: v.to(dev) for k, v in ck['retain'].items()}
-            retain_photos = ck['retain_photos']
-        else:
-            ws_u, info = resolve_identity(cfg.identity, G, idn, steps=cfg.invert_steps)
-            ws_u = from_rank0(ws_u)  # the ranks' inversions may differ in the last bits
-            if not torch.isfinite(ws_u).all():
-                raise DataError(f'{cfg.identity}: the latent holds NaN or Inf values; pass a finite latent')
-            photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
-            with torch.no_grad():  # the person as the identity network sees them: the photos, or the latent's image
-                face = photos.to(dev) if photos is not None else G.synthesis(ws_u)
-            retain, retain_photos = invert_others(cfg, G, idn, face)
-            retain = {k: from_rank0(v) for k, v in retain.items()}
-            retain_faces = {k: load_faces(f, G.cfg.img_resolution, align=False)[0] for k, f in retain_photos.items()}
-            keep_photos(info, retain_photos, out, writer)
-        if 'inversion_id_distance' in info:
-            print(f'inverted {len(ws_u)} photo(s): identity distance '
-                  f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
-        S = setup(cfg, G, idn, perc, ws_u, rank, world)
-        param_report(G)
-        step, wall, loss = 0, 0.0, None
-        if cfg.resume:  # the run goes on exactly as it would have
-            if ck['synthesis'].keys() != trainable_state(G, cfg.adapter == 'full').keys():  # strict=False: kept at init
-                raise CheckpointError(f'{out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
-            G.synthesis.load_state_dict(ck['synthesis'], strict=False)
-            S.opt.load_state_dict(ck['opt'])
-            step, wall = ck['step'], ck['wall']
-            if torch.device(ck['args']['device']).type == dev.type:
-                S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
-            else:  # a CPU stream cannot continue on a GPU (or back): a new one, from the seed and the step
-                S.gen.manual_seed(cfg.seed + step)
-                print(f'resuming a {ck["args"]["device"]} run on {dev}: new random stream (seed {cfg.seed} + step {step})')
-            P = Person(**{k: v.to(dev) for k, v in ck['person'].items()})
-            print(f'resumed {out}/ckpt.pt at step {step}')
-        else:  # who the person is (the picture at the end needs it in either mode)
-            P = setup_person(S, photos, retain, retain_faces)
-            if cfg.forget == 'person':  # find the person among the original generator's samples
-                P.pool, P.targets, P.held = surrogates(S, P, *mine(S, P, cfg.mine_n))
-                print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, '
-                      f'{len(P.held)} a kept person; ' + ('each of his is sent to a sample of someone else, theirs held'
-                                                          if len(P.pool) else "nobody beyond the given latents (or every "
-                                                          "sample is the person): this run trains the paper's objective"))
-    except (CheckpointError, DataError, ValueError, OSError) as e:
-        abandon(f'error: {e}')
-    except KeyboardInterrupt:
-        abandon('interrupted before training started; nothing was written', 128 + got['sig'])
-    finally:
-        for s, h in found.items():
-            signal.signal(s, h)
+
+def load_networks(cfg, R, ck, dev):
+    """The generator (the run's own weights when resuming), the identity network, the perceptual distance."""
+    G = Generator.from_checkpoint(cfg.ckpt)
+    R.sha = digest(G)
+    if cfg.resume and ck.get('generator_sha', R.sha) != R.sha:
+        raise CheckpointError(f'{cfg.ckpt}: other weights than the generator this run was trained on; pass that '
+                              'generator with --ckpt')
+    G = G.to(dev)
+    cfg.hidden = cfg.hidden or G.cfg.channel_max // 2  # stored as a number: a resume may name it
+    blocks = [f'b{b.resolution}' for b in G.synthesis.blocks()[1:]]  # the adapted blocks
+    if cfg.tc_blocks and set(cfg.tc_blocks.split(',')) - set(blocks):
+        raise ValueError(f'--tc_blocks {cfg.tc_blocks}: this generator has adapters on {",".join(blocks)} only')
+    idn = load_id_net(cfg.id_net, cfg.id_weights).to(dev)
+    perc = (LPIPSVGG(cfg.vgg, cfg.lpips_lin) if cfg.vgg else IDFeatureDistance(idn)).to(dev)
+    print(f'generator {cfg.ckpt} ({G.cfg.img_resolution} px); identity: {cfg.id_net}; perceptual: {perc.name}')
+    return G, idn, perc
+
+
+def who_to_forget(cfg, R, G, idn, dev):
+    """The person as latents (photos inverted), how the identity network sees them, the kept people (latents,
+    photos) -> (ws_u, face, retain_faces); the photos evaluation reads are copied into the run folder."""
+    ws_u, R.info = resolve_identity(cfg.identity, G, idn, steps=cfg.invert_steps)
+    ws_u = from_rank0(ws_u)  # the ranks' inversions may differ in the last bits
+    if not torch.isfinite(ws_u).all():
+        raise DataError(f'{cfg.identity}: the latent holds NaN or Inf values; pass a finite latent')
+    photos = R.info.pop('photos', None)  # the training photos of the person (person mode's reference)
+    with torch.no_grad():  # the person as the identity network sees them: the photos, or the latent's image
+        face = photos.to(dev) if photos is not None else G.synthesis(ws_u)
+    retain, R.retain_photos, retain_faces = invert_others(cfg, G, idn, face)
+    R.retain = {k: from_rank0(v) for k, v in retain.items()}
+    keep_photos(R.info, R.retain_photos, R.out, R.writer)
+    return ws_u, face, retain_faces
+
+
+def restore(S, R, ck, dev):
+    """--resume: the trainable weights, the optimiser, the random stream and the person exactly as they were."""
+    if ck['synthesis'].keys() != trainable_state(S.G, R.cfg.adapter == 'full').keys():  # strict=False: kept at init
+        raise CheckpointError(f'{R.out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
+    S.G.synthesis.load_state_dict(ck['synthesis'], strict=False)
+    S.opt.load_state_dict(ck['opt'])
+    R.step, R.wall = ck['step'], ck['wall']
+    if torch.device(ck['args']['device']).type == dev.type:
+        S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
+    else:  # a CPU stream cannot continue on a GPU (or back): a new one, from the seed and the step
+        S.gen.manual_seed(R.cfg.seed + R.step)
+        print(f'resuming a {ck["args"]["device"]} run on {dev}: new random stream (seed {R.cfg.seed} + step {R.step})')
+    print(f'resumed {R.out}/ckpt.pt at step {R.step}')
+    return Person(**{k: v.to(dev) for k, v in ck['person'].items()})
+
+
+def prepare(cfg, R, ck, dev, rank, world):
+    """Everything the loop needs, from the command line or the checkpoint -> (S, P)."""
+    G, idn, perc = load_networks(cfg, R, ck, dev)
+    if cfg.resume:  # who to forget (and the others) were settled by the run being resumed
+        ws_u, R.info, R.retain_photos = ck['ws_u'].to(dev), ck['info'], ck['retain_photos']
+        R.retain = {k: v.to(dev) for k, v in ck['retain'].items()}
+    else:
+        ws_u, face, retain_faces = who_to_forget(cfg, R, G, idn, dev)
+    if 'inversion_id_distance' in R.info:
+        print(f'inverted {len(ws_u)} photo(s): identity distance {[round(d, 3) for d in R.info["inversion_id_distance"]]}')
+    S = setup(cfg, G, idn, perc, ws_u, rank, world)
+    param_report(G)
+    if cfg.resume:
+        return S, restore(S, R, ck, dev)
+    P = setup_person(S, face, R.retain, retain_faces)  # who the person is (the picture at the end needs it too)
+    if cfg.forget == 'person':  # find the person among the original generator's samples
+        P.pool, P.targets, P.held = surrogates(S, P, *mine(S, P, cfg.mine_n))
+        print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, {len(P.held)} a kept '
+              'person; ' + ('each of his is sent to a sample of someone else, theirs held' if len(P.pool) else
+                            "nobody beyond the given latents (or every sample is the person): this run trains the "
+                            "paper's objective"))
+    return S, P
+
+
+def save_checkpoint(S, P, R, loss):
+    """ckpt.pt: everything --resume needs to go on exactly as the run would have. Every rank holds the same state
+    (the same random stream, the same averaged gradients); rank 0 writes."""
+    if loss is not None and max_over_ranks(int(not torch.isfinite(loss))):  # never overwrite a good checkpoint with NaNs
+        raise FloatingPointError(f'non-finite loss at step {R.step}')
+    if R.writer:
+        atomic_save({'synthesis': trainable_state(S.G, R.cfg.adapter == 'full'), 'opt': S.opt.state_dict(),
+                     'gen': S.gen.get_state(), 'step': R.step, 'wall': R.wall, 'ws_u': S.ws_u, 'info': R.info,
+                     'retain': R.retain, 'retain_photos': R.retain_photos, 'person': vars(P), 'args': stored(R.cfg),
+                     'generator_sha': R.sha}, R.out / 'ckpt.pt')
+
+
+def save_snapshot(S, R):
+    """snapshots/<step>.pt: the trainable weights alone (evaluate.py --curve reads them)."""
+    if R.writer:
+        (R.out / 'snapshots').mkdir(exist_ok=True)
+        atomic_save({'step': R.step, 'synthesis': trainable_state(S.G, R.cfg.adapter == 'full'),
+                     'generator_sha': R.sha}, R.out / 'snapshots' / f'{R.step:06d}.pt')
+
+
+def log_losses(L, R, t0, pbar, log):
+    """Read the losses back (a host sync), show them, append them to log.jsonl (rank 0's share of the batch: sums over
+    samples are scaled to the whole batch)."""
+    rec = {'step': R.step, **{k: v.item() for k, v in L.items()}, 'wall': round(R.wall + time.time() - t0, 2)}
+    if max_over_ranks(int(not all(math.isfinite(v) for v in rec.values()))):
+        raise FloatingPointError(f'non-finite loss at step {R.step}: {rec}')
+    pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'person')})
+    if log:
+        log.write(json.dumps(rec) + '\n')
+        log.flush()
+
+
+def train_loop(S, P, R, stop):
+    """Steps until --iters or a signal (all ranks agree to stop), logging, checkpointing, snapshotting."""
+    cfg, loss, t0 = R.cfg, None, time.time()
     person = P if cfg.forget == 'person' and len(P.pool) else None  # None: the paper's method
-
-    def save_ckpt():  # every rank holds the same state (the same random stream, the same averaged gradients)
-        if loss is not None and most(int(not torch.isfinite(loss))):  # never overwrite a good checkpoint with NaNs
-            raise FloatingPointError(f'non-finite loss at step {step}')
-        if writer:
-            atomic_save({'synthesis': trainable_state(G, cfg.adapter == 'full'), 'opt': S.opt.state_dict(), 'gen': S.gen.get_state(),
-                         'step': step, 'wall': wall, 'ws_u': S.ws_u, 'info': info, 'retain': retain,
-                         'retain_photos': retain_photos, 'person': vars(P), 'args': stored(cfg), 'generator_sha': sha},
-                        out / 'ckpt.pt')
-
-    def snapshot():
-        if writer:
-            (out / 'snapshots').mkdir(exist_ok=True)
-            atomic_save({'step': step, 'synthesis': trainable_state(G, cfg.adapter == 'full'), 'generator_sha': sha},
-                        out / 'snapshots' / f'{step:06d}.pt')
-
-    stop = {'sig': 0}  # Ctrl-C (SIGINT) and SIGTERM stop the run between steps, never inside one (all ranks agree)
-    handlers = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in (signal.SIGINT, signal.SIGTERM)}
-    pbar = tqdm(total=cfg.iters, initial=step, desc=f'unlearn ({cfg.adapter})', dynamic_ncols=True)
-    t0 = time.time()
-    try:
-        if cfg.snapshot_every and step == 0:  # the curves start at the untouched generator
-            snapshot()
-        log = open(out / 'log.jsonl', 'a') if writer else None
-        while step < cfg.iters and not most(stop['sig']):
+    if cfg.snapshot_every and R.step == 0:  # the curves start at the untouched generator
+        save_snapshot(S, R)
+    with open(R.out / 'log.jsonl', 'a') if R.writer else nullcontext() as log, \
+            tqdm(total=cfg.iters, initial=R.step, desc=f'unlearn ({cfg.adapter})', dynamic_ncols=True) as pbar:
+        while R.step < cfg.iters and not max_over_ranks(stop.sig):
             L = train_step(S, cfg, person)
             loss = L['loss'].detach()
-            step += 1
+            R.step += 1
             pbar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.iters:  # reads the losses back (a host sync)
-                rec = {'step': step, **{k: v.item() for k, v in L.items()}, 'wall': round(wall + time.time() - t0, 2)}
-                if most(int(not all(math.isfinite(v) for v in rec.values()))):
-                    raise FloatingPointError(f'non-finite loss at step {step}: {rec}')
-                pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'person')})
-                if writer:  # rank 0's share of the batch (sums over samples are scaled to the whole batch)
-                    log.write(json.dumps(rec) + '\n')
-                    log.flush()
-            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-                snapshot()
-            if step % cfg.ckpt_every == 0:
-                wall += time.time() - t0
-                t0 = time.time()
-                save_ckpt()
-        pbar.close()
-        wall += time.time() - t0
-        save_ckpt()
-    except (FloatingPointError, OSError) as e:
-        pbar.close()
-        kept = f'the last good checkpoint is {out}/ckpt.pt' if (out / 'ckpt.pt').exists() else 'nothing was kept'
-        abandon(f'error: {e}; stopped, {kept}' + (' (a lower --lr or smaller loss weights?)'
-                                                   if isinstance(e, FloatingPointError) else ''))
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    sig = most(stop['sig'])
-    if sig:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
-        print(f'interrupted at step {step}; continue with: {hint}')
-        raise SystemExit(128 + sig)
-    if not writer:
-        return out
+            if R.step % cfg.log_every == 0 or R.step == cfg.iters:
+                log_losses(L, R, t0, pbar, log)
+            if cfg.snapshot_every and R.step % cfg.snapshot_every == 0:
+                save_snapshot(S, R)
+            if R.step % cfg.ckpt_every == 0:
+                R.wall, t0 = R.wall + time.time() - t0, time.time()
+                save_checkpoint(S, P, R, loss)
+    R.wall += time.time() - t0
+    save_checkpoint(S, P, R, loss)
 
-    # results: the adapters (or the fine-tuned synthesis), a before/after picture
-    meta = {'identity': info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
-            'retain_ws': {k: v.cpu() for k, v in retain.items()}, 'retain_photos': retain_photos, 'args': stored(cfg),
-            'generator_sha': sha, 'steps': step, 'wall_s': wall, 'kind': cfg.adapter, 'mined': len(P.pool)}
-    handlers = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:  # a signal now waits until both files are written (seconds)
-        if cfg.adapter == 'full':
-            atomic_save({'generator_config': asdict(G.cfg), 'synthesis': G.synthesis.state_dict(), **meta},
-                        out / 'adapter.pt')
-        else:
-            save_adapters(G, out / 'adapter.pt', **meta)
-        before_after(S, P, retain, out / 'before_after.png')
-    except OSError as e:
-        raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    if stop['sig']:
+
+def write_results(S, P, R):
+    """adapter.pt (or the fine-tuned synthesis) and before_after.png."""
+    cfg, G = R.cfg, S.G
+    meta = {'identity': R.info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
+            'retain_ws': {k: v.cpu() for k, v in R.retain.items()}, 'retain_photos': R.retain_photos,
+            'args': stored(cfg), 'generator_sha': R.sha, 'steps': R.step, 'wall_s': R.wall, 'kind': cfg.adapter,
+            'mined': len(P.pool)}
+    if cfg.adapter == 'full':
+        atomic_save({'generator_config': asdict(G.cfg), 'synthesis': G.synthesis.state_dict(), **meta},
+                    R.out / 'adapter.pt')
+    else:
+        save_adapters(G, R.out / 'adapter.pt', **meta)
+    before_after(S, P, R.retain, R.out / 'before_after.png')
+
+
+def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
+    """The unlearning run: its inputs settled, the loop, the results. Rank 0 writes; hint says how to resume."""
+    keep_freed_memory(dev)
+    torch.manual_seed(cfg.seed)
+    R = claim(cfg, out, rank == 0)
+    with Signals(at_once=True) as sig:  # before the first step a signal stops at once, and nothing stays behind
+        try:
+            S, P = prepare(cfg, R, ck, dev, rank, world)
+        except (CheckpointError, DataError, ValueError, OSError) as e:
+            abandon(R, f'error: {e}')
+        except KeyboardInterrupt:
+            abandon(R, 'interrupted before training started; nothing was written', 128 + (sig.sig or signal.SIGINT))
+    with Signals() as stop:  # then it stops the run between steps, never inside one
+        try:
+            train_loop(S, P, R, stop)
+        except (FloatingPointError, OSError) as e:
+            kept = f'the last good checkpoint is {out}/ckpt.pt' if (out / 'ckpt.pt').exists() else 'nothing was kept'
+            abandon(R, f'error: {e}; stopped, {kept}' + (' (a lower --lr or smaller loss weights?)'
+                                                         if isinstance(e, FloatingPointError) else ''))
+    sig = max_over_ranks(stop.sig)  # every rank's: any one's signal stops them all
+    if sig:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
+        print(f'interrupted at step {R.step}; continue with: {hint}')
+        raise SystemExit(128 + sig)
+    if not R.writer:
+        return out
+    with Signals() as stop:  # a signal now waits until both files are written (seconds)
+        try:
+            write_results(S, P, R)
+        except OSError as e:
+            raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
+    if stop.sig:
         print(f'interrupted while the results were written; they are complete: {out}/adapter.pt, {out}/before_after.png')
-        raise SystemExit(128 + stop['sig'])
-    print(f'done in {wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
-          f'forgotten face and {", ".join(retain) or "no others"}; random samples; samples that showed the person)')
+        raise SystemExit(128 + stop.sig)
+    print(f'done in {R.wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
+          f'forgotten face and {", ".join(R.retain) or "no others"}; random samples; samples that showed the person)')
     return out
 
 
