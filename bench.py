@@ -14,6 +14,7 @@ time, images/s, achieved FLOP/s against a measured matmul/conv peak. --json writ
 import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -137,9 +138,10 @@ print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(
 def inference_mb(T):
     """Peak memory (MB, the process's RSS, PyTorch included) of drawing 16 samples of the built-in generator at dial T,
     in a fresh process of its own, on the CPU whatever --config / --device: inference keeps no solver states (native
-    solvers), so it should not grow with T; PyTorch's own footprint is part of both numbers."""
+    solvers), so it should not grow with T; PyTorch's own footprint is part of both numbers. One thread: with two,
+    the same command's peak varied by 140 MB from run to run here (the allocator's per-thread arenas)."""
     out = subprocess.run([sys.executable, '-c', RSS, str(T)], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parent)
+                         cwd=Path(__file__).parent, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     return float(out.stdout.split()[-1])
 
 
@@ -156,7 +158,8 @@ class Report:
 
 
 def step_costs(S, cfg, args, rep, dev):
-    """1. the fused step against the naive official-style one; the person-mode step against the paper's -> fused s."""
+    """1. the fused step against the naive official-style one; the person-mode step against the paper's -> the fused
+    step's seconds."""
     n_img = len(S.ws_u) * (1 + cfg.n_adj) + cfg.n_glob
     t_fused = timeit(lambda: train.train_step(S, cfg), dev, args.steps, args.warmup)
     rep.row('fused step (ode)', t_fused, n_img, flops(lambda: train.train_step(S, cfg)))

@@ -178,7 +178,8 @@ def recognise(emb, refs, dist, thr):
     """Who each sample is, by the rule training uses (losses.who): the index of the nearest known person within thr,
     -1 for nobody [N]; and each sample's distance to each person's nearest face [N, P] (inf where none was found).
     refs: one [k, D] tensor of embeddings per person, the forgotten one first."""
-    d = torch.stack([dist(emb[:, None], r[None]).min(1).values for r in refs], 1).nan_to_num(float('inf'))
+    inf = float('inf')  # a face not found (NaN) is at no distance from anyone, as in losses.who
+    d = torch.stack([dist(emb[:, None], r[None]).nan_to_num(inf, inf).min(1).values for r in refs], 1)
     owner = torch.cat([torch.full((len(r),), i) for i, r in enumerate(refs)]).to(emb.device)
     return who(emb, torch.cat(refs), owner, dist, thr), d
 
@@ -240,7 +241,7 @@ class Panel:
         parts = [self.embed(generate(G, w, kw)) for w in tqdm(ws.split(64), desc=desc, leave=False)]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def who(self, judge, emb, thr=None):
+    def recognise(self, judge, emb, thr=None):
         """recognise() by one judge: the nearest known person within its threshold (or thr), -1 for nobody."""
         dist, t = self.rules[judge]
         return recognise(emb, self.refs[judge], dist, t if thr is None else thr)
@@ -249,7 +250,7 @@ class Panel:
         """leak_counts for each judge, from embed() of the same samples before and after; the samples that showed
         the person before are split by dlib C++ (by the port without dlib-bin), the same for every judge."""
         split = 'dlib_cpp' if 'dlib_cpp' in self.rules else self.J.name
-        showed = self.who(split, before[split])[0] == 0
+        showed = self.recognise(split, before[split])[0] == 0
         m = {}
         for judge, (dist, thr) in self.rules.items():
             m[judge] = leak_counts(before[judge], after[judge], self.refs[judge], self.names, dist, thr, showed)
@@ -269,10 +270,10 @@ def faceres_threshold(panel, G_s, s_kw, n):
     Sets it in the panel and returns (threshold, agreement)."""
     ws = shard(eval_latents(G_s, n, CALIBRATION_SEED))
     emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'faceres threshold, original generator').items()}
-    ref, face = panel.who('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
-    best = panel.who('faceres', emb['faceres'], float('inf'))[1].min(1)  # nearest known person, once for every t
+    ref, face = panel.recognise('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
     grid = torch.arange(0.10, 0.90, 0.005)
-    agree = torch.stack([(torch.where(best.values < t, best.indices, -1) == ref)[face].float().mean() for t in grid])
+    agree = torch.stack([(panel.recognise('faceres', emb['faceres'], float(t))[0] == ref)[face].float().mean()
+                         for t in grid])
     agree = agree.nan_to_num(0)  # no face found at all (a random generator): the lowest threshold, 0% agreement
     i = int(agree.argmax())
     panel.rules['faceres'] = (FaceRes.distance, round(grid[i].item(), 3))

@@ -167,8 +167,10 @@ def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=
 
 def who(emb, refs, owner, id_distance, threshold):
     """Who each face is: the owner of the nearest known face (refs [P, D], owner [P]: 0 the person, 1.. the kept
-    people) where it lies within the threshold, else -1 (nobody known) -> [N]. On the device: no host sync."""
-    best = id_distance(emb[:, None], refs[None]).min(1)
+    people) where it lies within the threshold, else -1 (nobody known) -> [N]. A face not found (a NaN row of emb or
+    refs: a judge that detects faces first) is nobody's and matches nobody. On the device: no host sync."""
+    d = id_distance(emb[:, None], refs[None])  # [N, P]
+    best = torch.nan_to_num(d, nan=float('inf'), posinf=float('inf')).min(1)
     return torch.where(best.values < threshold, owner[best.indices], -1)
 
 

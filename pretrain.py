@@ -1,6 +1,6 @@
 """
-Train the small built-in StyleGAN2 ("baby") on a handful of aligned faces: on a CPU in about a day (the
-assets' generator was), or on a GPU when there is one (--device, whose default is cuda when present).
+Train the small built-in StyleGAN2 ("baby") on a handful of aligned faces: on a CPU (the assets' generator took 3.3 h
+on 2 cores, assets/README.md), or on a GPU when there is one (--device; its default is cuda when present).
 
 Objective: StyleGAN2's non-saturating GAN loss with lazy R1 on a resnet discriminator, differentiable
 augmentation of everything D sees (DiffAugment-style: colour, translation/scale/rotation, cutout; needed
@@ -167,7 +167,8 @@ def load_reals(args, dev):
 
 @dataclass
 class GAN:
-    """Everything a checkpoint holds: the networks, their optimisers, the random streams, the step."""
+    """The training state: the networks, their optimisers, the fixed latents (made from --seed), the random stream of
+    the draws, the step. save() writes it with the config, the arguments and torch's CPU random state."""
     cfg: GeneratorConfig
     G: Generator
     G_ema: Generator
@@ -291,8 +292,9 @@ def main(argv=None):
                 pbar.update(1)
                 if n.step % 50 == 0:
                     logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'rec': rec.item(),
-                            'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
-                    pbar.set_postfix({k: f'{v:.3f}' for k, v in logged.items() if k not in ('step', 'wall')})
+                              'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
+                    pbar.set_postfix(d=f'{logged["loss_d"]:.3f}', g=f'{logged["loss_g"]:.3f}', rec=f'{logged["rec"]:.3f}',
+                                     id=f'{logged["rec_id"]:.3f}')
                     log.write(json.dumps(logged) + '\n')
                     log.flush()
                 if n.step % args.sample_every == 0 or n.step == args.iters:

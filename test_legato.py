@@ -732,19 +732,6 @@ def test_irnet_loads_official_key_layouts(tmp_path, weight_files):
         load_id_net('curricularface')
 
 
-def lpips_reference(fa, fb, lins=None):
-    """LPIPS's formula written out: each feature map unit-normalised over channels (lpips.normalize_tensor),
-    squared difference weighted per channel (the lin heads; unit weights without them), summed over channels,
-    mean over pixels, summed over layers -> [N]."""
-    total = torch.zeros(len(fa[0]))
-    for i, (a, b) in enumerate(zip(fa, fb)):
-        a = a / (a.square().sum(1, keepdim=True).sqrt() + 1e-10)
-        b = b / (b.square().sum(1, keepdim=True).sqrt() + 1e-10)
-        d = (a - b).square() * (1 if lins is None else lins[i])
-        total = total + d.sum(1).mean((1, 2))
-    return total
-
-
 # -----------------------------------------------------------------------------
 # id_net.py: HSE FaceRes-deep, the evaluation-only judge (a TF.js graph model)
 
@@ -892,6 +879,19 @@ def test_faceres_real_weights_separate_the_demo_people():
 
 # -----------------------------------------------------------------------------
 # perceptual.py: the offline stand-in, LPIPS-VGG16, FID Inception
+
+def lpips_reference(fa, fb, lins=None):
+    """LPIPS's formula written out: each feature map unit-normalised over channels (lpips.normalize_tensor),
+    squared difference weighted per channel (the lin heads; unit weights without them), summed over channels,
+    mean over pixels, summed over layers -> [N]."""
+    total = torch.zeros(len(fa[0]))
+    for i, (a, b) in enumerate(zip(fa, fb)):
+        a = a / (a.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        b = b / (b.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        d = (a - b).square() * (1 if lins is None else lins[i])
+        total = total + d.sum(1).mean((1, 2))
+    return total
+
 
 def test_perceptual_distances(tmp_path, facenet, weight_files):
     """The offline stand-in and LPIPS-VGG16 (unit heads, and LPIPS v0.1's heads read from a file) compute LPIPS's
@@ -1125,6 +1125,10 @@ def test_who_is_the_nearest_known_face_within_the_threshold():
     refs_by_person = [refs[:2], refs[2:3], refs[3:]]
     got, d = evaluate.recognise(emb, refs_by_person, toy_distance, 0.6)
     assert got.tolist() == [0, 1, 2, -1, -1] and d.shape == (5, 3) and torch.isinf(d[4]).all()
+    unseen = torch.cat([refs, torch.full((1, 2), float('nan'))])  # a reference photo whose face was not found
+    assert losses.who(emb, unseen, torch.tensor([0, 0, 1, 2, 1]), toy_distance, 0.6).tolist() == [0, 1, 2, -1, -1]
+    got, d = evaluate.recognise(emb, [refs[:2], unseen[2:3], torch.cat([refs[3:], unseen[4:]])], toy_distance, 0.6)
+    assert got.tolist() == [0, 1, 2, -1, -1] and torch.isfinite(d[:4]).all()
 
 
 # -----------------------------------------------------------------------------
@@ -1400,9 +1404,9 @@ def test_step_is_free_of_host_traffic(step_setup, person, monkeypatch):
     pool = S.G.mapping(torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
     P = train.Person(torch.randn(4, 128), torch.tensor([0, 0, 1, 2]), pool, pool[:2].clone(), torch.randn_like(pool),
                      pool[2:5].clone()) if person else None
-    train.train_step(S, cfg, P)  # the first step may place constants on the device (cached), as on a GPU
+    train.train_step(S, cfg, P)  # a step on the CPU
     S, P = on_meta(S, P)
-    train.train_step(S, cfg, P)
+    train.train_step(S, cfg, P)  # the first step on the device may place constants there (cached), as on a GPU
     built = []
     for name in ('tensor', 'as_tensor'):
         real = getattr(torch, name)

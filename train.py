@@ -398,7 +398,7 @@ def setup_person(S, face, retain, retain_faces):
 # the run
 
 def invert_others(cfg, G, idn, person=None):
-    """{person: W+ latent}, {person: photo}, {person: its image [1, 3, H, W]}: the first photo of every other identity
+    """{kept: W+ latent}, {kept: photo path}, {kept: that photo [1, 3, H, W]}: the first photo of every other identity
     folder under --retain. Each must show a face (found by dlib when installed, as for --identity) and someone else
     than `person` (the forgotten person's photos or latent's image) by the identity network's rule: nobody is
     forgotten and kept at once."""
@@ -617,7 +617,8 @@ def abandon(R, msg, code=None):
 
 
 def load_networks(cfg, R, ck, dev):
-    """The generator (the run's own weights when resuming), the identity network, the perceptual distance."""
+    """The frozen generator of --ckpt (when resuming, checked to be the run's by its digest, R.sha), the identity
+    network and the perceptual distance; settles --hidden and checks --tc_blocks against the generator's blocks."""
     G = Generator.from_checkpoint(cfg.ckpt)
     R.sha = digest(G)
     if cfg.resume and ck.get('generator_sha', R.sha) != R.sha:
@@ -635,8 +636,10 @@ def load_networks(cfg, R, ck, dev):
 
 
 def who_to_forget(cfg, R, G, idn, dev):
-    """The person as latents (photos inverted), how the identity network sees them, the kept people (latents,
-    photos) -> (ws_u, face, retain_faces); the photos evaluation reads are copied into the run folder."""
+    """Who is forgotten and who kept -> (ws_u: the person's latents, the photos inverted; face: the images the
+    identity network knows him by, his training photos or his latent's image; retain_faces: {kept person: photo}).
+    The run's record R gets the identity's info and the kept people's latents and photos, and the photos evaluation
+    reads are copied into the run folder."""
     ws_u, R.info = resolve_identity(cfg.identity, G, idn, steps=cfg.invert_steps)
     ws_u = from_rank0(ws_u)  # the ranks' inversions may differ in the last bits
     if not torch.isfinite(ws_u).all():
@@ -651,7 +654,8 @@ def who_to_forget(cfg, R, G, idn, dev):
 
 
 def restore(S, R, ck, dev):
-    """--resume: the trainable weights, the optimiser, the random stream and the person exactly as they were."""
+    """--resume: the trainable weights, the optimiser, the step and the person as they were -> P; the random stream
+    too on the same kind of device (another one gets a new stream, from the seed and the step)."""
     if ck['synthesis'].keys() != trainable_state(S.G, R.cfg.adapter == 'full').keys():  # strict=False: kept at init
         raise CheckpointError(f'{R.out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
     S.G.synthesis.load_state_dict(ck['synthesis'], strict=False)
@@ -766,13 +770,13 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     keep_freed_memory(dev)
     torch.manual_seed(cfg.seed)
     R = claim(cfg, out, rank == 0)
-    with Signals(at_once=True) as sig:  # before the first step a signal stops at once, and nothing stays behind
+    with Signals(at_once=True) as early:  # before the first step a signal stops at once, and nothing stays behind
         try:
             S, P = prepare(cfg, R, ck, dev, rank, world)
         except (CheckpointError, DataError, ValueError, OSError) as e:
             abandon(R, f'error: {e}')
         except KeyboardInterrupt:
-            abandon(R, 'interrupted before training started; nothing was written', 128 + (sig.sig or signal.SIGINT))
+            abandon(R, 'interrupted before training started; nothing was written', 128 + (early.sig or signal.SIGINT))
     with Signals() as stop:  # then it stops the run between steps, never inside one
         try:
             train_loop(S, P, R, stop)
