@@ -1449,8 +1449,9 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
 def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet):
     """mine() + surrogates() keep exactly the latents whose image is nearest the person within the threshold,
     recomputed here from the same random draws; each one's target is its nearest latent in W+ among the searched
-    ones farther from the person than FAR of the others: a sample that clearly shows someone else; the held
-    latents are exactly those nearest the kept person within the threshold."""
+    samples of nobody known (neither him nor the kept person) farther from him than FAR of them: a sample that
+    clearly shows someone else, and not a kept person; the held latents are exactly those nearest the kept person
+    within the threshold."""
     cfg = train.get_args(['--hidden', '16'])
     ws_u = seed_latents(baby, [11])
     S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
@@ -1468,14 +1469,16 @@ def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet)
     expect, kept = (d.argmin(1) == 0) & near, (d.argmin(1) == 1) & near
     assert 0 < len(pool) == expect.sum() and torch.allclose(pool, ws[expect])
     assert 0 < len(held) == kept.sum() and torch.allclose(held, ws[kept])
-    far = torch.quantile(d[~expect, 0], train.FAR)
-    others = ~expect & (d[:, 0] >= far)
+    nobody = ~near
+    far = torch.quantile(d[nobody, 0], train.FAR)
+    others = nobody & (d[:, 0] >= far)
     for w, t in zip(pool, targets):
         i = (ws[others] - w).flatten(1).norm(dim=1).argmin()
         assert torch.equal(t, ws[others][i])
     with torch.no_grad():
-        dt = torch.cdist(facenet.embed(baby.synthesis(targets)), P.refs[:1])
-    assert (dt >= far - 1e-4).all() and far > d[~expect, 0].median()  # farther than a typical other sample
+        dt = torch.cdist(facenet.embed(baby.synthesis(targets)), P.refs)
+    assert (dt[:, 0] >= far - 1e-4).all() and far > d[nobody, 0].median()  # farther than a typical unknown sample
+    assert (dt.min(1).values >= facenet.THRESHOLD - 1e-4).all()  # and no target is a kept person's (or his)
 
 
 def test_reprojection_through_the_adapters_differs(tmp_path):
