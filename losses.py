@@ -77,7 +77,7 @@ class Weights:
     adj: float = 1.0
     glob: float = 1.0
     tc: float = 1.0
-    person: float = 1.0
+    person: float = 2.0  # as train.Config (its help says why); test_weights_come_from_the_flags holds the two equal
     keep: float = 1.0
     pix_person: float = 10.0  # the pixel weight of person mode's image loss
     tc_blocks: tuple = ()  # the adapters trajectory consistency counts, e.g. ('b128',); () all
