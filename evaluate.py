@@ -246,6 +246,18 @@ class Panel:
         dist, t = self.rules[judge]
         return recognise(emb, self.refs[judge], dist, t if thr is None else thr)
 
+    def latents(self, G_s, G_u, s_kw, u_kw, meta):
+        """Who the forgotten latent and each kept person's latent are, by each judge, before and after:
+        {judge: {name: [before, after]}} ('nobody' when no known person is within the threshold)."""
+        dev = G_s.mapping.w_avg.device
+        ws = torch.cat([meta['ws_u'][:1]] + list((meta.get('retain_ws') or {}).values())).to(dev)
+        names = [self.names[0], *(meta.get('retain_ws') or {})]
+        eb, ea = self.embed(generate(G_s, ws, s_kw)), self.embed(generate(G_u, ws, u_kw))
+        name = lambda i: self.names[i] if i >= 0 else 'nobody'  # noqa: E731
+        return {j: {n: [name(b), name(a)] for n, b, a in zip(names, self.recognise(j, eb[j])[0].tolist(),
+                                                              self.recognise(j, ea[j])[0].tolist())}
+                for j in self.rules}
+
     def counts(self, before, after):
         """leak_counts for each judge, from embed() of the same samples before and after; the samples that showed
         the person before are split by dlib C++ (by the port without dlib-bin), the same for every judge."""
@@ -382,6 +394,7 @@ def evaluate_run(run, args, device):
     panel = make_panel(meta, G_s, s_kw, J, args)
     m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, panel, args.n, seed)[0] for seed in seeds(args)}
     m.update(leak_summary(m['leak'].values(), panel))
+    m['latents_who'] = panel.latents(G_s, G_u, s_kw, {}, meta)
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
         m['reproject_photos'] = names + [f.stem for f in files]
         m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))

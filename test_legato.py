@@ -1444,6 +1444,8 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
         assert c['leak_went'] == {'person': 0, 'kept': 1.0, 'nobody': 0}
     if dlib is not None:
         assert m['dlib_cpp']['face_before'] == 1.0
+    who = panel.latents(baby, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
+    assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
 
 
 def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet):
@@ -1533,6 +1535,9 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None, seed=0, ckpt=None)
     m = evaluate.evaluate_run(out, args, torch.device('cpu'))
     assert m['trainable_params'] == 2688 and m['kind'] == 'ode' and math.isfinite(m['FD_dlib_pre'])
+    people = next(iter(m['leak'].values()))['people']  # who each known latent is, before and after, by each judge
+    assert {j: list(w) for j, w in m['latents_who'].items()} == {j: people for j in m['latents_who']} and all(
+        len(v) == 2 and set(v) <= {*people, 'nobody'} for w in m['latents_who'].values() for v in w.values())
     rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
     assert [r['T'] for r in rows] == [0, 0.8, 1.6] and rows[0]['ID'] == 0 and rows[0]['retain_random'] == 0
     assert (out / 'sweep_strip.png').exists() and (out / 'sweep.json').exists()
