@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
 from ddp import distributed, gather, reduce_sum, shard, world
-from helpers import ROOT, CheckpointError, device, keep_freed_memory, load, write_json
+from helpers import ROOT, CheckpointError, device, keep_freed_memory, load, people_of, write_json
 from id_net import ID_NETS, DlibCpp, FaceRes, load_id_net
 from losses import who
 from model import Generator, generate
@@ -161,14 +161,16 @@ def measure(G_s, G_u, s_kw, u_kw, meta, J, photos_u=None, held=None, fd=True, re
 def known_people(meta, G_s, s_kw, size=256):
     """{name: [k, 3, size, size] aligned images}: the forgotten person first (all its photos, held-out ones too,
     or the image of the forgotten latent when it was given as seed:N / a latent file), then every kept person's
-    folder under the run's --retain."""
-    ident, out = meta['identity'], {}
-    if ident.get('kind') == 'photos':
-        p = Path(ident['path'])
-        out[ident.get('name') or (p if p.is_dir() else p.parent).name] = load_faces(p if p.is_dir() else p.parent, size)[0]
-    else:
-        img = generate(G_s, meta['ws_u'].to(G_s.mapping.w_avg.device), s_kw).cpu()
-        out['forgotten'] = torch.nn.functional.interpolate(img, size=size, mode='bilinear', align_corners=False)
+    folder under the run's --retain. Several forgotten (per_person's view): the others after him, before the kept."""
+    out, many = {}, 'also_forgotten' in meta
+    for ident, ws in [(meta['identity'], meta['ws_u'])] + meta.get('also_forgotten', []):  # him first
+        if ident.get('kind') == 'photos':
+            p = Path(ident['path'])
+            out[person_name(ident)] = load_faces(p if p.is_dir() else p.parent, size)[0]
+        else:
+            img = generate(G_s, ws.to(G_s.mapping.w_avg.device), s_kw).cpu()
+            out[person_name(ident) if many else 'forgotten'] = torch.nn.functional.interpolate(
+                img, size=size, mode='bilinear', align_corners=False)
     for name, photo in (meta.get('retain_photos') or {}).items():
         out[name] = load_faces(Path(photo).parent, size)[0]
     return out
@@ -373,7 +375,47 @@ def held_out_face(f, res):
 
 
 def evaluate_run(run, args, device):
+    """Every number of a run; a run that forgot several people: each one's numbers (with the others among the known
+    people, as the kept are) under 'people', and their mean for every number they all have."""
     G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
+    views = per_person(meta)
+    if len(views) == 1:
+        m = evaluate_person(G_s, G_u, s_kw, meta, args, device)
+    else:
+        people = {person_name(v['identity']): evaluate_person(G_s, G_u, s_kw, v, args, device) for v in views}
+        common = set.intersection(*(set(k for k, x in r.items() if isinstance(x, (int, float))) for r in people.values()))
+        m = {'people': people, **{k: float(np.mean([r[k] for r in people.values()])) for k in sorted(common)}}
+    m['trainable_params'] = sum(v.numel() for v in meta['state_dict'].values()) if 'state_dict' in meta else \
+        sum(p.numel() for p in G_u.synthesis.parameters())
+    m['adapter_file_mb'] = os.path.getsize(Path(run) / 'adapter.pt') / 2 ** 20
+    m['train_wall_s'] = meta.get('wall_s')
+    m['steps'] = meta.get('steps')
+    m['kind'] = meta.get('kind')
+    return m
+
+
+def person_name(ident):
+    """A forgotten person's name: the photos' folder, seed<N>, or the latent file's stem."""
+    if ident.get('kind') == 'photos':
+        p = Path(ident['path'])
+        return ident.get('name') or (p if p.is_dir() else p.parent).name
+    return f"seed{ident['seed']}" if ident.get('kind') == 'seed' else Path(ident.get('path', 'latent')).stem
+
+
+def per_person(meta):
+    """One adapter.pt dict per forgotten person: his identity record and latents, the other forgotten people
+    under 'also_forgotten' (known to the judges, as the kept are); a one-person run is its own."""
+    people = people_of(meta['identity'])
+    if len(people) == 1:
+        return [meta]
+    parts = meta['ws_u'].split([p['rows'] for p in people])
+    return [{**meta, 'identity': p, 'ws_u': w,
+             'also_forgotten': [(q, v) for j, (q, v) in enumerate(zip(people, parts)) if j != i]}
+            for i, (p, w) in enumerate(zip(people, parts))]
+
+
+def evaluate_person(G_s, G_u, s_kw, meta, args, device):
+    """The numbers of one forgotten person (meta: per_person's view)."""
     J = Judge(args, device)
     ident = meta['identity']
     photos_u = held = None
@@ -400,12 +442,6 @@ def evaluate_run(run, args, device):
         m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))
     if args.real:
         m.update(real_fd(G_s, G_u, s_kw, J, args.real, device))
-    m['trainable_params'] = sum(v.numel() for v in meta['state_dict'].values()) if 'state_dict' in meta else \
-        sum(p.numel() for p in G_u.synthesis.parameters())
-    m['adapter_file_mb'] = os.path.getsize(Path(run) / 'adapter.pt') / 2 ** 20
-    m['train_wall_s'] = meta.get('wall_s')
-    m['steps'] = meta.get('steps')
-    m['kind'] = meta.get('kind')
     return m
 
 
@@ -459,6 +495,9 @@ def sweep(run, args, device):
     G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
     if meta.get('kind') == 'full':
         raise SystemExit(f'error: {run}: a full fine-tune has no dial (train with --adapter ode)')
+    if len(people_of(meta['identity'])) > 1:
+        raise SystemExit(f'error: {run} forgot several people: --sweep takes a one-person run (evaluate this one '
+                         'without --sweep, per person)')
     T_train = meta['adapter']['T']
     Ts = times(args.T) if args.T else [round(x, 4) for x in np.linspace(0, 2 * T_train, 9)]
     J = Judge(args, device)

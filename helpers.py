@@ -73,6 +73,12 @@ def in_repo(path):
     return str(ROOT / path)
 
 
+def people_of(identity):
+    """The forgotten people of a run's identity record, one record each (a run forgets one person, or several with
+    kind 'many'); each of several holds 'rows', its number of latents in ws_u, in order."""
+    return identity['people'] if identity.get('kind') == 'many' else [identity]
+
+
 def device(name):
     """--device -> torch.device; a ValueError naming the fix when this machine has no such device."""
     try:

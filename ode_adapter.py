@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helpers import CheckpointError, atomic_save, digest, in_repo, load
+from helpers import CheckpointError, atomic_save, digest, in_repo, load, people_of
 from model import Generator
 
 
@@ -254,11 +254,11 @@ def load_run(run, device, ckpt=None):
     G = Generator.from_checkpoint(gen)
     if meta.get('generator_sha', digest(G)) != digest(G):
         raise CheckpointError(f'{gen}: other weights than the generator {run} was trained on; pass that one with --ckpt')
-    ident = meta['identity']
-    if ident.get('kind') == 'photos':  # relative: inside the run folder (absolute in runs from before they were)
-        ident['path'] = str(run / ident['path'])
+    photos = [person for person in people_of(meta['identity']) if person.get('kind') == 'photos']
+    for person in photos:  # relative: inside the run folder (absolute in runs from before they were)
+        person['path'] = str(run / person['path'])
     meta['retain_photos'] = {k: str(run / v) for k, v in (meta.get('retain_photos') or {}).items()}
-    for p in ([ident['path']] if ident.get('kind') == 'photos' else []) + list(meta['retain_photos'].values()):
+    for p in [person['path'] for person in photos] + list(meta['retain_photos'].values()):
         if not Path(p).exists():
             raise CheckpointError(f'{run}: photo {p} is missing; a run folder is copied whole (photos/ included)')
     if meta.get('kind') == 'full':  # GUIDE's fine-tune: the whole synthesis network was saved

@@ -1184,6 +1184,47 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
         assert 0 < torch.load(a / 'adapter.pt', weights_only=True)['mined'] < 64
 
 
+def test_several_people_forgotten_together_resume_exactly(tmp_path):
+    """--identity twice: one run forgets both (their latents in order, both known to the search as the person);
+    stopped at step 2 and resumed, the same adapters as a run that went through."""
+    a = run_train(BABY, tmp_path / 'a', '--identity', 'seed:5', '--iters', '4')
+    run_train(BABY, tmp_path / 'b', '--identity', 'seed:5', '--iters', '2')
+    b = run_train(BABY, tmp_path / 'b', '--identity', 'seed:5', '--iters', '4', '--resume')
+    ma, mb = (torch.load(r / 'adapter.pt', weights_only=True) for r in (a, b))
+    assert all(torch.equal(ma['state_dict'][k], mb['state_dict'][k]) for k in ma['state_dict'])
+    assert ma['identity'] == {'kind': 'many', 'people': [{'kind': 'seed', 'seed': 3, 'rows': 1},
+                                                         {'kind': 'seed', 'seed': 5, 'rows': 1}]}
+    G = Generator.from_checkpoint(BABY)
+    assert torch.equal(ma['ws_u'], torch.cat([data.resolve_identity(f'seed:{n}', G, None)[0] for n in (3, 5)]))
+    assert ma['args']['identity'] == ['seed:3', 'seed:5'] and 0 < ma['mined'] < 64
+    with pytest.raises(SystemExit, match='a person given twice'):
+        run_train(BABY, tmp_path / 'c', '--identity', 'seed:3')
+
+
+def test_several_people_are_evaluated_each(tmp_path):
+    """Photos of two people forgotten in one run: each one's folder is kept in the run (held-out photos too), the
+    kept are everyone else under --retain, and evaluate reports each person (the other among the known people) and
+    the mean."""
+    faces = ROOT / 'assets/faces'
+    out = train.main(['--out', str(tmp_path / 'run'), '--identity', str(faces / 'obama/obama_1.png'), '--identity',
+                      str(faces / 'biden'), '--hidden', '16', '--invert_steps', '2', '--iters', '2', '--mine_n', '32'])
+    meta = torch.load(out / 'adapter.pt', weights_only=True)
+    assert [p['name'] for p in meta['identity']['people']] == ['obama', 'biden'] and len(meta['ws_u']) == 2
+    assert list(meta['retain_ws']) == ['collins', 'hopper']
+    assert sorted(f.name for f in (out / 'photos/forget/obama').iterdir()) == ['obama_1.png', 'obama_2.png', 'obama_3.png']
+    assert meta['identity']['people'][1]['path'] == 'photos/forget/biden'
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, real=None, invert_steps=2, T=None, seed=0, ckpt=None)
+    m = evaluate.evaluate_run(out, args, torch.device('cpu'))
+    ob, bi = m['people']['obama'], m['people']['biden']
+    assert ob['held_out_photos'] == ['obama_2.png', 'obama_3.png'] and bi['held_out_photos'] == []
+    assert next(iter(ob['leak'].values()))['people'] == ['obama', 'biden', 'collins', 'hopper']
+    assert next(iter(bi['leak'].values()))['people'] == ['biden', 'obama', 'collins', 'hopper']
+    assert m['leak_dlib_after'] == pytest.approx((ob['leak_dlib_after'] + bi['leak_dlib_after']) / 2)
+    assert m['ID'] == pytest.approx((ob['ID'] + bi['ID']) / 2) and 'retain_collins' in m
+    with pytest.raises(SystemExit, match='forgot several people'):
+        evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,1.6'}), torch.device('cpu'))
+
+
 def test_a_signal_while_the_results_are_written_waits_for_them(tmp_path, tiny_ckpt, monkeypatch, capsys):
     """Ctrl-C while adapter.pt is being written: both results are still written whole, then exit 130."""
     real_save = train.save_adapters

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from data import IMAGE_EXTS, DataError, dlib_available, invert, list_photos, load_faces, resolve_identity, save_grid
 from ddp import distributed, from_rank0, gather, max_over_ranks, shard
-from helpers import ROOT, CheckpointError, atomic_save, device, digest, in_repo, keep_freed_memory, load, portable
+from helpers import (ROOT, CheckpointError, atomic_save, device, digest, in_repo, keep_freed_memory, load, people_of,
+                     portable)
 from id_net import ID_NETS, load_id_net
 from losses import Rows, Seen, Weights, adjacency_offsets, describe, objective, shows_person, target_latent, who
 from model import Generator
@@ -53,9 +54,9 @@ def arg(default, help, choices=None):
 class Config:
     """Every setting of a run; the command line is built from it and checkpoints store it as a plain dict."""
     # who to forget, from what, and who to keep
-    identity: str = arg(str(ROOT / 'assets/faces/obama/obama_1.png'),
-                        'who to forget: a photo, a folder of photos (all forgotten together), a latent .pt/.npy, '
-                        'or seed:N')
+    identity: list = field(default_factory=lambda: [str(ROOT / 'assets/faces/obama/obama_1.png')], metadata={
+        'choices': None, 'help': 'who to forget: a photo, a folder of photos (all forgotten together), a latent '
+                                 '.pt/.npy, or seed:N; given more than once, several people forgotten in one run'})
     ckpt: str = arg(str(BABY), 'generator: official .pkl, rosinality .pt or ours')
     retain: str = arg(str(ROOT / 'assets/faces'), "folder of identity folders shown as 'others' in the picture and "
                                                    "kept in adapter.pt ('none' to skip)")
@@ -135,7 +136,9 @@ def parser(only_given=False):
                                        "(--ckpt: the same weights in another file or folder)",
                                 argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
-        if f.type is bool:
+        if f.type is list:  # --identity, given once per person
+            p.add_argument(f'--{f.name}', action='append', help=f.metadata['help'])
+        elif f.type is bool:
             p.add_argument(f'--{f.name}', action='store_true', help=f.metadata['help'])
         else:
             p.add_argument(f'--{f.name}', type=f.type, help=f.metadata['help'], choices=f.metadata['choices'],
@@ -144,19 +147,27 @@ def parser(only_given=False):
 
 
 def get_args(argv=None):
-    return Config(**vars(parser().parse_args(argv)))
+    a = vars(parser().parse_args(argv))
+    return Config(**{k: v for k, v in a.items() if v is not None or k != 'identity'})
+
+
+def each_path(f, v):
+    """f of a path setting, or of each path of a list of them (--identity)."""
+    return [f(x) for x in v] if isinstance(v, list) else f(v)
 
 
 def stored(cfg):
     """The settings as a checkpoint keeps them: a plain dict, paths inside the repository relative to it."""
-    return {k: portable(v) if k in PATHS else v for k, v in asdict(cfg).items()}
+    return {k: each_path(portable, v) if k in PATHS else v for k, v in asdict(cfg).items()}
 
 
 def resumed(cfg, given, ck, path):
     """--resume: the run's own settings from its checkpoint; a given flag outside RESUMABLE must agree with them."""
     known = {f.name for f in fields(Config)}
-    run = Config(**{k: in_repo(v) if k in PATHS else v for k, v in ck['args'].items() if k in known})
-    same = lambda k, v: portable(v) if k in PATHS else v  # noqa: E731 - a path may be spelled two ways
+    args = {**ck['args'], 'identity': [ck['args']['identity']] if isinstance(ck['args'].get('identity'), str)
+            else ck['args'].get('identity')}  # one person, as runs before --identity could repeat stored it
+    run = Config(**{k: each_path(in_repo, v) if k in PATHS else v for k, v in args.items() if k in known})
+    same = lambda k, v: each_path(portable, v) if k in PATHS else v  # noqa: E731 - a path may be spelled two ways
     for k in sorted(given - set(RESUMABLE)):
         if same(k, getattr(cfg, k)) != same(k, getattr(run, k)):
             raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); '
@@ -174,8 +185,13 @@ def bad(cfg, k, rule):
 
 def check(cfg, out):
     """Every setting that can be wrong, checked before any expensive work: the first problem, as one line."""
-    if not cfg.identity:
+    if not all(cfg.identity):
         raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
+    folders = [portable(p if Path(p).is_dir() else Path(p).parent) for p in cfg.identity  # photos: one folder a person
+               if not p.startswith('seed:') and Path(p).suffix.lower() not in ('.pt', '.pth', '.npy')]
+    if len(set(cfg.identity)) < len(cfg.identity) or len(set(folders)) < len(folders):
+        raise SystemExit(f'error: --identity {" --identity ".join(cfg.identity)}: a person given twice (two photos '
+                         'of one folder are one person: give the folder once)')
     if not -2 ** 63 <= cfg.seed < 2 ** 64:
         bad(cfg, 'seed', 'an integer in [-2**63, 2**64)')
     for k in ('lr', 't_end', 'step', 'target_d'):
@@ -226,7 +242,7 @@ def check(cfg, out):
 
 
 def default_out(cfg):
-    stem = 'seed' + cfg.identity[5:] if cfg.identity.startswith('seed:') else Path(cfg.identity).stem
+    stem = '+'.join('seed' + i[5:] if i.startswith('seed:') else Path(i).stem for i in cfg.identity)
     base = ROOT / 'runs' / f'{stem}-{cfg.adapter}'
     out, i = base, 1
     while out.exists() and any(out.iterdir()):
@@ -273,7 +289,7 @@ def setup(cfg, G, idn, perc, ws_u, rank=0, world=1):
     amp = nullcontext() if cfg.amp == 'none' else torch.autocast(dev.type, dtype=AMP[cfg.amp])
     ws_t = target_latent(ws_u, G.mapping.w_avg, cfg.target_d, cfg.target, cfg.scale_d)
     if not torch.isfinite(ws_t).all():  # (w_u - w_avg) / ||w_u - w_avg|| with w_u = w_avg
-        raise ValueError(f"{cfg.identity}: a latent equals the generator's average latent, which has no direction to "
+        raise ValueError(f"{', '.join(cfg.identity)}: a latent equals the generator's average latent, which has no direction to "
                          'extrapolate from; use --target average or another identity')
     with torch.no_grad(), amp:
         tgt = describe(G_s.synthesis(ws_t, fused=False, **s_kw).float(), idn, perc)
@@ -407,9 +423,9 @@ def invert_others(cfg, G, idn, person=None):
     forgotten and kept at once."""
     if cfg.retain == 'none' or not Path(cfg.retain).is_dir():
         return {}, {}, {}
-    forgotten = Path(cfg.identity).resolve()
+    forgotten = {q for i in cfg.identity for q in (Path(i).resolve(), Path(i).resolve().parent)}
     photos = {p.name: str(list_photos(p)[0]) for p in sorted(Path(cfg.retain).iterdir())
-              if p.is_dir() and p.resolve() not in (forgotten, forgotten.parent)}
+              if p.is_dir() and p.resolve() not in forgotten}
     if not photos:
         return {}, {}, {}
     faces = torch.cat([load_faces(f, G.cfg.img_resolution, align=False)[0] for f in photos.values()])
@@ -463,23 +479,27 @@ def keep_photos(info, retain_photos, out, write=True):
     """Copy the photos evaluation reads into the run folder (the forgotten person's folder, held-out photos included,
     and each kept person's; write=False: rank > 0, which only renames) and point the run at them: a run folder
     copied anywhere evaluates."""
-    if info['kind'] == 'photos':
-        p = Path(info['path'])
-        folder = p if p.is_dir() else p.parent
-        if write:
-            copy_photos(folder, out / 'photos/forget')
-        info.update(source=portable(p), name=folder.name, path='photos/forget' + ('' if p.is_dir() else f'/{p.name}'))
-    elif info['kind'] == 'latent':
-        info['path'] = portable(info['path'])
+    for person in people_of(info):
+        if person['kind'] == 'photos':
+            p = Path(person['path'])
+            folder = p if p.is_dir() else p.parent
+            dest = 'photos/forget' + ('' if person is info else f'/{folder.name}')  # several: one folder each
+            if write:
+                copy_photos(folder, out / dest)
+            person.update(source=portable(p), name=folder.name, path=dest + ('' if p.is_dir() else f'/{p.name}'))
+        elif person['kind'] == 'latent':
+            person['path'] = portable(person['path'])
     for name, photo in retain_photos.items():
         if write:
             copy_photos(Path(photo).parent, out / 'photos/keep' / name)
         retain_photos[name] = f'photos/keep/{name}/{Path(photo).name}'
 
 
-def start(argv):
-    """The run's settings (a resumed run's own), where it goes, and its checkpoint when resuming."""
+def start(argv, identity=None):
+    """The run's settings (a resumed run's own), where it goes, and its checkpoint when resuming; identity: who
+    to forget instead of argv's --identity (--each's runs)."""
     cfg, given = get_args(argv), set(vars(parser(only_given=True).parse_args(argv)))
+    cfg.identity = identity or cfg.identity
     out, ck = Path(cfg.out) if cfg.out else default_out(cfg), None
     if cfg.resume:
         if not (out / 'ckpt.pt').exists():
@@ -530,9 +550,9 @@ def each(argv):
     """--each: --identity is a folder of person folders; one run per person (out/<person>), each keeping the other
     people of the folder. Under torchrun the people are spread over the ranks, each run in one process."""
     cfg = get_args(argv)
-    folder = Path(cfg.identity)
+    folder = Path(cfg.identity[0])
     people = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if len(people) < 2:
+    if len(people) < 2 or len(cfg.identity) > 1:
         raise SystemExit(f'error: --identity {folder}: --each needs a folder of two or more person folders')
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     try:
@@ -553,7 +573,7 @@ def each(argv):
             continue
         resume = ['--resume'] if (out / p.name / 'ckpt.pt').exists() and cfg.resume else []
         one, out_p, ck = start([a for a in argv if a != '--resume'] + resume +
-                               ['--identity', str(p), '--retain', str(folder), '--out', str(out / p.name)])
+                               ['--retain', str(folder), '--out', str(out / p.name)], [str(p)])
         runs.append(run(replace(one, each=False), out_p, ck, dev, 0, 1, hint))
     return runs
 
@@ -643,13 +663,19 @@ def who_to_forget(cfg, R, G, idn, dev):
     identity network knows him by, his training photos or his latent's image; retain_faces: {kept person: photo}).
     The run's record R gets the identity's info and the kept people's latents and photos, and the photos evaluation
     reads are copied into the run folder."""
-    ws_u, R.info = resolve_identity(cfg.identity, G, idn, steps=cfg.invert_steps)
-    ws_u = from_rank0(ws_u)  # the ranks' inversions may differ in the last bits
-    if not torch.isfinite(ws_u).all():
-        raise DataError(f'{cfg.identity}: the latent holds NaN or Inf values; pass a finite latent')
-    photos = R.info.pop('photos', None)  # the training photos of the person (person mode's reference)
-    with torch.no_grad():  # the person as the identity network sees them: the photos, or the latent's image
-        face = photos.to(dev) if photos is not None else G.synthesis(ws_u)
+    ws, faces, infos = [], [], []
+    for spec in cfg.identity:  # each person in turn; with several, all are forgotten together
+        w, info = resolve_identity(spec, G, idn, steps=cfg.invert_steps)
+        w = from_rank0(w)  # the ranks' inversions may differ in the last bits
+        if not torch.isfinite(w).all():
+            raise DataError(f'{spec}: the latent holds NaN or Inf values; pass a finite latent')
+        photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
+        with torch.no_grad():  # the person as the identity network sees them: the photos, or the latent's image
+            faces.append(photos.to(dev) if photos is not None else G.synthesis(w))
+        ws.append(w)
+        infos.append({**info, 'rows': len(w)} if len(cfg.identity) > 1 else info)
+    ws_u, face = torch.cat(ws), torch.cat(faces)  # [sum of rows, L, C]; person mode knows them all as "the person"
+    R.info = infos[0] if len(infos) == 1 else {'kind': 'many', 'people': infos}
     retain, R.retain_photos, retain_faces = invert_others(cfg, G, idn, face)
     R.retain = {k: from_rank0(v) for k, v in retain.items()}
     keep_photos(R.info, R.retain_photos, R.out, R.writer)
@@ -681,8 +707,10 @@ def prepare(cfg, R, ck, dev, rank, world):
         R.retain = {k: v.to(dev) for k, v in ck['retain'].items()}
     else:
         ws_u, face, retain_faces = who_to_forget(cfg, R, G, idn, dev)
-    if 'inversion_id_distance' in R.info:
-        print(f'inverted {len(ws_u)} photo(s): identity distance {[round(d, 3) for d in R.info["inversion_id_distance"]]}')
+    for info in people_of(R.info):
+        if 'inversion_id_distance' in info:
+            print(f'inverted {len(info["inversion_id_distance"])} photo(s): identity distance '
+                  f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
     S = setup(cfg, G, idn, perc, ws_u, rank, world)
     param_report(G)
     if cfg.resume:
