@@ -1201,6 +1201,30 @@ def test_several_people_forgotten_together_resume_exactly(tmp_path):
         run_train(BABY, tmp_path / 'c', '--identity', 'seed:3')
 
 
+def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path):
+    """--init RUN: the adapters start as RUN's (at lr 1e-12 they stay RUN's), RUN's forgotten person is forgotten
+    again (his latent as RUN had it, not inverted again; his photos copied from RUN), and he is not among the kept;
+    an --init run resumes bit-identically."""
+    faces = ROOT / 'assets/faces'
+    base = ['--hidden', '16', '--invert_steps', '2', '--mine_n', '32']
+    first = train.main(['--out', str(tmp_path / 'obama'), '--identity', str(faces / 'obama/obama_1.png'), '--iters', '2',
+                        *base])
+    then = ['--init', str(first), '--identity', str(faces / 'biden'), *base]
+    b = train.main(['--out', str(tmp_path / 'b'), '--iters', '1', '--lr', '1e-12', *then])
+    m1, mb = (torch.load(r / 'adapter.pt', weights_only=True) for r in (first, b))
+    assert all(torch.allclose(m1['state_dict'][k], mb['state_dict'][k], atol=1e-9) for k in m1['state_dict'])
+    assert any(v.abs().sum() > 0 for v in m1['state_dict'].values())
+    assert [p['name'] for p in mb['identity']['people']] == ['obama', 'biden'] and list(mb['retain_ws']) == ['collins', 'hopper']
+    assert torch.equal(mb['ws_u'][:1], m1['ws_u']) and (b / 'photos/forget/obama/obama_2.png').exists()
+    c = train.main(['--out', str(tmp_path / 'c'), '--iters', '4', *then])
+    train.main(['--out', str(tmp_path / 'd'), '--iters', '2', *then])
+    d = train.main(['--out', str(tmp_path / 'd'), '--iters', '4', '--resume', *then])
+    sc, sd = (torch.load(r / 'adapter.pt', weights_only=True)['state_dict'] for r in (c, d))
+    assert all(torch.equal(sc[k], sd[k]) for k in sc)
+    with pytest.raises(SystemExit, match='no adapter.pt there'):
+        train.main(['--out', str(tmp_path / 'e'), '--init', str(tmp_path), *base])
+
+
 def test_several_people_are_evaluated_each(tmp_path):
     """Photos of two people forgotten in one run: each one's folder is kept in the run (held-out photos too), the
     kept are everyone else under --retain, and evaluate reports each person (the other among the known people) and

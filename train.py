@@ -38,7 +38,7 @@ from id_net import ID_NETS, load_id_net
 from losses import Rows, Seen, Weights, adjacency_offsets, describe, objective, shows_person, target_latent, who
 from model import Generator
 from perceptual import IDFeatureDistance, LPIPSVGG
-from ode_adapter import BACKENDS, attach_adapters, integrate, param_report, save_adapters, trainable_state
+from ode_adapter import BACKENDS, attach_adapters, integrate, load_run, param_report, save_adapters, trainable_state
 
 BABY = ROOT / 'assets/baby.pt'  # the built-in generator
 ADAPTERS = ('ode', 'residual', 'full')
@@ -64,6 +64,8 @@ class Config:
     resume: bool = arg(False, 'continue the run in --out from its ckpt.pt')
     each: bool = arg(False, '--identity is a folder of person folders: one run per person (--out/<person>), each keeping '
                             'the others (under torchrun the people are spread over the processes)')
+    init: str = arg(None, "a finished run: start from its adapters and forget --identity too; the run's forgotten "
+                          'people stay forgotten (their latents, photos and targets join this run), the rest are kept')
     # optimisation
     iters: int = arg(None, "optimisation steps (default: the paper's 1000; on the built-in baby 500 with --forget "
                            "latent, which has forgotten by step 100 (the README's collapse curves), and 300 with "
@@ -125,7 +127,7 @@ class Config:
 MAY_CHANGE = ('iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt', 'device')  # a --resume may change these
 RESUMABLE = ('out', 'resume', 'each') + MAY_CHANGE  # the flags a --resume may give: which run, and these
 MAY_CHANGE_FLAGS = ', '.join('--' + k for k in MAY_CHANGE)  # as the help and the errors name them
-PATHS = ('identity', 'ckpt', 'retain', 'id_weights', 'vgg', 'lpips_lin')  # stored relative to the repo when inside
+PATHS = ('identity', 'init', 'ckpt', 'retain', 'id_weights', 'vgg', 'lpips_lin')  # stored relative to the repo when inside
 
 
 def parser(only_given=False):
@@ -221,6 +223,10 @@ def check(cfg, out):
                   'native' if cfg.backend == 'native' else 'torchdiffeq')
     except ValueError as e:
         raise SystemExit(f'error: --solver {cfg.solver} --backend {cfg.backend}: {e}')
+    if cfg.init and not (Path(cfg.init) / 'adapter.pt').is_file():
+        raise SystemExit(f'error: --init {cfg.init}: no adapter.pt there; pass a finished train.py run folder')
+    if cfg.init and cfg.adapter == 'full':
+        raise SystemExit('error: --init starts from adapters; it does not take --adapter full')
     if cfg.lpips_lin and not cfg.vgg:
         raise SystemExit('error: --lpips_lin needs --vgg (the VGG16 weights its linear heads sit on)')
     if cfg.retain != 'none' and not Path(cfg.retain).is_dir():
@@ -416,7 +422,7 @@ def setup_person(S, face, retain, retain_faces):
 # -----------------------------------------------------------------------------
 # the run
 
-def invert_others(cfg, G, idn, person=None):
+def invert_others(cfg, G, idn, person=None, forgotten_names=()):
     """{kept: W+ latent}, {kept: photo path}, {kept: that photo [1, 3, H, W]}: the first photo of every other identity
     folder under --retain. Each must show a face (found by dlib when installed, as for --identity) and someone else
     than `person` (the forgotten person's photos or latent's image) by the identity network's rule: nobody is
@@ -425,7 +431,7 @@ def invert_others(cfg, G, idn, person=None):
         return {}, {}, {}
     forgotten = {q for i in cfg.identity for q in (Path(i).resolve(), Path(i).resolve().parent)}
     photos = {p.name: str(list_photos(p)[0]) for p in sorted(Path(cfg.retain).iterdir())
-              if p.is_dir() and p.resolve() not in forgotten}
+              if p.is_dir() and p.resolve() not in forgotten and p.name not in forgotten_names}
     if not photos:
         return {}, {}, {}
     faces = torch.cat([load_faces(f, G.cfg.img_resolution, align=False)[0] for f in photos.values()])
@@ -483,10 +489,12 @@ def keep_photos(info, retain_photos, out, write=True):
         if person['kind'] == 'photos':
             p = Path(person['path'])
             folder = p if p.is_dir() else p.parent
-            dest = 'photos/forget' + ('' if person is info else f'/{folder.name}')  # several: one folder each
+            name = person.get('name', folder.name)  # --init's people keep theirs (their photos are in its run)
+            dest = 'photos/forget' + ('' if person is info else f'/{name}')  # several: one folder each
             if write:
                 copy_photos(folder, out / dest)
-            person.update(source=portable(p), name=folder.name, path=dest + ('' if p.is_dir() else f'/{p.name}'))
+            person.update(source=person.get('source', portable(p)), name=name,
+                          path=dest + ('' if p.is_dir() else f'/{p.name}'))
         elif person['kind'] == 'latent':
             person['path'] = portable(person['path'])
     for name, photo in retain_photos.items():
@@ -664,22 +672,48 @@ def who_to_forget(cfg, R, G, idn, dev):
     The run's record R gets the identity's info and the kept people's latents and photos, and the photos evaluation
     reads are copied into the run folder."""
     ws, faces, infos = [], [], []
-    for spec in cfg.identity:  # each person in turn; with several, all are forgotten together
-        w, info = resolve_identity(spec, G, idn, steps=cfg.invert_steps)
-        w = from_rank0(w)  # the ranks' inversions may differ in the last bits
+    for spec in (earlier_people(cfg, G) if cfg.init else []) + cfg.identity:  # with several, all forgotten together
+        w, info = spec if isinstance(spec, tuple) else resolve_identity(spec, G, idn, steps=cfg.invert_steps)
+        w = from_rank0(w.to(dev))  # the ranks' inversions may differ in the last bits
         if not torch.isfinite(w).all():
             raise DataError(f'{spec}: the latent holds NaN or Inf values; pass a finite latent')
         photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
         with torch.no_grad():  # the person as the identity network sees them: the photos, or the latent's image
             faces.append(photos.to(dev) if photos is not None else G.synthesis(w))
         ws.append(w)
-        infos.append({**info, 'rows': len(w)} if len(cfg.identity) > 1 else info)
+        infos.append(info)
+    if len(infos) > 1:
+        infos = [{**info, 'rows': len(w)} for info, w in zip(infos, ws)]
     ws_u, face = torch.cat(ws), torch.cat(faces)  # [sum of rows, L, C]; person mode knows them all as "the person"
     R.info = infos[0] if len(infos) == 1 else {'kind': 'many', 'people': infos}
-    retain, R.retain_photos, retain_faces = invert_others(cfg, G, idn, face)
+    earlier = [info['name'] for info in infos[:len(infos) - len(cfg.identity)] if 'name' in info]  # --init's
+    retain, R.retain_photos, retain_faces = invert_others(cfg, G, idn, face, earlier)
     R.retain = {k: from_rank0(v) for k, v in retain.items()}
     keep_photos(R.info, R.retain_photos, R.out, R.writer)
     return ws_u, face, retain_faces
+
+
+def earlier_people(cfg, G):
+    """--init RUN: the people RUN forgot, [(latents, identity record with its training photos)], as RUN had them:
+    their latents are not inverted again, their photos are read from RUN's folder."""
+    meta = load_init(cfg, G)
+    people = people_of(meta['identity'])
+    out = []
+    for p, w in zip(people, meta['ws_u'].split([p.get('rows', len(meta['ws_u'])) for p in people])):
+        p = {k: v for k, v in p.items() if k != 'rows'}
+        if p['kind'] == 'photos':
+            p['photos'] = load_faces(p['path'], G.cfg.img_resolution)[0]
+        out.append((w, p))
+    return out
+
+
+def load_init(cfg, G):
+    """--init RUN's adapter.pt (photo paths pointing into RUN); refused when RUN was trained on another generator."""
+    _, _, _, meta = load_run(cfg.init, 'cpu', cfg.ckpt)
+    if meta.get('kind') != cfg.adapter or meta['adapter']['hidden'] != cfg.hidden:
+        raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {meta['adapter']['hidden']}) are "
+                         f'not this run\'s ({cfg.adapter}, hidden {cfg.hidden}); pass the same --adapter and --hidden')
+    return meta
 
 
 def restore(S, R, ck, dev):
@@ -715,6 +749,13 @@ def prepare(cfg, R, ck, dev, rank, world):
     param_report(G)
     if cfg.resume:
         return S, restore(S, R, ck, dev)
+    if cfg.init:  # the adapters start as the earlier run's
+        sd = {'.adapter.'.join(k.split('.', 1)): v for k, v in load_init(cfg, G)['state_dict'].items()}
+        if sd.keys() != trainable_state(S.G).keys():
+            raise ValueError(f'--init {cfg.init}: its adapters sit on other blocks than this run\'s; pass a run of this generator')
+        S.G.synthesis.load_state_dict(sd, strict=False)
+        print(f'--init {cfg.init}: its adapters to start from; its {len(people_of(R.info)) - len(cfg.identity)} '
+              'forgotten people stay forgotten')
     P = setup_person(S, face, R.retain, retain_faces)  # who the person is (the picture at the end needs it too)
     if cfg.forget == 'person':  # find the person among the original generator's samples
         P.pool, P.targets, P.held = surrogates(S, P, *mine(S, P, cfg.mine_n))
