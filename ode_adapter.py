@@ -194,6 +194,26 @@ def adapters(G):
     return {f'b{b.resolution}': b.adapter for b in G.synthesis.blocks() if b.adapter is not None}
 
 
+@torch.no_grad()
+def compose(G, state_dicts, Ts):
+    """Adapters trained apart (state dicts of save_adapters, one generator), used together, each at its own dial:
+    dx/ds = sum_i T_i f_i(x) over s in [0, 1]. Exactly one adapter per block: a sum of bottleneck MLPs is a
+    bottleneck MLP with the hidden units of all (LeakyReLU acts unit by unit), its last layer scaled by T_i / max T,
+    integrated to max T with the adapter's step. G's adapters are replaced; its dial T then turns them together."""
+    top = max(Ts)
+    for k, ad in adapters(G).items():
+        parts = [{n[len(k) + 1:]: v for n, v in sd.items() if n.startswith(k + '.')} for sd in state_dicts]
+        scale = [T / top if top else 0.0 for T in Ts]
+        f = VectorField(ad.f.net[0].in_features, sum(p['f.net.0.weight'].shape[0] for p in parts)).to(
+            ad.f.net[0].weight.device)
+        f.net[0].weight.copy_(torch.cat([p['f.net.0.weight'] for p in parts]))
+        f.net[0].bias.copy_(torch.cat([p['f.net.0.bias'] for p in parts]))
+        f.net[2].weight.copy_(torch.cat([p['f.net.2.weight'] * c for p, c in zip(parts, scale)], 1))
+        f.net[2].bias.copy_(sum(p['f.net.2.bias'] * c for p, c in zip(parts, scale)))
+        ad.f, ad.T = f.requires_grad_(False), top
+    return G
+
+
 def trainable_state(G, full=False):
     """What trains, by name: the adapters' weights, or the whole synthesis network (full: --adapter full)."""
     return {k: v for k, v in G.synthesis.state_dict().items() if full or '.adapter.' in k}

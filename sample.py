@@ -4,9 +4,11 @@ Draw from an unlearned generator at chosen settings of the forgetting dial (nano
     python sample.py runs/obama_1-ode                            # seeds 0-15 at T = 0 and the trained T
     python sample.py runs/obama_1-ode --T 0,0.8,1.6 --seeds 0-7  # a row per T, a column per seed
     python sample.py runs/obama_1-ode --gif                      # the dial from 0 to the trained T, animated
+    python sample.py runs/obama runs/biden --T 1.6,1.6           # two runs' adapters composed, each at its dial
 
 Seed N draws z from torch seed N, as train.py's --identity seed:N does (that identity is --seeds N --psi 1).
 Writes <run>/samples.png (and samples.gif). A --adapter full run has no dial: its rows are before and after.
+Several runs: their vector fields summed (ode_adapter.compose); rows the original, each alone, all together.
 """
 import argparse
 from pathlib import Path
@@ -17,9 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, grid, save_grid
-from helpers import CheckpointError, device, written
+from helpers import CheckpointError, device, load, written
 from model import generate
-from ode_adapter import load_run, times
+from ode_adapter import adapters, compose, load_run, times
 
 
 MAX_SEEDS = 1024  # images in one grid
@@ -56,10 +58,30 @@ def save_gif(frames, path, ms):
         ims[0].save(tmp, save_all=True, append_images=ims[1:], duration=[ms] * (len(ims) - 1) + [1500], loop=0)
 
 
+def composed(args, G, meta, Ts, ws):
+    """Several runs' adapters used together (ode_adapter.compose), each at its dial: rows the original, each run
+    alone at its dial, then all of them -> (rows, row names)."""
+    metas = [meta] + [load(Path(r) / 'adapter.pt', 'an adapter file written by train.py') for r in args.run[1:]]
+    for r, m in zip(args.run, metas):
+        if not isinstance(m, dict) or m.get('kind') != 'ode' or m.get('generator_sha') != meta.get('generator_sha'):
+            raise ValueError(f'{r}: not an --adapter ode run of the same generator as {args.run[0]}; compose runs of '
+                             'one generator')
+    Ts = Ts or [m['adapter']['T'] for m in metas]
+    if len(Ts) != len(metas):
+        raise ValueError(f'--T {args.T}: give one dial per run ({len(metas)} runs)')
+    sds, rows = [m['state_dict'] for m in metas], [generate(G, ws, {'T': 0})]
+    for i in tqdm(range(len(sds) + 1), desc='runs'):
+        alone = [T if i in (j, len(sds)) else 0.0 for j, T in enumerate(Ts)]  # run i alone; then all
+        rows.append(generate(compose(G, sds, alone), ws, {}))
+    names = ['original'] + [f'{r} at T = {T}' for r, T in zip(args.run, Ts)] + ['together']
+    return rows, names
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('run', help='a run folder written by train.py')
-    p.add_argument('--T', default=None, help='comma-separated integration times (default: 0 and the trained T)')
+    p.add_argument('run', nargs='+', help='a run folder written by train.py; several: their adapters composed')
+    p.add_argument('--T', default=None, help='comma-separated integration times (default: 0 and the trained T); with '
+                                             'several runs, one dial per run (default: each its trained T)')
     p.add_argument('--seeds', default='0-15', help='seeds and ranges, e.g. 0-15 or 1,5,7')
     p.add_argument('--psi', type=float, default=0.7, help='truncation psi (1: no truncation)')
     p.add_argument('--gif', action='store_true', help='also animate the dial from 0 to the largest T asked')
@@ -76,21 +98,25 @@ def main(argv=None):
         if args.out and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or args.out.endswith('/')
                          or not Path(args.out).resolve().parent.is_dir()):
             raise ValueError(f'--out {args.out}: name a .png in an existing folder (the GIF goes beside it)')
-        G_s, G_u, s_kw, meta = load_run(args.run, dev, args.ckpt)
+        G_s, G_u, s_kw, meta = load_run(args.run[0], dev, args.ckpt)
         full = meta.get('kind') == 'full'
         if full and Ts:
-            raise ValueError(f'{args.run}: a full fine-tune has no dial; drop --T (its rows are before and after)')
+            raise ValueError(f'{args.run[0]}: a full fine-tune has no dial; drop --T (its rows are before and after)')
         ws = latents(G_s, seeds, args.psi)
-        png = Path(args.out or Path(args.run) / 'samples.png')
-        if full:
+        png = Path(args.out or Path(args.run[0]) / 'samples.png')
+        if len(args.run) > 1:
+            rows, Ts = composed(args, G_u, meta, Ts, ws)
+        elif full:
             rows, Ts = [generate(G_s, ws, s_kw), generate(G_u, ws, {})], ['before', 'after']
         else:
             Ts = Ts or [0.0, meta['adapter']['T']]
             rows = [generate(G_u, ws, {'T': T}) for T in tqdm(Ts, desc='T')]
         save_grid(torch.cat(rows), png, nrow=len(seeds))
-        print(f'wrote {png}: rows T = {", ".join(map(str, Ts))}; columns seeds {args.seeds}, psi {args.psi}')
+        print(f'wrote {png}: rows {"" if len(args.run) > 1 else "T = "}{", ".join(map(str, Ts))}; columns seeds '
+              f'{args.seeds}, psi {args.psi}')
         if args.gif:
-            dial = [None] * 2 if full else np.linspace(0, max(Ts), args.frames).tolist()
+            dial = [None] * 2 if full else np.linspace(0, next(iter(adapters(G_u).values())).T if
+                                                        len(args.run) > 1 else max(Ts), args.frames).tolist()
             frames = [grid(rows[i] if full else generate(G_u, ws, {'T': T}), len(seeds))
                       for i, T in enumerate(tqdm(dial, desc='gif'))]
             save_gif(frames, png.with_suffix('.gif'), 800 if full else 80)

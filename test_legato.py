@@ -48,8 +48,8 @@ from id_net import DlibCpp, DlibFaceNet, FaceRes, IRNet, load_id_net
 from losses import adjacency_offsets, target_latent, trajectory_consistency
 from model import Generator, GeneratorConfig, rosinality_key_map
 from perceptual import FIDInception, IDFeatureDistance, LPIPSVGG
-from ode_adapter import (ODEAdapter, VectorField, adapters, attach_adapters, integrate, load_adapters, param_report,
-                         save_adapters, time_grid)
+from ode_adapter import (ODEAdapter, VectorField, adapters, attach_adapters, compose, integrate, load_adapters,
+                         param_report, save_adapters, time_grid)
 
 try:  # dlib-bin is the test-only reference; tests that need it skip without it
     import dlib
@@ -1223,6 +1223,59 @@ def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path):
     assert all(torch.equal(sc[k], sd[k]) for k in sc)
     with pytest.raises(SystemExit, match='no adapter.pt there'):
         train.main(['--out', str(tmp_path / 'e'), '--init', str(tmp_path), *base])
+
+
+def test_composed_adapters_integrate_the_summed_field(tmp_path, tiny_ckpt):
+    """compose(): one adapter per block whose Euler steps are those of dx/ds = T1 f1(x) + T2 f2(x) over s in [0, 1]
+    (checked against the solver on the summed field); one run alone at its T is that run; sample.py draws the
+    original, each alone and both together, and refuses a dial count that is not one per run."""
+    runs = [run_train(tiny_ckpt, tmp_path / n, '--iters', '2', '--lr', '1e-2') for n in ('a', 'b')]
+    metas = [torch.load(r / 'adapter.pt', weights_only=True) for r in runs]
+    sds = [m['state_dict'] for m in metas]
+    G = Generator.from_checkpoint(tiny_ckpt)
+    load_adapters(G, runs[0] / 'adapter.pt')
+    k, ad = next(iter(adapters(G).items()))
+    fs = []
+    for sd in sds:
+        f = copy.deepcopy(ad.f)
+        f.load_state_dict({n[len(k) + 3:]: v for n, v in sd.items() if n.startswith(k + '.f.')})
+        fs.append(f)
+    x = torch.randn(2, 4, 4, ad.f.net[0].in_features)
+    with torch.no_grad():
+        want, _ = integrate(lambda t, y: 1.2 * fs[0](t, y) + 0.8 * fs[1](t, y), x, 1.0, ad.h / 1.2)
+        compose(G, sds, [1.2, 0.8])
+        got, _ = integrate(adapters(G)[k].f, x, adapters(G)[k].T, adapters(G)[k].h)
+        assert adapters(G)[k].T == 1.2 and torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, x)
+        w = torch.randn(2, G.cfg.z_dim)
+        one = Generator.from_checkpoint(tiny_ckpt)
+        load_adapters(one, runs[1] / 'adapter.pt')
+        ws = one.mapping(w)
+        assert torch.allclose(compose(G, sds, [0.0, 1.6]).synthesis(ws), one.synthesis(ws, T=1.6), atol=1e-5)
+    png = sample.main([str(runs[0]), str(runs[1]), '--T', '1.6,0.8', '--seeds', '0-1', '--out', str(tmp_path / 's.png')])
+    assert Image.open(png).size[1] == 4 * Image.open(png).size[0] // 2  # original, a, b, together
+    with pytest.raises(SystemExit, match='one dial per run'):
+        sample.main([str(runs[0]), str(runs[1]), '--T', '1.6', '--out', str(tmp_path / 't.png')])
+
+
+def test_n_forget_draws_the_forgotten_rows(tmp_path, tiny_ckpt, monkeypatch):
+    """--n_forget 1 with three people: every step's batch holds one forgotten latent (drawn from the step's stream,
+    its own GUIDE target with it) and n_adj adjacency pairs around it, and the run resumes bit-identically."""
+    seen = []
+    real = train.objective
+    monkeypatch.setattr(train, 'objective', lambda got, want, traj, rows, *a: seen.append(rows) or
+                        real(got, want, traj, rows, *a))
+    extra = ['--identity', 'seed:5', '--identity', 'seed:7', '--n_forget', '1', '--forget', 'latent']
+    a = run_train(tiny_ckpt, tmp_path / 'a', '--iters', '4', *extra)
+    assert len(seen) == 4 and all(r.u == 1 and r.adj == 2 for r in seen)
+    run_train(tiny_ckpt, tmp_path / 'b', '--iters', '2', *extra)
+    b = run_train(tiny_ckpt, tmp_path / 'b', '--iters', '4', '--resume', *extra)
+    sa, sb = (torch.load(r / 'adapter.pt', weights_only=True)['state_dict'] for r in (a, b))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    S = types.SimpleNamespace(ws_u=torch.arange(3.0).view(3, 1, 1), ws_t=-torch.arange(3.0).view(3, 1, 1),
+                              tgt=losses.Seen(torch.arange(3.0), [torch.arange(3.0)], torch.arange(3.0)),
+                              gen=torch.Generator().manual_seed(0))
+    u, t, tgt = train.forgotten_rows(S, types.SimpleNamespace(n_forget=2))
+    assert torch.equal(t, -u) and torch.equal(tgt.img, u.flatten()) and torch.equal(tgt.feats[0], u.flatten())
 
 
 def test_several_people_are_evaluated_each(tmp_path):

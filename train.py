@@ -87,6 +87,8 @@ class Config:
     target_d: float = arg(30.0, "extrapolation distance d of the target latent (GUIDE's)")
     scale_d: bool = arg(False, 'scale d by sqrt(W+ size / (14*512)) (per-element distance of FFHQ-256)')
     n_adj: int = arg(2, 'adjacency latents per identity latent (GUIDE)')
+    n_forget: int = arg(None, 'forgotten latents per step (default: all); with more, each step draws this many, so '
+                              'the batch does not grow with the number of people forgotten')
     alpha_max: float = arg(15.0, "adjacency offsets alpha ~ U(0, alpha_max) (GUIDE's)")
     n_glob: int = arg(2, 'random latents for global preservation (GUIDE)')
     w_pix: float = arg(1e-2, 'pixel MSE weight (local and adjacency)')
@@ -206,7 +208,7 @@ def check(cfg, out):
     for k in ('alpha_max', 'target_d'):  # distances in W: the paper's are 15 and 30
         if getattr(cfg, k) > 1e3:
             bad(cfg, k, 'at most 1000 (a distance that large overflows the generator)')
-    for k in ('iters', 'hidden', 'log_every', 'ckpt_every', 'invert_steps', 'n_mine', 'mine_n'):
+    for k in ('iters', 'hidden', 'log_every', 'ckpt_every', 'invert_steps', 'n_mine', 'mine_n', 'n_forget'):
         if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
             bad(cfg, k, '>= 1')
     for k in ('n_adj', 'n_glob', 'snapshot_every'):
@@ -223,7 +225,7 @@ def check(cfg, out):
                   'native' if cfg.backend == 'native' else 'torchdiffeq')
     except ValueError as e:
         raise SystemExit(f'error: --solver {cfg.solver} --backend {cfg.backend}: {e}')
-    if cfg.init and not (Path(cfg.init) / 'adapter.pt').is_file():
+    if cfg.init and not cfg.resume and not (Path(cfg.init) / 'adapter.pt').is_file():  # a resume needs it no more
         raise SystemExit(f'error: --init {cfg.init}: no adapter.pt there; pass a finished train.py run folder')
     if cfg.init and cfg.adapter == 'full':
         raise SystemExit('error: --init starts from adapters; it does not take --adapter full')
@@ -307,32 +309,45 @@ def setup(cfg, G, idn, perc, ws_u, rank=0, world=1):
                 gen=torch.Generator(device=dev).manual_seed(cfg.seed), wt=Weights.of(cfg), rank=rank, world=world)
 
 
-def sample_latents(S, cfg):
-    """This step's random latents (README eq. 3): adjacency pairs (w_u + delta -> w_t + delta) and global ones.
-    Under torchrun every rank draws the batch of all the ranks (the same numbers) and keeps its share."""
-    n_u, dev, a, g, r = len(S.ws_u), S.ws_u.device, cfg.n_adj, cfg.n_glob, S.rank
+def forgotten_rows(S, cfg):
+    """This step's forgotten latents, their targets and the targets' images: all of them, or with more than
+    --n_forget a draw of that many (from the step's stream, the same on every rank): the batch then does not grow
+    with the number of people forgotten."""
+    if not cfg.n_forget or len(S.ws_u) <= cfg.n_forget:
+        return S.ws_u, S.ws_t, S.tgt
+    i = torch.randint(len(S.ws_u), (cfg.n_forget,), generator=S.gen, device=S.ws_u.device)
+    return S.ws_u[i], S.ws_t[i], Seen(S.tgt.img[i], [f[i] for f in S.tgt.feats], S.tgt.emb[i])
+
+
+def sample_latents(S, cfg, ws_u=None, ws_t=None):
+    """This step's random latents (README eq. 3): adjacency pairs (w_u + delta -> w_t + delta) around this step's
+    forgotten latents (default all) and global ones. Under torchrun every rank draws the batch of all the ranks (the
+    same numbers) and keeps its share."""
+    ws_u, ws_t = (S.ws_u, S.ws_t) if ws_u is None else (ws_u, ws_t)
+    n_u, dev, a, g, r = len(ws_u), ws_u.device, cfg.n_adj, cfg.n_glob, S.rank
     z = torch.randn(n_u * a * S.world + g * S.world, S.G.cfg.z_dim, generator=S.gen, device=dev)
     alpha = torch.rand(n_u, a * S.world, generator=S.gen, device=dev) * cfg.alpha_max
     with torch.no_grad():
         w_r = S.G.mapping(z)  # [n_u * n_adj + n_glob (each times world), L, C], psi 1
         w_adj, w_glob = w_r[:n_u * a * S.world], w_r[n_u * a * S.world:][r * g:(r + 1) * g]
-        delta = adjacency_offsets(S.ws_u, w_adj.view(n_u, a * S.world, *w_r.shape[1:]), alpha)[:, r * a:(r + 1) * a]
+        delta = adjacency_offsets(ws_u, w_adj.view(n_u, a * S.world, *w_r.shape[1:]), alpha)[:, r * a:(r + 1) * a]
         delta = delta.flatten(0, 1)  # [n_u * n_adj, L, C]: row i * n_adj + j is latent i's j-th offset
-        return S.ws_u.repeat_interleave(a, 0) + delta, S.ws_t.repeat_interleave(a, 0) + delta, w_glob
+        return ws_u.repeat_interleave(a, 0) + delta, ws_t.repeat_interleave(a, 0) + delta, w_glob
 
 
 def train_step(S, cfg, P=None):
     """One step: sample latents, frozen forward, trainable forward, the objective (README eq. 4), backward. No host
     sync. With P (--forget person) the person's mined latents and the kept people join the batch and the objective;
     the batch's groups are losses.Rows, in its order: [w_u | w_u + delta | global | mined | held | kept]."""
-    w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg)
+    ws_u, ws_t, tgt = forgotten_rows(S, cfg)
+    w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg, ws_u, ws_t)
     p_u, p_s = person_latents(S, P, cfg) if P else ([], [])
-    rows = Rows(len(S.ws_u), len(w_adj_u), len(w_glob), *map(len, p_u))
+    rows = Rows(len(ws_u), len(w_adj_u), len(w_glob), *map(len, p_u))
     with torch.no_grad(), S.amp:  # what each should look like: [G_s(w_t) (constant) | G_s(w_t + delta) | G_s(w) ...]
-        want = S.tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *p_s]), fused=False, **S.s_kw).float(),
+        want = tgt.cat(describe(S.G_s.synthesis(torch.cat([w_adj_t, w_glob, *p_s]), fused=False, **S.s_kw).float(),
                                   S.idn, S.perc))
     with S.amp:  # what the trainable generator draws for [w_u | w_u + delta | w ...], scored as the targets are
-        img, traj = S.syn(torch.cat([S.ws_u, w_adj_u, w_glob, *p_u]), fused=False, return_traj=True)
+        img, traj = S.syn(torch.cat([ws_u, w_adj_u, w_glob, *p_u]), fused=False, return_traj=True)
         got = describe(img.float(), S.idn, S.perc)
     known = (P.refs, P.owner, S.idn.THRESHOLD) if P else None  # who the global samples show (person mode)
     L = objective(got, want, traj, rows, S.perc, S.idn.distance, S.wt, known, S.world)

@@ -41,9 +41,14 @@ for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
   [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
 done
 python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > docs/ablations.md
+# several people (README "Several people"): Obama and Biden together, and Biden after the default run (--init)
+train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
+evaluate . $R/together-s0
+train . $R/then-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/then-biden-s0
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
+cp $R/together-s0/before_after.png docs/together_before_after.png
 python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png
 cp $R/person-s0/sweep_leak.png docs/sweep_leak.png
 python docs/summary.py $R > docs/numbers.md.tmp && mv docs/numbers.md.tmp docs/numbers.md  # every number the README quotes: their spread, and where the fresh seed lands
