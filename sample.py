@@ -21,7 +21,7 @@ from tqdm import tqdm
 from data import DataError, grid, save_grid
 from helpers import CheckpointError, device, load, written
 from model import generate
-from ode_adapter import adapters, compose, load_run, times
+from ode_adapter import compose, load_run, times
 
 
 MAX_SEEDS = 1024  # images in one grid
@@ -60,12 +60,16 @@ def save_gif(frames, path, ms):
 
 def composed(args, G, meta, Ts, ws):
     """Several runs' adapters used together (ode_adapter.compose), each at its dial: rows the original, each run
-    alone at its dial, then all of them -> (rows, row names)."""
+    alone at its dial, then all of them -> (rows, row names, the dial of all together)."""
     metas = [meta] + [load(Path(r) / 'adapter.pt', 'an adapter file written by train.py') for r in args.run[1:]]
     for r, m in zip(args.run, metas):
-        if not isinstance(m, dict) or m.get('kind') != 'ode' or m.get('generator_sha') != meta.get('generator_sha'):
+        if not isinstance(m, dict) or m.get('kind') != 'ode' or not m.get('generator_sha') or \
+                m['generator_sha'] != meta.get('generator_sha'):
             raise ValueError(f'{r}: not an --adapter ode run of the same generator as {args.run[0]}; compose runs of '
                              'one generator')
+        if {k: m['adapter'][k] for k in ('h', 'solver', 'backend')} != {k: meta['adapter'][k] for k in ('h', 'solver', 'backend')}:
+            raise ValueError(f'{r}: its solver or step differs from {args.run[0]}\'s; compose runs trained with the same '
+                             '--solver, --step and --backend')
     Ts = Ts or [m['adapter']['T'] for m in metas]
     if len(Ts) != len(metas):
         raise ValueError(f'--T {args.T}: give one dial per run ({len(metas)} runs)')
@@ -74,7 +78,7 @@ def composed(args, G, meta, Ts, ws):
         alone = [T if i in (j, len(sds)) else 0.0 for j, T in enumerate(Ts)]  # run i alone; then all
         rows.append(generate(compose(G, sds, alone), ws, {}))
     names = ['original'] + [f'{r} at T = {T}' for r, T in zip(args.run, Ts)] + ['together']
-    return rows, names
+    return rows, names, max(Ts)
 
 
 def main(argv=None):
@@ -105,7 +109,7 @@ def main(argv=None):
         ws = latents(G_s, seeds, args.psi)
         png = Path(args.out or Path(args.run[0]) / 'samples.png')
         if len(args.run) > 1:
-            rows, Ts = composed(args, G_u, meta, Ts, ws)
+            rows, Ts, top = composed(args, G_u, meta, Ts, ws)
         elif full:
             rows, Ts = [generate(G_s, ws, s_kw), generate(G_u, ws, {})], ['before', 'after']
         else:
@@ -115,12 +119,12 @@ def main(argv=None):
         print(f'wrote {png}: rows {"" if len(args.run) > 1 else "T = "}{", ".join(map(str, Ts))}; columns seeds '
               f'{args.seeds}, psi {args.psi}')
         if args.gif:
-            dial = [None] * 2 if full else np.linspace(0, next(iter(adapters(G_u).values())).T if
-                                                        len(args.run) > 1 else max(Ts), args.frames).tolist()
+            top = top if len(args.run) > 1 else None if full else max(Ts)
+            dial = [None] * 2 if full else np.linspace(0, top, args.frames).tolist()
             frames = [grid(rows[i] if full else generate(G_u, ws, {'T': T}), len(seeds))
                       for i, T in enumerate(tqdm(dial, desc='gif'))]
             save_gif(frames, png.with_suffix('.gif'), 800 if full else 80)
-            print(f'wrote {png.with_suffix(".gif")}: ' + ('before, after' if full else f'T from 0 to {max(Ts)}'))
+            print(f'wrote {png.with_suffix(".gif")}: ' + ('before, after' if full else f'T from 0 to {top}'))
     except (CheckpointError, DataError, ValueError, OSError) as e:
         raise SystemExit(f'error: {e}')
     except KeyboardInterrupt:

@@ -229,6 +229,17 @@ def check(cfg, out):
         raise SystemExit(f'error: --init {cfg.init}: no adapter.pt there; pass a finished train.py run folder')
     if cfg.init and cfg.adapter == 'full':
         raise SystemExit('error: --init starts from adapters; it does not take --adapter full')
+    names = [Path(p if Path(p).is_dir() else Path(p).parent).name for p in cfg.identity if not p.startswith('seed:')
+             and Path(p).suffix.lower() not in ('.pt', '.pth', '.npy')]  # each person's photos: photos/forget/<name>
+    if cfg.init and not cfg.resume:
+        try:
+            names += [p.get('name') for p in people_of(load(Path(cfg.init) / 'adapter.pt', 'a train.py run')['identity'])
+                      if p.get('name')]
+        except (CheckpointError, KeyError, TypeError, AttributeError):
+            raise SystemExit(f'error: --init {cfg.init}: its adapter.pt is not a train.py run\'s') from None
+    if len(cfg.identity) + bool(cfg.init) > 1 and len(set(names)) < len(names):
+        raise SystemExit(f'error: --identity: two people named {", ".join(sorted(n for n in set(names) if names.count(n) > 1))} '
+                         '(their photos\' folders; with --init, someone its run already forgot): rename a folder or drop one')
     if cfg.lpips_lin and not cfg.vgg:
         raise SystemExit('error: --lpips_lin needs --vgg (the VGG16 weights its linear heads sit on)')
     if cfg.retain != 'none' and not Path(cfg.retain).is_dir():
@@ -315,7 +326,7 @@ def forgotten_rows(S, cfg):
     with the number of people forgotten."""
     if not cfg.n_forget or len(S.ws_u) <= cfg.n_forget:
         return S.ws_u, S.ws_t, S.tgt
-    i = torch.randint(len(S.ws_u), (cfg.n_forget,), generator=S.gen, device=S.ws_u.device)
+    i = torch.randperm(len(S.ws_u), generator=S.gen, device=S.ws_u.device)[:cfg.n_forget]  # no latent twice
     return S.ws_u[i], S.ws_t[i], Seen(S.tgt.img[i], [f[i] for f in S.tgt.feats], S.tgt.emb[i])
 
 
@@ -575,7 +586,9 @@ def each(argv):
     cfg = get_args(argv)
     folder = Path(cfg.identity[0])
     people = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if len(people) < 2 or len(cfg.identity) > 1:
+    if len(cfg.identity) > 1:
+        raise SystemExit('error: --each takes one --identity: a folder of person folders')
+    if len(people) < 2:
         raise SystemExit(f'error: --identity {folder}: --each needs a folder of two or more person folders')
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     try:
