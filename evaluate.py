@@ -569,6 +569,49 @@ def curve(runs, args, device):
         print(f'wrote {p} and {out.with_suffix(".json")}')
 
 
+HELD_SEEDS = 10 ** 6  # --scale's held-out identities: seed:1000000 on, never among the forgotten seed:N of a run
+
+
+@torch.no_grad()
+def scale(runs, args, device, n_held=200):
+    """Forgetting and retention as more identities are forgotten at once (SUGAR's measure), one row per run: K, the
+    share of its forgotten latents whose image moved past each judge's same-person threshold from its image before
+    (and, by every judge, farther than two different random samples are from each other: their median), how far
+    n_held held-out identities (seed:1000000 on, psi 1) move (median, 90th percentile, dlib port), the descriptors'
+    Frechet distance to the original on them, seconds a step -> scale.json and scale.png beside the first run."""
+    J, rows = Judge(args, device), []
+    faceres = FaceRes(args.faceres).to(device) if args.faceres else None
+    panel = Panel({}, J, DlibCpp() if dlib_available() else None, faceres)
+    for run in runs:
+        G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
+        z = torch.cat([torch.randn(1, G_s.cfg.z_dim, generator=torch.Generator().manual_seed(HELD_SEEDS + i))
+                       for i in range(n_held)]).to(device)
+        ws_h, ws_u = G_s.mapping(z), meta['ws_u'].to(device)
+        hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
+        ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
+        moved = J.dist(hb[J.name], ha[J.name])
+        r = {'run': str(run), 'K': len(ws_u), 'kind': meta.get('kind'), 'held_moved_median': moved.median().item(),
+             'held_moved_p90': moved.quantile(0.9).item(),
+             f'{J.fd_name}_held': frechet_distance(*stats(hb[J.name].cpu()), *stats(ha[J.name].cpu())),
+             's_per_step': (meta.get('wall_s') or float('nan')) / max(meta.get('steps') or 1, 1)}
+        for j, (dist, thr) in panel.rules.items():
+            d = dist(ub[j], ua[j])  # each forgotten latent: its image before to after (NaN: no face found)
+            pair = dist(hb[j][: n_held // 2], hb[j][n_held // 2: n_held // 2 * 2])  # two different random samples
+            r[f'random_pair_{j}'] = pair.nanmedian().item()
+            r[f'forgotten_beyond_random_{j}'] = (d >= r[f'random_pair_{j}']).float().mean().item()
+            if thr is not None:
+                r[f'forgotten_past_{j}'] = (d >= thr).float().mean().item()
+        rows.append(r)
+        print(table([r], list(r)))
+    out = Path(runs[0]).parent
+    write_json(rows, out / 'scale.json')
+    plot(out / 'scale.png', [r['K'] for r in rows], {'held-out identities moved (median)': [r['held_moved_median'] for r in rows],
+         'forgotten past the threshold (share, dlib port)': [r[f'forgotten_past_{J.name}'] for r in rows]},
+         'identities forgotten at once (K)', 'distance / share')
+    print(f'wrote {out}/scale.json, {out}/scale.png')
+    return rows
+
+
 def table(rows, cols):
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)  # noqa: E731
@@ -653,6 +696,8 @@ def main(argv=None):
     p.add_argument('--T', default=None, help='comma-separated T values for --sweep (default 0..2x the trained T, 9 points)')
     p.add_argument('--curve', action='store_true', help='ID / retention over training from snapshots')
     p.add_argument('--compare', action='store_true', help='markdown table of the runs\' metrics.json')
+    p.add_argument('--scale', action='store_true', help='forgetting and retention against the number of identities '
+                   'forgotten at once (runs of several seed:N): scale.json, scale.png')
     p.add_argument('--baby-report', dest='baby_report', action='store_true', help="the built-in generator's report")
     p.add_argument('--ckpt', default=None, help="the generator: default the run's own (the same weights in another file "
                    'are accepted), the built-in baby for --baby-report')
@@ -708,6 +753,10 @@ def run(args, dev, p):
         return compare(args.runs)
     if args.curve:
         return curve(args.runs, args, dev)
+    if args.scale:
+        if world()[1] > 1:
+            raise ValueError('--scale runs in one process: python evaluate.py --scale RUN ...')
+        return scale(args.runs, args, dev)
     for run_dir in args.runs:
         if args.sweep:
             sweep(run_dir, args, dev)

@@ -46,7 +46,7 @@ from data import DataError, load_faces, load_image
 from helpers import CheckpointError
 from id_net import DlibCpp, DlibFaceNet, FaceRes, IRNet, load_id_net
 from losses import adjacency_offsets, target_latent, trajectory_consistency
-from model import Generator, GeneratorConfig, rosinality_key_map
+from model import Generator, GeneratorConfig, generate, rosinality_key_map
 from perceptual import FIDInception, IDFeatureDistance, LPIPSVGG
 from ode_adapter import (ODEAdapter, VectorField, adapters, attach_adapters, compose, integrate, load_adapters,
                          param_report, save_adapters, time_grid)
@@ -1282,6 +1282,23 @@ def test_n_forget_draws_the_forgotten_rows(tmp_path, tiny_ckpt, monkeypatch):
                               gen=torch.Generator().manual_seed(0))
     u, t, tgt = train.forgotten_rows(S, types.SimpleNamespace(n_forget=2))
     assert torch.equal(t, -u) and torch.equal(tgt.img, u.flatten()) and torch.equal(tgt.feats[0], u.flatten())
+
+
+def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, tiny_ckpt):
+    """evaluate --scale: one row per run with K, the share of its forgotten latents past each judge's threshold
+    (recomputed here for the port), how far held-out seed identities move, and scale.json / the plot beside the runs."""
+    one = run_train(tiny_ckpt, tmp_path / 'k1', '--iters', '2', '--forget', 'latent', '--lr', '1e-2')
+    two = run_train(tiny_ckpt, tmp_path / 'k2', '--iters', '2', '--forget', 'latent', '--lr', '1e-2', '--identity', 'seed:5')
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, seed=0, ckpt=None, inception=None, faceres=None)
+    rows = evaluate.scale([one, two], args, torch.device('cpu'), n_held=4)
+    assert [r['K'] for r in rows] == [1, 2] and all(0 <= r['held_moved_median'] <= r['held_moved_p90'] for r in rows)
+    G_s, G_u, s_kw, meta = evaluate.load_run(two, 'cpu')
+    J = evaluate.Judge(args, 'cpu')
+    with torch.no_grad():
+        d = J.dist(J.emb(generate(G_s, meta['ws_u'], s_kw)), J.emb(generate(G_u, meta['ws_u'], {})))
+    assert rows[1]['forgotten_past_dlib'] == (d >= J.idn.THRESHOLD).float().mean().item()
+    assert json.loads((tmp_path / 'scale.json').read_text())[1]['K'] == 2
+    assert (tmp_path / 'scale.png').exists() or (tmp_path / 'scale.csv').exists()
 
 
 def test_several_people_are_evaluated_each(tmp_path):
