@@ -44,6 +44,8 @@ python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/
 # several people (README "Several people"): Obama and Biden together, and Biden after the default run (--init)
 train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
 evaluate . $R/together-s0
+train . $R/together-s1 --seed 1 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
+evaluate . $R/together-s1
 train . $R/then-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/then-biden-s0
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
