@@ -48,6 +48,12 @@ train . $R/together-s1 --seed 1 --identity assets/faces/obama/obama_1.png --iden
 evaluate . $R/together-s1
 train . $R/then-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/then-biden-s0
 
+for K in 1 5 20 50; do  # many identities at once (README "Several people"): K seed identities, one drawn a step
+  train . $R/scale/k$K --seed 0 --forget latent --n_forget 1 --retain none $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+done
+[ -f $R/scale/scale.json ] || python evaluate.py --scale $R/scale/k1 $R/scale/k5 $R/scale/k20 $R/scale/k50 --samples 200
+cp $R/scale/scale.png docs/scale.png
+
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
 cp $R/together-s0/before_after.png docs/together_before_after.png
