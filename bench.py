@@ -82,7 +82,7 @@ def naive_step(S, cfg):
     trajectory, and the constant target G_s(w_t) recomputed every step; one backward. The same objective as
     train_step (test_legato.py checks the terms agree), returned as its named terms."""
     G, G_s, n_u = S.G, S.G_s, len(S.ws_u)
-    w_adj_u, w_adj_t, w_glob = train.sample_latents(S, cfg)
+    w_adj_u, w_adj_t, w_glob = train.sample_latents(S, cfg, S.ws_u, S.ws_t)
 
     def seen(G_, w, **kw):
         return describe(G_.synthesis(w, **kw), S.idn, S.perc)

@@ -30,6 +30,7 @@ from losses import who
 from model import Generator, generate
 from perceptual import FIDInception
 from ode_adapter import load_run, times, trainable_state
+from sample import latents  # seed N -> the latent of seed:N (psi 1)
 
 
 # -----------------------------------------------------------------------------
@@ -584,9 +585,7 @@ def scale(runs, args, device, n_held=200):
     panel = Panel({}, J, DlibCpp() if dlib_available() else None, faceres)
     for run in runs:
         G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
-        z = torch.cat([torch.randn(1, G_s.cfg.z_dim, generator=torch.Generator().manual_seed(HELD_SEEDS + i))
-                       for i in range(n_held)]).to(device)
-        ws_h, ws_u = G_s.mapping(z), meta['ws_u'].to(device)
+        ws_h, ws_u = latents(G_s, range(HELD_SEEDS, HELD_SEEDS + n_held), 1.0), meta['ws_u'].to(device)
         hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
         ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
         moved = J.dist(hb[J.name], ha[J.name])

@@ -191,9 +191,9 @@ def check(cfg, out):
     """Every setting that can be wrong, checked before any expensive work: the first problem, as one line."""
     if not all(cfg.identity):
         raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
-    folders = [portable(p if Path(p).is_dir() else Path(p).parent) for p in cfg.identity  # photos: one folder a person
+    folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in cfg.identity  # photos: one folder a person
                if not p.startswith('seed:') and Path(p).suffix.lower() not in ('.pt', '.pth', '.npy')]
-    if len(set(cfg.identity)) < len(cfg.identity) or len(set(folders)) < len(folders):
+    if len(set(cfg.identity)) < len(cfg.identity) or len(set(map(portable, folders))) < len(folders):
         raise SystemExit(f'error: --identity {" --identity ".join(cfg.identity)}: a person given twice (two photos '
                          'of one folder are one person: give the folder once)')
     if not -2 ** 63 <= cfg.seed < 2 ** 64:
@@ -229,8 +229,7 @@ def check(cfg, out):
         raise SystemExit(f'error: --init {cfg.init}: no adapter.pt there; pass a finished train.py run folder')
     if cfg.init and cfg.adapter == 'full':
         raise SystemExit('error: --init starts from adapters; it does not take --adapter full')
-    names = [Path(p if Path(p).is_dir() else Path(p).parent).name for p in cfg.identity if not p.startswith('seed:')
-             and Path(p).suffix.lower() not in ('.pt', '.pth', '.npy')]  # each person's photos: photos/forget/<name>
+    names = [f.name for f in folders]  # each person's photos go to photos/forget/<name>
     if cfg.init and not cfg.resume:
         try:
             names += [p.get('name') for p in people_of(load(Path(cfg.init) / 'adapter.pt', 'a train.py run')['identity'])
@@ -330,11 +329,10 @@ def forgotten_rows(S, cfg):
     return S.ws_u[i], S.ws_t[i], Seen(S.tgt.img[i], [f[i] for f in S.tgt.feats], S.tgt.emb[i])
 
 
-def sample_latents(S, cfg, ws_u=None, ws_t=None):
+def sample_latents(S, cfg, ws_u, ws_t):
     """This step's random latents (README eq. 3): adjacency pairs (w_u + delta -> w_t + delta) around this step's
-    forgotten latents (default all) and global ones. Under torchrun every rank draws the batch of all the ranks (the
-    same numbers) and keeps its share."""
-    ws_u, ws_t = (S.ws_u, S.ws_t) if ws_u is None else (ws_u, ws_t)
+    forgotten latents (forgotten_rows) and global ones. Under torchrun every rank draws the batch of all the ranks
+    (the same numbers) and keeps its share."""
     n_u, dev, a, g, r = len(ws_u), ws_u.device, cfg.n_adj, cfg.n_glob, S.rank
     z = torch.randn(n_u * a * S.world + g * S.world, S.G.cfg.z_dim, generator=S.gen, device=dev)
     alpha = torch.rand(n_u, a * S.world, generator=S.gen, device=dev) * cfg.alpha_max
@@ -694,13 +692,13 @@ def load_networks(cfg, R, ck, dev):
     return G, idn, perc
 
 
-def who_to_forget(cfg, R, G, idn, dev):
+def who_to_forget(cfg, R, G, idn, dev, init=None):
     """Who is forgotten and who kept -> (ws_u: the person's latents, the photos inverted; face: the images the
     identity network knows him by, his training photos or his latent's image; retain_faces: {kept person: photo}).
     The run's record R gets the identity's info and the kept people's latents and photos, and the photos evaluation
     reads are copied into the run folder."""
     ws, faces, infos = [], [], []
-    for spec in (earlier_people(cfg, G) if cfg.init else []) + cfg.identity:  # with several, all forgotten together
+    for spec in (earlier_people(init, G) if init else []) + cfg.identity:  # with several, all forgotten together
         w, info = spec if isinstance(spec, tuple) else resolve_identity(spec, G, idn, steps=cfg.invert_steps)
         w = from_rank0(w.to(dev))  # the ranks' inversions may differ in the last bits
         if not torch.isfinite(w).all():
@@ -721,10 +719,9 @@ def who_to_forget(cfg, R, G, idn, dev):
     return ws_u, face, retain_faces
 
 
-def earlier_people(cfg, G):
-    """--init RUN: the people RUN forgot, [(latents, identity record with its training photos)], as RUN had them:
-    their latents are not inverted again, their photos are read from RUN's folder."""
-    meta = load_init(cfg, G)
+def earlier_people(meta, G):
+    """--init RUN (load_init's dict): the people RUN forgot, [(latents, identity record with its training photos)],
+    as RUN had them: their latents are not inverted again, their photos are read from RUN's folder."""
     people = people_of(meta['identity'])
     out = []
     for p, w in zip(people, meta['ws_u'].split([p.get('rows', len(meta['ws_u'])) for p in people])):
@@ -735,7 +732,7 @@ def earlier_people(cfg, G):
     return out
 
 
-def load_init(cfg, G):
+def load_init(cfg):
     """--init RUN's adapter.pt (photo paths pointing into RUN); refused when RUN was trained on another generator."""
     _, _, _, meta = load_run(cfg.init, 'cpu', cfg.ckpt)
     if meta.get('kind') != cfg.adapter or meta['adapter']['hidden'] != cfg.hidden:
@@ -764,11 +761,12 @@ def restore(S, R, ck, dev):
 def prepare(cfg, R, ck, dev, rank, world):
     """Everything the loop needs, from the command line or the checkpoint -> (S, P)."""
     G, idn, perc = load_networks(cfg, R, ck, dev)
+    init = load_init(cfg) if cfg.init and not cfg.resume else None  # read once: its people, then its adapters
     if cfg.resume:  # who to forget (and the others) were settled by the run being resumed
         ws_u, R.info, R.retain_photos = ck['ws_u'].to(dev), ck['info'], ck['retain_photos']
         R.retain = {k: v.to(dev) for k, v in ck['retain'].items()}
     else:
-        ws_u, face, retain_faces = who_to_forget(cfg, R, G, idn, dev)
+        ws_u, face, retain_faces = who_to_forget(cfg, R, G, idn, dev, init)
     for info in people_of(R.info):
         if 'inversion_id_distance' in info:
             print(f'inverted {len(info["inversion_id_distance"])} photo(s): identity distance '
@@ -777,8 +775,8 @@ def prepare(cfg, R, ck, dev, rank, world):
     param_report(G)
     if cfg.resume:
         return S, restore(S, R, ck, dev)
-    if cfg.init:  # the adapters start as the earlier run's
-        sd = {'.adapter.'.join(k.split('.', 1)): v for k, v in load_init(cfg, G)['state_dict'].items()}
+    if init:  # the adapters start as the earlier run's
+        sd = {'.adapter.'.join(k.split('.', 1)): v for k, v in init['state_dict'].items()}
         if sd.keys() != trainable_state(S.G).keys():
             raise ValueError(f'--init {cfg.init}: its adapters sit on other blocks than this run\'s; pass a run of this generator')
         S.G.synthesis.load_state_dict(sd, strict=False)
