@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
 from ddp import distributed, gather, reduce_sum, shard, world
-from helpers import ROOT, CheckpointError, device, keep_freed_memory, load, people_of, write_json
+from helpers import ROOT, CheckpointError, device, in_repo, keep_freed_memory, load, people_of, write_json
 from id_net import ID_NETS, DlibCpp, FaceRes, load_id_net
 from losses import who
 from model import Generator, generate
@@ -577,7 +577,8 @@ HELD_SEEDS = 10 ** 6  # --scale's held-out identities: seed:1000000 on, never am
 def scale(runs, args, device, n_held=200):
     """Forgetting and retention as more identities are forgotten at once (SUGAR's measure), one row per run: K, the
     share of its forgotten latents whose image moved past each judge's same-person threshold from its image before
-    (and, by every judge, farther than two different random samples are from each other: their median), how far
+    (and, by every judge, farther than two different random samples are from each other: their median; and the share
+    whose face the judge no longer finds), how far
     n_held held-out identities (seed:1000000 on, psi 1) move (median, 90th percentile, dlib port), the descriptors'
     Frechet distance to the original on them, seconds a step -> scale.json and scale.png beside the first run."""
     J, rows = Judge(args, device), []
@@ -598,8 +599,9 @@ def scale(runs, args, device, n_held=200):
             pair = dist(hb[j][: n_held // 2], hb[j][n_held // 2: n_held // 2 * 2])  # two different random samples
             r[f'random_pair_{j}'] = pair.nanmedian().item()
             r[f'forgotten_beyond_random_{j}'] = (d >= r[f'random_pair_{j}']).float().mean().item()
-            if thr is not None:
+            if thr is not None:  # a face no longer found is neither past nor short of it: its own column
                 r[f'forgotten_past_{j}'] = (d >= thr).float().mean().item()
+            r[f'forgotten_no_face_{j}'] = d.isnan().float().mean().item()
         rows.append(r)
         print(table([r], list(r)))
     out = Path(runs[0]).parent
@@ -609,6 +611,53 @@ def scale(runs, args, device, n_held=200):
          'identities forgotten at once (K)', 'distance / share')
     print(f'wrote {out}/scale.json, {out}/scale.png')
     return rows
+
+
+def modes(run, args, device, k=6):
+    """Who fresh samples were as a viewer sees them, on a generator made by pretrain.py (the built-in baby), which
+    keeps each training photo's latent: a sample is drawn from the photo whose image is nearest in pixels. Per photo:
+    its samples' share, how far they moved (mean absolute pixel change) and who each judge calls them before and
+    after -> modes.json, modes.png (k pairs before | after a row, one row per photo). At 64 px the judges split some
+    of a person's samples between people (README, "What a viewer sees"); this says whose they were."""
+    G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
+    gen = args.ckpt or in_repo(meta['args']['ckpt'])
+    try:
+        pre = load(gen, 'a generator checkpoint').get('pretrain') or {}
+    except (CheckpointError, AttributeError):
+        pre = {}
+    if not isinstance(pre.get('anchors'), torch.Tensor) or len(pre.get('anchor_names', ())) != len(pre['anchors']):
+        raise ValueError(f"--modes: {gen} keeps no training photos' latents (generators made by pretrain.py do, "
+                         'such as the built-in assets/baby.pt)')
+    names = list(pre['anchor_names'])
+    ws = eval_latents(G_s, args.n, seeds(args)[0])
+    before, after = generate(G_s, ws, s_kw), generate(G_u, ws, {})
+    photo = torch.cdist(before.flatten(1), generate(G_s, G_s.mapping(pre['anchors'].to(device)), s_kw).flatten(1)).argmin(1)
+    panel = make_panel(meta, G_s, s_kw, Judge(args, device), args)
+    eb, ea = panel.drawn(G_s, ws, s_kw, 'modes, before'), panel.drawn(G_u, ws, {}, 'modes, after')
+    who_is = lambda e: {n: (e == i).float().mean().item() for i, n in enumerate(panel.names)} | \
+        {'nobody': (e == -1).float().mean().item()}  # noqa: E731 - recognise's indices, -1 nobody
+    rows, pairs = {}, []
+    for i, name in enumerate(names):
+        s = photo == i
+        rows[name] = {'share': s.float().mean().item(), 'moved': (after[s] - before[s]).abs().mean().item() if s.any()
+                      else float('nan'),
+                      **{j: {'before': who_is(panel.recognise(j, eb[j][s])[0]),
+                             'after': who_is(panel.recognise(j, ea[j][s])[0])} for j in panel.rules}}
+        idx = s.nonzero().squeeze(1)[:k]
+        pairs.append(torch.cat([torch.stack([before[idx], after[idx]], 1).flatten(0, 1),
+                                -torch.ones(2 * (k - len(idx)), *before.shape[1:], device=device)]))
+    out = {'n': args.n, 'seed': seeds(args)[0], 'psi': 0.7, 'people': panel.names, 'photos': rows}
+    write_json(out, Path(run) / 'modes.json')
+    grid = torch.cat(pairs)
+    save_grid(torch.nn.functional.interpolate(grid, scale_factor=max(1, 192 // grid.shape[-1]), mode='bilinear'),
+              Path(run) / 'modes.png', nrow=2 * k)
+    person = panel.names[0]
+    print(table([{'photo': n, 'share': r['share'], 'moved': r['moved'],
+                  **{f'{j} {person} before': r[j]['before'][person] for j in panel.rules},
+                  **{f'{j} {person} after': r[j]['after'][person] for j in panel.rules}} for n, r in rows.items()],
+                ['photo', 'share', 'moved', *(f'{j} {person} {w}' for w in ('before', 'after') for j in panel.rules)]))
+    print(f'wrote {run}/modes.json, {run}/modes.png (one row per training photo, pairs before | after)')
+    return out
 
 
 def table(rows, cols):
@@ -697,6 +746,8 @@ def main(argv=None):
     p.add_argument('--compare', action='store_true', help='markdown table of the runs\' metrics.json')
     p.add_argument('--scale', action='store_true', help='forgetting and retention against the number of identities '
                    'forgotten at once (runs of several seed:N): scale.json, scale.png')
+    p.add_argument('--modes', action='store_true', help='built-in generator: who samples were by the training photo '
+                   'they are drawn from, and who each judge calls them before and after: modes.json, modes.png')
     p.add_argument('--baby-report', dest='baby_report', action='store_true', help="the built-in generator's report")
     p.add_argument('--ckpt', default=None, help="the generator: default the run's own (the same weights in another file "
                    'are accepted), the built-in baby for --baby-report')
@@ -757,6 +808,9 @@ def run(args, dev, p):
             raise ValueError('--scale runs in one process: python evaluate.py --scale RUN ...')
         return scale(args.runs, args, dev)
     for run_dir in args.runs:
+        if args.modes:
+            modes(run_dir, args, dev)
+            continue
         if args.sweep:
             sweep(run_dir, args, dev)
             continue

@@ -1297,8 +1297,47 @@ def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, t
     with torch.no_grad():
         d = J.dist(J.emb(generate(G_s, meta['ws_u'], s_kw)), J.emb(generate(G_u, meta['ws_u'], {})))
     assert rows[1]['forgotten_past_dlib'] == (d >= J.idn.THRESHOLD).float().mean().item()
+    assert rows[1]['forgotten_no_face_dlib'] == 0  # the port embeds every image
+    if 'forgotten_no_face_dlib_cpp' in rows[1]:  # a face C++ does not find, before or after, is its own column
+        panel = evaluate.Panel({}, J, evaluate.DlibCpp())
+        b, a = (panel.embed(generate(G, meta['ws_u'], kw))['dlib_cpp'] for G, kw in ((G_s, s_kw), (G_u, {})))
+        lost = (b[:, 0].isnan() | a[:, 0].isnan()).float().mean().item()
+        assert rows[1]['forgotten_no_face_dlib_cpp'] == lost
+        assert rows[1]['forgotten_past_dlib_cpp'] <= 1 - lost
     assert json.loads((tmp_path / 'scale.json').read_text())[1]['K'] == 2
     assert (tmp_path / 'scale.png').exists() or (tmp_path / 'scale.csv').exists()
+
+
+def test_modes_say_whose_photo_each_sample_was(tmp_path, tiny_ckpt):
+    """evaluate --modes on a generator that keeps its training photos' latents (pretrain.py's): each sample belongs to
+    the photo whose image is nearest in pixels (recomputed here), the photos' shares sum to one, the movement is
+    the mean pixel change of the photo's samples; a generator without those latents is one error line."""
+    gen = tmp_path / 'pre.pt'
+    torch.manual_seed(0)
+    G = Generator(tiny_cfg(img_resolution=32, conv_clamp=256))
+    G.save(gen, pretrain={'anchors': torch.randn(3, G.cfg.z_dim), 'anchor_names': ['ann_1', 'bob_1', 'bob_2']})
+    run = run_train(gen, tmp_path / 'run', '--iters', '2', '--forget', 'latent', '--lr', '1e-2')
+    args = argparse.Namespace(id_net='dlib', id_weights=None, n=12, seed='3', ckpt=None, inception=None, faceres=None)
+    out = evaluate.modes(run, args, torch.device('cpu'), k=2)
+    G_s, G_u, s_kw, meta = evaluate.load_run(run, 'cpu')
+    ws = evaluate.eval_latents(G_s, 12, 3)
+    before, after = generate(G_s, ws, s_kw), generate(G_u, ws, {})
+    anchors = helpers.load(gen, 'gen')['pretrain']['anchors']
+    photo = torch.cdist(before.flatten(1), generate(G_s, G_s.mapping(anchors), s_kw).flatten(1)).argmin(1)
+    rows = out['photos']
+    assert list(rows) == ['ann_1', 'bob_1', 'bob_2']
+    assert [r['share'] for r in rows.values()] == [(photo == i).float().mean().item() for i in range(3)]
+    i = int(photo[0])
+    assert math.isclose(list(rows.values())[i]['moved'], (after[photo == i] - before[photo == i]).abs().mean().item(),
+                        rel_tol=1e-5)
+    for r in rows.values():
+        if r['share']:
+            assert math.isclose(sum(r['dlib']['before'].values()), 1, rel_tol=1e-6)
+    assert json.loads((run / 'modes.json').read_text())['photos']['ann_1']['share'] == rows['ann_1']['share']
+    assert (run / 'modes.png').exists()
+    plain = run_train(tiny_ckpt, tmp_path / 'plain', '--iters', '1', '--forget', 'latent')
+    with pytest.raises(SystemExit, match="keeps no training photos' latents"):
+        evaluate.main([str(plain), '--modes', '--samples', '4'])
 
 
 def test_several_people_are_evaluated_each(tmp_path):

@@ -40,6 +40,7 @@ done
 for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
   [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
 done
+python evaluate.py $R/person-s0 --modes --samples 500 --seed 1 --faceres $FACERES  # who his samples were, by training photo
 python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > docs/ablations.md
 # several people (README "Several people"): Obama and Biden together, and Biden after the default run (--init)
 train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
