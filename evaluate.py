@@ -5,6 +5,7 @@ How well did it forget, and what did it cost? Metrics, the forgetting dial, coll
     python evaluate.py runs/obama_1-ode --sweep          # the dial: sweep.json, sweep_strip.png, sweep.png
     python evaluate.py --curve runs/a runs/b             # ID / retention over training (train.py --snapshot_every)
     python evaluate.py --compare runs/a runs/b           # one markdown table of metrics.json files
+    python evaluate.py runs/obama_1-ode --modes          # built-in generator: whose training photo each sample was
     python evaluate.py --baby-report                     # the built-in generator's numbers (assets/README.md)
 
 Identity numbers use dlib's network by default (Euclidean distance; same person < 0.6), CurricularFace or
