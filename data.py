@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from helpers import load, model_file, written
+from model import seed_latents
 from perceptual import IDFeatureDistance
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
@@ -262,9 +263,7 @@ def resolve_identity(spec, G, id_net, steps=300):
             seed = -1
         if not 0 <= seed < 2 ** 63:
             raise DataError(f'{spec}: write seed:N with an integer 0 <= N < 2**63') from None
-        z = torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
-        with torch.no_grad():
-            return G.mapping(z), {'kind': 'seed', 'seed': seed}
+        return seed_latents(G, [seed]), {'kind': 'seed', 'seed': seed}
     if Path(spec).is_file() and Path(spec).suffix.lower() in ('.pt', '.pth', '.npy'):
         return load_latent(spec, G).to(dev), {'kind': 'latent', 'path': spec}
     faces, names = load_faces(spec, G.cfg.img_resolution)

@@ -28,10 +28,9 @@ from ddp import distributed, gather, reduce_sum, shard, world
 from helpers import ROOT, CheckpointError, device, in_repo, keep_freed_memory, load, people_of, write_json
 from id_net import ID_NETS, DlibCpp, FaceRes, load_id_net
 from losses import who
-from model import Generator, generate
+from model import Generator, generate, seed_latents
 from perceptual import FIDInception
 from ode_adapter import load_run, times, trainable_state
-from sample import latents  # seed N -> the latent of seed:N (psi 1)
 
 
 # -----------------------------------------------------------------------------
@@ -587,7 +586,7 @@ def scale(runs, args, device, n_held=200):
     panel = Panel({}, J, DlibCpp() if dlib_available() else None, faceres)
     for run in runs:
         G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
-        ws_h, ws_u = latents(G_s, range(HELD_SEEDS, HELD_SEEDS + n_held), 1.0), meta['ws_u'].to(device)
+        ws_h, ws_u = seed_latents(G_s, range(HELD_SEEDS, HELD_SEEDS + n_held)), meta['ws_u'].to(device)
         hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
         ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
         moved = J.dist(hb[J.name], ha[J.name])
@@ -635,8 +634,8 @@ def modes(run, args, device, k=6):
     photo = torch.cdist(before.flatten(1), generate(G_s, G_s.mapping(pre['anchors'].to(device)), s_kw).flatten(1)).argmin(1)
     panel = make_panel(meta, G_s, s_kw, Judge(args, device), args)
     eb, ea = panel.drawn(G_s, ws, s_kw, 'modes, before'), panel.drawn(G_u, ws, {}, 'modes, after')
-    who_is = lambda e: {n: (e == i).float().mean().item() for i, n in enumerate(panel.names)} | \
-        {'nobody': (e == -1).float().mean().item()}  # noqa: E731 - recognise's indices, -1 nobody
+    who_is = lambda e: {n: (e == i).float().mean().item()  # noqa: E731 - recognise's indices, -1 nobody
+                        for i, n in [*enumerate(panel.names), (-1, 'nobody')]}
     rows, pairs = {}, []
     for i, name in enumerate(names):
         s = photo == i
@@ -808,6 +807,8 @@ def run(args, dev, p):
         if world()[1] > 1:
             raise ValueError('--scale runs in one process: python evaluate.py --scale RUN ...')
         return scale(args.runs, args, dev)
+    if args.modes and world()[1] > 1:
+        raise ValueError('--modes runs in one process: python evaluate.py RUN --modes')
     for run_dir in args.runs:
         if args.modes:
             modes(run_dir, args, dev)

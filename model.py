@@ -569,6 +569,14 @@ def load_official_pkl(path):
 # drawing
 
 @torch.no_grad()
+def seed_latents(G, seeds, psi=1.0):
+    """The latent of seed:N for each N (z from torch seed N through the mapping), truncated towards w_avg by psi:
+    [len(seeds), num_ws, w_dim]. --identity seed:N, sample.py --seeds and evaluate's held-out identities."""
+    z = torch.cat([torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
+
+
+@torch.no_grad()
 def generate(G, ws, kw, bs=16):
     """G's images of ws [N, L, C], bs at a time, with constant noise; kw go to G.synthesis (e.g. {'T': 0.8})."""
     return torch.cat([G.synthesis(ws[i:i + bs], noise_mode='const', **kw) for i in range(0, len(ws), bs)])

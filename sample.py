@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from data import DataError, grid, save_grid
 from helpers import CheckpointError, device, load, written
-from model import generate
+from model import generate, seed_latents
 from ode_adapter import compose, load_run, times
 
 
@@ -42,13 +42,6 @@ def parse_seeds(spec):
             raise ValueError(f'--seeds {spec}: more than {MAX_SEEDS} images in one grid; ask for fewer seeds')
         seeds += range(lo, hi + 1)
     return seeds
-
-
-def latents(G, seeds, psi):
-    """One W latent per seed, truncated towards w_avg by psi: [len(seeds), num_ws, w_dim]."""
-    z = torch.cat([torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    with torch.no_grad():
-        return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
 
 
 def save_gif(frames, path, ms):
@@ -106,7 +99,7 @@ def main(argv=None):
         full = meta.get('kind') == 'full'
         if full and Ts:
             raise ValueError(f'{args.run[0]}: a full fine-tune has no dial; drop --T (its rows are before and after)')
-        ws = latents(G_s, seeds, args.psi)
+        ws = seed_latents(G_s, seeds, args.psi)
         png = Path(args.out or Path(args.run[0]) / 'samples.png')
         if len(args.run) > 1:
             rows, Ts, top = composed(args, G_u, meta, Ts, ws)

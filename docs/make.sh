@@ -54,6 +54,9 @@ for K in 1 5 20 50; do  # many identities at once (README "Several people"): K s
 done
 [ -f $R/scale/scale.json ] || python evaluate.py --scale $R/scale/k1 $R/scale/k5 $R/scale/k20 $R/scale/k50 --samples 200
 cp $R/scale/scale.png docs/scale.png
+train . $R/scale-long/k1 --seed 0 --forget latent --n_forget 1 --retain none --identity seed:0   # K = 1 beside K = 50 x 10 steps
+train . $R/scale-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
+[ -f $R/scale-long/scale.json ] || python evaluate.py --scale $R/scale-long/k1 $R/scale-long/k50 --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
