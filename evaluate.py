@@ -639,8 +639,7 @@ def modes(run, args, device, k=6):
     rows, pairs = {}, []
     for i, name in enumerate(names):
         s = photo == i
-        rows[name] = {'share': s.float().mean().item(), 'moved': (after[s] - before[s]).abs().mean().item() if s.any()
-                      else float('nan'),
+        rows[name] = {'share': s.float().mean().item(), 'moved': (after[s] - before[s]).abs().mean().item(),  # NaN: none
                       **{j: {'before': who_is(panel.recognise(j, eb[j][s])[0]),
                              'after': who_is(panel.recognise(j, ea[j][s])[0])} for j in panel.rules}}
         idx = s.nonzero().squeeze(1)[:k]
@@ -792,10 +791,15 @@ def main(argv=None):
         raise SystemExit(130) from None
 
 
+ONE_PROCESS = ('baby_report', 'scale', 'modes')  # what draws its own samples unsharded: no torchrun
+
+
 def run(args, dev, p):
+    alone = [f for f in ONE_PROCESS if getattr(args, f)]
+    if alone and world()[1] > 1:
+        flag = '--' + alone[0].replace('_', '-')
+        raise ValueError(f'{flag} runs in one process: python evaluate.py {flag} ...')
     if args.baby_report:
-        if world()[1] > 1:
-            raise ValueError('--baby-report runs in one process: python evaluate.py --baby-report')
         return baby_report(args, dev)
     if not args.runs:
         p.error('give one or more run folders (or --baby-report)')
@@ -804,11 +808,7 @@ def run(args, dev, p):
     if args.curve:
         return curve(args.runs, args, dev)
     if args.scale:
-        if world()[1] > 1:
-            raise ValueError('--scale runs in one process: python evaluate.py --scale RUN ...')
         return scale(args.runs, args, dev)
-    if args.modes and world()[1] > 1:
-        raise ValueError('--modes runs in one process: python evaluate.py RUN --modes')
     for run_dir in args.runs:
         if args.modes:
             modes(run_dir, args, dev)
