@@ -5,6 +5,7 @@ How well did it forget, and what did it cost? Metrics, the forgetting dial, coll
     python evaluate.py runs/obama_1-ode --sweep          # the dial: sweep.json, sweep_strip.png, sweep.png
     python evaluate.py --curve runs/a runs/b             # ID / retention over training (train.py --snapshot_every)
     python evaluate.py --compare runs/a runs/b           # one markdown table of metrics.json files
+    python evaluate.py runs/a runs/b --compose --out runs/ab  # two runs' adapters used together, as one run
     python evaluate.py runs/obama_1-ode --modes          # built-in generator: whose training photo each sample was
     python evaluate.py --baby-report                     # the built-in generator's numbers (assets/README.md)
 
@@ -30,7 +31,7 @@ from id_net import ID_NETS, DlibCpp, FaceRes, load_id_net
 from losses import who
 from model import Generator, generate, seed_latents
 from perceptual import FIDInception
-from ode_adapter import load_run, times, trainable_state
+from ode_adapter import check_composable, compose, load_run, times, trainable_state
 
 
 # -----------------------------------------------------------------------------
@@ -375,10 +376,31 @@ def held_out_face(f, res):
         return None
 
 
+def load_composed(runs, device, ckpt=None):
+    """Runs trained apart, used together, as load_run gives one run: their adapters summed (ode_adapter.compose, each
+    at its trained dial), and one record of all their forgotten people; the kept are the runs' kept people that no
+    run forgot."""
+    loaded = [load_run(r, device, ckpt) for r in runs]
+    metas = [m for *_, m in loaded]
+    check_composable(runs, metas)
+    G_s, G_u, s_kw, _ = loaded[0]
+    compose(G_u, [m['state_dict'] for m in metas], [m['adapter']['T'] for m in metas])
+    people = [{'rows': len(m['ws_u']), **p} for m in metas for p in people_of(m['identity'])]  # several: their own rows
+    gone = {person_name(p) for p in people}
+    kept = lambda key: {k: v for m in metas for k, v in (m.get(key) or {}).items() if k not in gone}  # noqa: E731
+    meta = {**metas[0], 'identity': {'kind': 'many', 'people': people}, 'ws_u': torch.cat([m['ws_u'] for m in metas]),
+            'retain_ws': kept('retain_ws'), 'retain_photos': kept('retain_photos'),
+            'state_dict': {f'{i}.{k}': v for i, m in enumerate(metas) for k, v in m['state_dict'].items()},
+            'wall_s': sum(m.get('wall_s') or 0 for m in metas), 'steps': sum(m.get('steps') or 0 for m in metas)}
+    return G_s, G_u, s_kw, meta
+
+
 def evaluate_run(run, args, device):
-    """Every number of a run; a run that forgot several people: each one's numbers (with the others among the known
-    people, as the kept are) under 'people', and their mean for every number they all have."""
-    G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
+    """Every number of a run (or of a list of runs composed: load_composed); a run that forgot several people: each
+    one's numbers (with the others among the known people, as the kept are) under 'people', and their mean for every
+    number they all have."""
+    runs = run if isinstance(run, list) else [run]
+    G_s, G_u, s_kw, meta = load_composed(runs, device, args.ckpt) if len(runs) > 1 else load_run(run, device, args.ckpt)
     views = per_person(meta)
     if len(views) == 1:
         m = evaluate_person(G_s, G_u, s_kw, meta, args, device)
@@ -388,10 +410,12 @@ def evaluate_run(run, args, device):
         m = {'people': people, **{k: float(np.mean([r[k] for r in people.values()])) for k in sorted(common)}}
     m['trainable_params'] = sum(v.numel() for v in meta['state_dict'].values()) if 'state_dict' in meta else \
         sum(p.numel() for p in G_u.synthesis.parameters())
-    m['adapter_file_mb'] = os.path.getsize(Path(run) / 'adapter.pt') / 2 ** 20
+    m['adapter_file_mb'] = sum(os.path.getsize(Path(r) / 'adapter.pt') for r in runs) / 2 ** 20
     m['train_wall_s'] = meta.get('wall_s')
     m['steps'] = meta.get('steps')
     m['kind'] = meta.get('kind')
+    if len(runs) > 1:
+        m['composed'] = [str(r) for r in runs]
     return m
 
 
@@ -747,6 +771,8 @@ def main(argv=None):
                    'forgotten at once (runs of several seed:N): scale.json, scale.png')
     p.add_argument('--modes', action='store_true', help='built-in generator: who samples were by the training photo '
                    'they are drawn from, and who each judge calls them before and after: modes.json, modes.png')
+    p.add_argument('--compose', action='store_true', help='the runs trained apart, their adapters used together '
+                   '(each at its trained dial), evaluated as one run of all their people: --out FOLDER/metrics.json')
     p.add_argument('--baby-report', dest='baby_report', action='store_true', help="the built-in generator's report")
     p.add_argument('--ckpt', default=None, help="the generator: default the run's own (the same weights in another file "
                    'are accepted), the built-in baby for --baby-report')
@@ -762,7 +788,7 @@ def main(argv=None):
     p.add_argument('--inception', default=None, help='FID Inception weights (pt_inception-2015-12-05-6726825d.pth): real FID')
     p.add_argument('--invert_steps', type=int, default=None,
                    help='inversion steps (default 300; 1000 for --baby-report, whose inversion uses pixels only)')
-    p.add_argument('--out', default=None, help='output file for --curve / --baby-report pictures')
+    p.add_argument('--out', default=None, help='output file for --curve / --baby-report pictures; the folder of --compose')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args(argv)
     try:  # every bad file or setting: one line, no traceback
@@ -781,6 +807,10 @@ def main(argv=None):
             raise ValueError(f'--real {args.real}: holds no mu and sigma arrays (the .npz of Frechet statistics)')
         if args.out and not Path(args.out).resolve().parent.is_dir():
             raise ValueError(f'--out {args.out}: folder {Path(args.out).parent} does not exist; create it first')
+        if args.compose and (len(args.runs) < 2 or not args.out or Path(args.out).is_file() or any(
+                getattr(args, f) for f in ('sweep', 'modes', 'curve', 'compare', 'scale', 'baby_report'))):
+            raise ValueError('--compose takes two or more runs and --out FOLDER for their metrics.json, and no '
+                             '--sweep / --modes / --curve / --compare / --scale / --baby-report')
         dev = distributed(args.device)[2]  # under torchrun: this process's rank and device
         keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
         return run(args, dev, p)
@@ -809,6 +839,13 @@ def run(args, dev, p):
         return curve(args.runs, args, dev)
     if args.scale:
         return scale(args.runs, args, dev)
+    if args.compose:
+        m = evaluate_run(list(args.runs), args, dev)
+        if world()[0] == 0:
+            Path(args.out).mkdir(exist_ok=True)
+            write_json(m, Path(args.out) / 'metrics.json')
+        print(table([{'run': ' + '.join(args.runs), **m}], ['run'] + [k for k in m if isinstance(m[k], float)]))
+        return print(f'wrote {args.out}/metrics.json')
     for run_dir in args.runs:
         if args.modes:
             modes(run_dir, args, dev)

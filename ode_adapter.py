@@ -214,6 +214,20 @@ def compose(G, state_dicts, Ts):
     return G
 
 
+def check_composable(runs, metas):
+    """Refuse runs whose adapters cannot be summed: each must be an --adapter ode run of the first one's generator,
+    with its solver, step and backend (metas: their adapter.pt dicts)."""
+    first = metas[0]
+    for r, m in zip(runs, metas):
+        if not isinstance(m, dict) or m.get('kind') != 'ode' or not m.get('generator_sha') or \
+                m['generator_sha'] != first.get('generator_sha'):
+            raise ValueError(f'{r}: not an --adapter ode run of the same generator as {runs[0]}; compose runs of '
+                             'one generator')
+        if any(m['adapter'][k] != first['adapter'][k] for k in ('h', 'solver', 'backend')):
+            raise ValueError(f"{r}: its solver or step differs from {runs[0]}'s; compose runs trained with the same "
+                             '--solver, --step and --backend')
+
+
 def trainable_state(G, full=False):
     """What trains, by name: the adapters' weights, or the whole synthesis network (full: --adapter full)."""
     return {k: v for k, v in G.synthesis.state_dict().items() if full or '.adapter.' in k}

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from data import DataError, grid, save_grid
 from helpers import CheckpointError, device, load, written
 from model import generate, seed_latents
-from ode_adapter import compose, load_run, times
+from ode_adapter import check_composable, compose, load_run, times
 
 
 MAX_SEEDS = 1024  # images in one grid
@@ -55,14 +55,7 @@ def composed(args, G, meta, Ts, ws):
     """Several runs' adapters used together (ode_adapter.compose), each at its dial: rows the original, each run
     alone at its dial, then all of them -> (rows, row names, the dial of all together)."""
     metas = [meta] + [load(Path(r) / 'adapter.pt', 'an adapter file written by train.py') for r in args.run[1:]]
-    for r, m in zip(args.run, metas):
-        if not isinstance(m, dict) or m.get('kind') != 'ode' or not m.get('generator_sha') or \
-                m['generator_sha'] != meta.get('generator_sha'):
-            raise ValueError(f'{r}: not an --adapter ode run of the same generator as {args.run[0]}; compose runs of '
-                             'one generator')
-        if {k: m['adapter'][k] for k in ('h', 'solver', 'backend')} != {k: meta['adapter'][k] for k in ('h', 'solver', 'backend')}:
-            raise ValueError(f'{r}: its solver or step differs from {args.run[0]}\'s; compose runs trained with the same '
-                             '--solver, --step and --backend')
+    check_composable(args.run, metas)
     Ts = Ts or [m['adapter']['T'] for m in metas]
     if len(Ts) != len(metas):
         raise ValueError(f'--T {args.T}: give one dial per run ({len(metas)} runs)')

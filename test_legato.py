@@ -1229,6 +1229,8 @@ def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path):
         train.main(['--out', str(tmp_path / 'e'), '--init', str(tmp_path), *base])
     with pytest.raises(SystemExit, match='two people named obama'):  # refused before any inversion
         train.main(['--out', str(tmp_path / 'e'), '--init', str(first), '--identity', str(faces / 'obama'), *base])
+    with pytest.raises(SystemExit, match='trained at T 1.6, h 0.4.*pass the same --t_end'):
+        train.main(['--out', str(tmp_path / 'e'), '--init', str(first), '--t_end', '0.8', *then[2:]])
 
 
 def test_composed_adapters_integrate_the_summed_field(tmp_path, tiny_ckpt):
@@ -1362,6 +1364,45 @@ def test_several_people_are_evaluated_each(tmp_path):
     assert m['ID'] == pytest.approx((ob['ID'] + bi['ID']) / 2) and 'retain_collins' in m
     with pytest.raises(SystemExit, match='forgot several people'):
         evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,1.6'}), torch.device('cpu'))
+
+
+def test_composed_runs_are_evaluated_as_one_run_of_all_their_people(tmp_path):
+    """evaluate.py --compose: two runs trained apart (Obama; Biden) evaluated as one generator, their adapters summed
+    at their trained dials; each person's numbers under 'people', the kept are those neither run forgot, the latents
+    each run's own; runs of another solver or a full fine-tune are refused, as is --compose without --out."""
+    faces, base = ROOT / 'assets/faces', ['--hidden', '16', '--invert_steps', '2', '--iters', '2', '--mine_n', '16']
+    ob, bi = (train.main(['--out', str(tmp_path / n), '--identity', str(faces / f), *base])
+              for n, f in (('ob', 'obama/obama_1.png'), ('bi', 'biden')))
+    m1, m2 = (torch.load(r / 'adapter.pt', weights_only=True) for r in (ob, bi))
+    assert 'biden' in m1['retain_ws'] and 'obama' in m2['retain_ws']
+    G_s, G_u, s_kw, meta = evaluate.load_composed([ob, bi], torch.device('cpu'))
+    assert [p['name'] for p in meta['identity']['people']] == ['obama', 'biden'] and list(meta['retain_ws']) == [
+        'collins', 'hopper'] and sorted(meta['retain_photos']) == ['collins', 'hopper']
+    assert torch.equal(meta['ws_u'], torch.cat([m1['ws_u'], m2['ws_u']]))
+    views = evaluate.per_person(meta)
+    assert torch.equal(views[1]['ws_u'], m2['ws_u']) and views[1]['identity']['path'] == str(bi / 'photos/forget')
+    G = Generator.from_checkpoint(BABY)
+    load_adapters(G, ob / 'adapter.pt')
+    compose(G, [m1['state_dict'], m2['state_dict']], [m1['adapter']['T'], m2['adapter']['T']])
+    ws = G.mapping(torch.randn(2, G.cfg.z_dim))
+    with torch.no_grad():
+        assert torch.equal(G_u.synthesis(ws), G.synthesis(ws)) and torch.equal(G_s.synthesis(ws, **s_kw),
+                                                                               G.synthesis(ws, T=0))
+    out = tmp_path / 'both'
+    evaluate.main([str(ob), str(bi), '--compose', '--out', str(out), '--samples', '2', '--invert_steps', '2'])
+    m = json.loads((out / 'metrics.json').read_text())
+    assert sorted(m['people']) == ['biden', 'obama'] and m['composed'] == [str(ob), str(bi)]
+    assert next(iter(m['people']['biden']['leak'].values()))['people'] == ['biden', 'obama', 'collins', 'hopper']
+    rk4 = tmp_path / 'rk4'  # Biden's run, as if trained with RK4
+    shutil.copytree(bi, rk4)
+    torch.save({**m2, 'adapter': {**m2['adapter'], 'solver': 'rk4'}}, rk4 / 'adapter.pt')
+    full = train.main(['--out', str(tmp_path / 'full'), '--identity', 'seed:3', '--adapter', 'full', '--forget', 'latent',
+                       '--retain', 'none', '--iters', '1'])
+    for other, msg in ((rk4, 'its solver or step differs'), (full, 'not an --adapter ode run')):
+        with pytest.raises(SystemExit, match=msg):
+            evaluate.main([str(ob), str(other), '--compose', '--out', str(tmp_path / 'x'), '--samples', '2'])
+    with pytest.raises(SystemExit, match='--out FOLDER'):
+        evaluate.main([str(ob), str(bi), '--compose', '--samples', '2'])
 
 
 def test_a_signal_while_the_results_are_written_waits_for_them(tmp_path, tiny_ckpt, monkeypatch, capsys):

@@ -738,6 +738,11 @@ def load_init(cfg):
     if meta.get('kind') != cfg.adapter or meta['adapter']['hidden'] != cfg.hidden:
         raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {meta['adapter']['hidden']}) are "
                          f'not this run\'s ({cfg.adapter}, hidden {cfg.hidden}); pass the same --adapter and --hidden')
+    mine = {'T': cfg.t_end, 'h': cfg.step, 'solver': cfg.solver, 'backend': cfg.backend}
+    if cfg.adapter == 'ode' and any(meta['adapter'][k] != v for k, v in mine.items()):  # its people were forgotten there
+        theirs = ', '.join(f'{k} {meta["adapter"][k]}' for k in mine)
+        raise ValueError(f'--init {cfg.init}: its adapters were trained at {theirs}; pass the same --t_end, --step, '
+                         '--solver and --backend (its forgetting is at its dial)')
     return meta
 
 

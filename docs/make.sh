@@ -48,6 +48,8 @@ evaluate . $R/together-s0
 train . $R/together-s1 --seed 1 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
 evaluate . $R/together-s1
 train . $R/then-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/then-biden-s0
+train . $R/biden-s0 --seed 0 --identity assets/faces/biden   # Biden alone, to compose with the default run (Obama)
+[ -f $R/composed-s0/metrics.json ] || python evaluate.py $R/person-s0 $R/biden-s0 --compose --out $R/composed-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 
 for K in 1 5 20 50; do  # many identities at once (README "Several people"): K seed identities, one drawn a step
   train . $R/scale/k$K --seed 0 --forget latent --n_forget 1 --retain none $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
@@ -61,6 +63,7 @@ train . $R/scale-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
 cp $R/together-s0/before_after.png docs/together_before_after.png
+python sample.py $R/person-s0 $R/biden-s0 --seeds 0-11 --out docs/composed.png   # the original, each alone, both composed
 python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png
 cp $R/person-s0/sweep_leak.png docs/sweep_leak.png
 python docs/summary.py $R > docs/numbers.md.tmp && mv docs/numbers.md.tmp docs/numbers.md  # every number the README quotes: their spread, and where the fresh seed lands
