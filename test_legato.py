@@ -2195,6 +2195,25 @@ def test_each_trains_one_run_per_person_over_two_processes(tmp_path, tiny_ckpt):
         assert meta['identity']['name'] == name and list(meta['retain_ws']) == [other]
 
 
+def test_two_people_forgotten_together_over_two_processes_as_in_one(tmp_path, tiny_ckpt):
+    """One DDP run that forgets two people together (torchrun, 2 ranks, one adjacency, global and mined latent each)
+    trains the adapters of one process with two of each: the search, the forgotten rows and the step are the same."""
+    flags = ['--ckpt', tiny_ckpt, '--identity', 'seed:3', '--identity', 'seed:5', '--retain', 'none', '--iters', '2',
+             '--mine_n', '16', '--hidden', '8', '--lr', '1e-2']
+    torchrun('train.py', *flags, '--n_adj', '1', '--n_glob', '1', '--n_mine', '1', '--out', tmp_path / 'two')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each gloo rank computes
+    try:
+        train.main([*map(str, flags), '--n_adj', '2', '--n_glob', '2', '--n_mine', '2', '--out', str(tmp_path / 'one')])
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (torch.load(tmp_path / d / 'adapter.pt', weights_only=True) for d in ('one', 'two'))
+    assert two['identity']['kind'] == 'many' and one['mined'] == two['mined'] and torch.equal(one['ws_u'], two['ws_u'])
+    a, b = (torch.cat([v.flatten() for v in m['state_dict'].values()]) for m in (one, two))
+    print('relative adapter difference', ((a - b).norm() / a.norm()).item())
+    assert a.norm() > 0 and (a - b).norm() <= 1e-5 * a.norm()
+
+
 def test_a_latent_identity_is_never_also_kept(tmp_path, baby, capsys):
     """--identity seed:N with a kept person whose photo is that seed's own image: refused before any training."""
     w = seed_latents(baby, [5], psi=1)  # what seed:5 means
