@@ -1201,7 +1201,7 @@ def test_several_people_forgotten_together_resume_exactly(tmp_path):
         run_train(BABY, tmp_path / 'c', '--identity', 'seed:3')
 
 
-def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path):
+def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path, capsys):
     """--init RUN: the adapters start as RUN's (at lr 1e-12 they stay RUN's), RUN's forgotten person is forgotten
     again (his latent as RUN had it, not inverted again; his photos copied from RUN), and he is not among the kept;
     an --init run resumes bit-identically; someone its run already forgot is refused."""
@@ -1210,7 +1210,9 @@ def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path):
     first = train.main(['--out', str(tmp_path / 'obama'), '--identity', str(faces / 'obama/obama_1.png'), '--iters', '2',
                         *base])
     then = ['--init', str(first), '--identity', str(faces / 'biden'), *base]
+    capsys.readouterr()
     b = train.main(['--out', str(tmp_path / 'b'), '--iters', '1', '--lr', '1e-12', *then])
+    assert capsys.readouterr().out.count('inverted 1 photo(s)') == 1  # Biden's; Obama's inversion is his run's
     m1, mb = (torch.load(r / 'adapter.pt', weights_only=True) for r in (first, b))
     assert all(torch.allclose(m1['state_dict'][k], mb['state_dict'][k], atol=1e-9) for k in m1['state_dict'])
     assert any(v.abs().sum() > 0 for v in m1['state_dict'].values())

@@ -772,7 +772,8 @@ def prepare(cfg, R, ck, dev, rank, world):
         R.retain = {k: v.to(dev) for k, v in ck['retain'].items()}
     else:
         ws_u, face, retain_faces = who_to_forget(cfg, R, G, idn, dev, init)
-    for info in people_of(R.info):
+    people = people_of(R.info)
+    for info in people[len(people) - len(cfg.identity):]:  # this run's people (--init's were inverted by its run)
         if 'inversion_id_distance' in info:
             print(f'inverted {len(info["inversion_id_distance"])} photo(s): identity distance '
                   f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
