@@ -61,7 +61,7 @@ train . $R/scale-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --
 K5=$(for i in 0 1 2 3 4; do echo --identity seed:$i; done)  # what limits at K = 5: the field's width, the step budget
 train . $R/scale-k5/k5-h256 --seed 0 --forget latent --n_forget 1 --retain none --hidden 256 $K5
 train . $R/scale-k5/k5-2500 --seed 0 --forget latent --n_forget 1 --retain none --iters 2500 $K5
-[ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale/k5 $R/scale/k1 $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 --samples 200 --faceres $FACERES
+[ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 $R/scale/k5 $R/scale/k1 --samples 200 --faceres $FACERES
 [ -f $R/scale-long/scale.json ] || python evaluate.py --scale $R/scale-long/k1 $R/scale-long/k50 --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
