@@ -387,6 +387,9 @@ def load_composed(runs, device, ckpt=None):
     compose(G_u, [m['state_dict'] for m in metas], [m['adapter']['T'] for m in metas])
     people = [{'rows': len(m['ws_u']), **p} for m in metas for p in people_of(m['identity'])]  # several: their own rows
     gone = {person_name(p) for p in people}
+    if len(gone) < len(people):
+        raise ValueError(f'{", ".join(map(str, runs))}: a person forgotten by two of these runs; compose runs of different '
+                         'people')
     kept = lambda key: {k: v for m in metas for k, v in (m.get(key) or {}).items() if k not in gone}  # noqa: E731
     meta = {**metas[0], 'identity': {'kind': 'many', 'people': people}, 'ws_u': torch.cat([m['ws_u'] for m in metas]),
             'retain_ws': kept('retain_ws'), 'retain_photos': kept('retain_photos'),

@@ -1405,6 +1405,8 @@ def test_composed_runs_are_evaluated_as_one_run_of_all_their_people(tmp_path):
             evaluate.main([str(ob), str(other), '--compose', '--out', str(tmp_path / 'x'), '--samples', '2'])
     with pytest.raises(SystemExit, match='--out FOLDER'):
         evaluate.main([str(ob), str(bi), '--compose', '--samples', '2'])
+    with pytest.raises(SystemExit, match='a person forgotten by two of these runs'):
+        evaluate.main([str(ob), str(ob), '--compose', '--out', str(tmp_path / 'x'), '--samples', '2'])
 
 
 def test_a_signal_while_the_results_are_written_waits_for_them(tmp_path, tiny_ckpt, monkeypatch, capsys):
