@@ -31,7 +31,7 @@ from id_net import ID_NETS, DlibCpp, FaceRes, load_id_net
 from losses import who
 from model import Generator, generate, seed_latents
 from perceptual import FIDInception
-from ode_adapter import check_composable, compose, load_run, times, trainable_state
+from ode_adapter import check_composable, compose, load_run, run_meta, times, trainable_state
 
 
 # -----------------------------------------------------------------------------
@@ -380,10 +380,9 @@ def load_composed(runs, device, ckpt=None):
     """Runs trained apart, used together, as load_run gives one run: their adapters summed (ode_adapter.compose, each
     at its trained dial), and one record of all their forgotten people; the kept are the runs' kept people that no
     run forgot."""
-    loaded = [load_run(r, device, ckpt) for r in runs]
-    metas = [m for *_, m in loaded]
+    G_s, G_u, s_kw, first = load_run(runs[0], device, ckpt)  # the generator once: the others' are checked the same
+    metas = [first] + [run_meta(r) for r in runs[1:]]
     check_composable(runs, metas)
-    G_s, G_u, s_kw, _ = loaded[0]
     compose(G_u, [m['state_dict'] for m in metas], [m['adapter']['T'] for m in metas])
     people = [{'rows': len(m['ws_u']), **p} for m in metas for p in people_of(m['identity'])]  # several: their own rows
     gone = {person_name(p) for p in people}

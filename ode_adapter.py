@@ -268,10 +268,8 @@ def load_adapters(G, path):
     return ck
 
 
-def load_run(run, device, ckpt=None):
-    """A train.py run folder -> (G_s, G_u, kwargs that make G_s the original, the adapter.pt dict). The generator is
-    the run's own (a path inside the repository is found in any clone) or `ckpt`, which must hold the same weights;
-    the photos' paths in the dict point into the run folder."""
+def run_meta(run):
+    """A train.py run folder -> its adapter.pt dict, the photos' paths pointing into the run folder (checked)."""
     run, path = Path(run), Path(run) / 'adapter.pt'
     if not run.is_dir():
         raise CheckpointError(f'{run}: no such run folder')
@@ -282,12 +280,6 @@ def load_run(run, device, ckpt=None):
     meta = load(path, 'an adapter file written by train.py')
     if not isinstance(meta, dict) or 'args' not in meta:
         raise CheckpointError(f'{path}: not an adapter file written by train.py')
-    gen = ckpt or in_repo(meta['args']['ckpt'])
-    if not Path(gen).exists():
-        raise CheckpointError(f"{run}: the run's generator {gen} is not here; pass it with --ckpt")
-    G = Generator.from_checkpoint(gen)
-    if meta.get('generator_sha', digest(G)) != digest(G):
-        raise CheckpointError(f'{gen}: other weights than the generator {run} was trained on; pass that one with --ckpt')
     photos = [person for person in people_of(meta['identity']) if person.get('kind') == 'photos']
     for person in photos:  # relative: inside the run folder (absolute in runs from before they were)
         person['path'] = str(run / person['path'])
@@ -295,11 +287,25 @@ def load_run(run, device, ckpt=None):
     for p in [person['path'] for person in photos] + list(meta['retain_photos'].values()):
         if not Path(p).exists():
             raise CheckpointError(f'{run}: photo {p} is missing; a run folder is copied whole (photos/ included)')
+    return meta
+
+
+def load_run(run, device, ckpt=None):
+    """A train.py run folder -> (G_s, G_u, kwargs that make G_s the original, the adapter.pt dict: run_meta). The
+    generator is the run's own (a path inside the repository is found in any clone) or `ckpt`, which must hold the
+    same weights."""
+    meta = run_meta(run)
+    gen = ckpt or in_repo(meta['args']['ckpt'])
+    if not Path(gen).exists():
+        raise CheckpointError(f"{run}: the run's generator {gen} is not here; pass it with --ckpt")
+    G = Generator.from_checkpoint(gen)
+    if meta.get('generator_sha', digest(G)) != digest(G):
+        raise CheckpointError(f'{gen}: other weights than the generator {run} was trained on; pass that one with --ckpt')
     if meta.get('kind') == 'full':  # GUIDE's fine-tune: the whole synthesis network was saved
         G_u = copy.deepcopy(G)
         G_u.synthesis.load_state_dict(meta['synthesis'])
         return G.to(device), G_u.to(device), {}, meta
-    load_adapters(G, path)
+    load_adapters(G, Path(run) / 'adapter.pt')
     return G.to(device), G.to(device), {'T': 0}, meta
 
 

@@ -19,9 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, grid, save_grid
-from helpers import CheckpointError, device, load, written
+from helpers import CheckpointError, device, written
 from model import generate, seed_latents
-from ode_adapter import check_composable, compose, load_run, times
+from ode_adapter import check_composable, compose, load_run, run_meta, times
 
 
 MAX_SEEDS = 1024  # images in one grid
@@ -54,7 +54,7 @@ def save_gif(frames, path, ms):
 def composed(args, G, meta, Ts, ws):
     """Several runs' adapters used together (ode_adapter.compose), each at its dial: rows the original, each run
     alone at its dial, then all of them -> (rows, row names, the dial of all together)."""
-    metas = [meta] + [load(Path(r) / 'adapter.pt', 'an adapter file written by train.py') for r in args.run[1:]]
+    metas = [meta] + [run_meta(r) for r in args.run[1:]]
     check_composable(args.run, metas)
     Ts = Ts or [m['adapter']['T'] for m in metas]
     if len(Ts) != len(metas):
