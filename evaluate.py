@@ -823,6 +823,15 @@ def main(argv=None):
         raise SystemExit(130) from None
 
 
+def write_metrics(m, folder, name):
+    """metrics.json in folder (rank 0 writes; the folder made if new) and its numbers as a table row named name."""
+    if world()[0] == 0:
+        folder.mkdir(exist_ok=True)
+        write_json(m, folder / 'metrics.json')
+    print(table([{'run': name, **m}], ['run'] + [k for k in m if isinstance(m[k], float)]))
+    print(f'wrote {folder}/metrics.json')
+
+
 ONE_PROCESS = ('baby_report', 'scale', 'modes')  # what draws its own samples unsharded: no torchrun
 
 
@@ -842,12 +851,7 @@ def run(args, dev, p):
     if args.scale:
         return scale(args.runs, args, dev)
     if args.compose:
-        m = evaluate_run(list(args.runs), args, dev)
-        if world()[0] == 0:
-            Path(args.out).mkdir(exist_ok=True)
-            write_json(m, Path(args.out) / 'metrics.json')
-        print(table([{'run': ' + '.join(args.runs), **m}], ['run'] + [k for k in m if isinstance(m[k], float)]))
-        return print(f'wrote {args.out}/metrics.json')
+        return write_metrics(evaluate_run(list(args.runs), args, dev), Path(args.out), ' + '.join(args.runs))
     for run_dir in args.runs:
         if args.modes:
             modes(run_dir, args, dev)
@@ -855,11 +859,7 @@ def run(args, dev, p):
         if args.sweep:
             sweep(run_dir, args, dev)
             continue
-        m = evaluate_run(run_dir, args, dev)
-        if world()[0] == 0:  # rank 0 writes
-            write_json(m, Path(run_dir) / 'metrics.json')
-        print(table([{'run': str(run_dir), **m}], ['run'] + [k for k in m if isinstance(m[k], float)]))
-        print(f'wrote {run_dir}/metrics.json')
+        write_metrics(evaluate_run(run_dir, args, dev), Path(run_dir), str(run_dir))
 
 
 if __name__ == '__main__':
