@@ -68,18 +68,19 @@ def describe(img, id_net, perceptual):
 
 @dataclass(frozen=True)
 class Weights:
-    """The objective's weights (README eq. 4; train.py's --w_* flags): GUIDE's image loss (pix, perc, id) and its
-    local / adjacency / global terms, LEGATO's trajectory consistency, person mode's terms and pixel weight."""
-    pix: float = 1e-2
-    perc: float = 1.0
-    id: float = 0.1
-    local: float = 1.0
-    adj: float = 1.0
-    glob: float = 1.0
-    tc: float = 1.0
-    person: float = 2.0  # as train.Config (its help says why); test_weights_come_from_the_flags holds the two equal
-    keep: float = 1.0
-    pix_person: float = 10.0  # the pixel weight of person mode's image loss
+    """The objective's weights (README eq. 4; train.py's --w_* flags, whose defaults and help are the one source): GUIDE's
+    image loss (pix, perc, id) and its local / adjacency / global terms, LEGATO's trajectory consistency, person mode's
+    terms and pixel weight."""
+    pix: float
+    perc: float
+    id: float
+    local: float
+    adj: float
+    glob: float
+    tc: float
+    person: float
+    keep: float
+    pix_person: float  # the pixel weight of person mode's image loss
     tc_blocks: tuple = ()  # the adapters trajectory consistency counts, e.g. ('b128',); () all
 
     @classmethod

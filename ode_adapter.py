@@ -251,9 +251,10 @@ def save_adapters(G, path, **extra):
     atomic_save({'generator_config': asdict(G.cfg), 'adapter': meta, 'state_dict': sd, **extra}, path)
 
 
-def load_adapters(G, path):
-    """Attach adapters to G from a file written by save_adapters; refuses a file made for another generator."""
-    ck = load(path, 'an adapter file written by train.py')
+def load_adapters(G, path, ck=None):
+    """Attach adapters to G from a file written by save_adapters (or its dict ck, already read from path); refuses a
+    file made for another generator."""
+    ck = load(path, 'an adapter file written by train.py') if ck is None else ck
     try:
         cfg, meta, sd = ck['generator_config'], ck['adapter'], ck['state_dict']
     except (KeyError, TypeError, IndexError):
@@ -305,7 +306,7 @@ def load_run(run, device, ckpt=None):
         G_u = copy.deepcopy(G)
         G_u.synthesis.load_state_dict(meta['synthesis'])
         return G.to(device), G_u.to(device), {}, meta
-    load_adapters(G, Path(run) / 'adapter.pt')
+    load_adapters(G, Path(run) / 'adapter.pt', meta)  # read once, by run_meta
     return G.to(device), G.to(device), {'T': 0}, meta
 
 

@@ -1110,7 +1110,6 @@ def test_rows_name_the_batch_in_order():
 def test_weights_come_from_the_flags():
     wt = losses.Weights.of(train.get_args(['--w_pix', '0.5', '--w_keep', '3', '--tc_blocks', 'b32,b64']))
     assert (wt.pix, wt.keep, wt.perc, wt.pix_person, wt.tc_blocks) == (0.5, 3.0, 1.0, 10.0, ('b32', 'b64'))
-    assert losses.Weights.of(train.get_args([])) == losses.Weights()  # the defaults agree
 
 
 def test_who_is_the_nearest_known_face_within_the_threshold():
@@ -1465,6 +1464,9 @@ def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt, capsys):
     Generator(tiny_cfg(img_resolution=32, conv_clamp=256)).save(tmp_path / 'other.pt')  # same shapes, other weights
     with pytest.raises(SystemExit, match=r'other\.pt: other weights than the generator this run was trained on'):
         train.main(['--out', str(out), '--resume', '--iters', '3', '--ckpt', str(tmp_path / 'other.pt')])
+    with pytest.raises(SystemExit, match=r'--init .*run: trained on other generator weights than --ckpt .*other\.pt'):
+        train.main(['--ckpt', str(tmp_path / 'other.pt'), '--out', str(tmp_path / 'more'), '--init', str(out),
+                    '--identity', 'seed:4', '--retain', 'none', '--hidden', '16', '--forget', 'latent'])
     shutil.copy(tiny_ckpt, tmp_path / 'moved.pt')  # the same weights elsewhere: accepted
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
     for crafted in ({**ck, 'args': list(ck['args'])}, {k: v for k, v in ck.items() if k != 'ws_u'}):
@@ -2197,6 +2199,21 @@ def test_each_trains_one_run_per_person_over_two_processes(tmp_path, tiny_ckpt):
     for name, other in (('obama', 'biden'), ('biden', 'obama')):
         meta = torch.load(tmp_path / 'runs' / name / 'adapter.pt', weights_only=True)
         assert meta['identity']['name'] == name and list(meta['retain_ws']) == [other]
+
+
+def test_each_takes_several_identities_one_run_each(tmp_path, tiny_ckpt):
+    """--each with --identity given twice (seed identities): one run per identity in --out/seedN, each forgetting only
+    its own latent and keeping --retain; two identities of the same name are refused before any run."""
+    flags = ['--ckpt', str(tiny_ckpt), '--each', '--retain', 'none', '--iters', '1', '--mine_n', '8', '--hidden', '8']
+    runs = train.main([*flags, '--identity', 'seed:3', '--identity', 'seed:5', '--out', str(tmp_path / 'runs')])
+    assert [r.name for r in runs] == ['seed3', 'seed5']
+    G = Generator.from_checkpoint(tiny_ckpt)
+    for r, n in zip(runs, (3, 5)):
+        meta = torch.load(r / 'adapter.pt', weights_only=True)
+        assert meta['identity'] == {'kind': 'seed', 'seed': n} and torch.equal(meta['ws_u'], seed_latents(G, [n], psi=1))
+    with pytest.raises(SystemExit, match='two identities named seed3'):
+        train.main([*flags, '--identity', 'seed:3', '--identity', 'seed:3', '--out', str(tmp_path / 'twice')])
+    assert not (tmp_path / 'twice').exists()
 
 
 def test_two_people_forgotten_together_over_two_processes_as_in_one(tmp_path, tiny_ckpt):

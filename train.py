@@ -38,7 +38,7 @@ from id_net import ID_NETS, load_id_net
 from losses import Rows, Seen, Weights, adjacency_offsets, describe, objective, shows_person, target_latent, who
 from model import Generator
 from perceptual import IDFeatureDistance, LPIPSVGG
-from ode_adapter import BACKENDS, attach_adapters, integrate, load_run, param_report, save_adapters, trainable_state
+from ode_adapter import BACKENDS, attach_adapters, integrate, param_report, run_meta, save_adapters, trainable_state
 
 BABY = ROOT / 'assets/baby.pt'  # the built-in generator
 ADAPTERS = ('ode', 'residual', 'full')
@@ -62,8 +62,9 @@ class Config:
                                                    "kept in adapter.pt ('none' to skip)")
     out: str = arg(None, 'run folder (default runs/<identity>-<adapter>, numbered if taken)')
     resume: bool = arg(False, 'continue the run in --out from its ckpt.pt')
-    each: bool = arg(False, '--identity is a folder of person folders: one run per person (--out/<person>), each keeping '
-                            'the others (under torchrun the people are spread over the processes)')
+    each: bool = arg(False, 'one run per person (--out/<person>): --identity a folder of person folders (each run keeps '
+                            'the others), or --identity given several times (each run keeps --retain); under torchrun '
+                            'the people are spread over the processes')
     init: str = arg(None, "a finished run: start from its adapters and forget --identity too; the run's forgotten "
                           'people stay forgotten (their latents, photos and targets join this run), the rest are kept')
     # optimisation
@@ -259,8 +260,13 @@ def check(cfg, out):
         raise SystemExit(f'error: --out {out}: cannot write in {parent}; choose a folder you can write to')
 
 
+def name_of(identity):
+    """--identity -> a folder name: seed:7 -> seed7, photos/obama -> obama, a/w.pt -> w."""
+    return 'seed' + identity[5:] if identity.startswith('seed:') else Path(identity).stem
+
+
 def default_out(cfg):
-    stem = '+'.join('seed' + i[5:] if i.startswith('seed:') else Path(i).stem for i in cfg.identity)
+    stem = '+'.join(map(name_of, cfg.identity))
     base = ROOT / 'runs' / f'{stem}-{cfg.adapter}'
     out, i = base, 1
     while out.exists() and any(out.iterdir()):
@@ -579,35 +585,44 @@ def main(argv=None):
 
 
 def each(argv):
-    """--each: --identity is a folder of person folders; one run per person (out/<person>), each keeping the other
-    people of the folder. Under torchrun the people are spread over the ranks, each run in one process."""
+    """--each: one run per person, out/<person>. --identity a folder of person folders: each run keeps the other
+    people of the folder; --identity given several times (photos, latents, seed:N): one run per identity, each keeping
+    --retain. Under torchrun the people are spread over the ranks, each run in one process."""
     cfg = get_args(argv)
     folder = Path(cfg.identity[0])
-    people = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if len(cfg.identity) > 1:
-        raise SystemExit('error: --each takes one --identity: a folder of person folders')
+    if len(cfg.identity) > 1:  # one run per --identity, every run with the same --retain
+        people, retain = [(name_of(i), i) for i in cfg.identity], []
+    else:
+        people = [(p.name, str(p)) for p in sorted(folder.iterdir()) if p.is_dir()] if folder.is_dir() else []
+        retain = ['--retain', str(folder)]
     if len(people) < 2:
-        raise SystemExit(f'error: --identity {folder}: --each needs a folder of two or more person folders')
+        raise SystemExit(f'error: --identity {folder}: --each needs a folder of two or more person folders, or two or '
+                         'more --identity')
+    names = [n for n, _ in people]
+    if len(set(names)) < len(names):
+        raise SystemExit(f'error: --each: two identities named {min(n for n in names if names.count(n) > 1)}; their '
+                         'runs would share a folder')
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     try:
         device(cfg.device)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
-    for p in people:  # every person's photos, before the first run: a faceless folder fails now, not hours in
+    for name, p in people:  # every person's photos, before the first run: a faceless folder fails now, not hours in
+        if p.startswith('seed:') or Path(p).suffix.lower() in ('.pt', '.pth', '.npy'):
+            continue
         try:
             load_faces(list_photos(p)[0], 64)  # the first photo: the kept person's latent in the others' runs
         except DataError as e:
-            raise SystemExit(f'error: --identity {folder}: person {p.name}: {e}') from None
+            raise SystemExit(f'error: --identity {p}: person {name}: {e}') from None
     rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group
     hint = f'{launcher()} {shlex.join(a for a in argv if a != "--resume")} --resume'
     runs = []
-    for p in people[rank::world]:
-        if (out / p.name / 'adapter.pt').exists() and cfg.resume:
-            print(f'{out / p.name}: finished already')
+    for name, p in people[rank::world]:
+        if (out / name / 'adapter.pt').exists() and cfg.resume:
+            print(f'{out / name}: finished already')
             continue
-        resume = ['--resume'] if (out / p.name / 'ckpt.pt').exists() and cfg.resume else []
-        one, out_p, ck = start([a for a in argv if a != '--resume'] + resume +
-                               ['--retain', str(folder), '--out', str(out / p.name)], [str(p)])
+        resume = ['--resume'] if (out / name / 'ckpt.pt').exists() and cfg.resume else []
+        one, out_p, ck = start([a for a in argv if a != '--resume'] + resume + retain + ['--out', str(out / name)], [p])
         runs.append(run(replace(one, each=False), out_p, ck, dev, 0, 1, hint))
     return runs
 
@@ -732,9 +747,13 @@ def earlier_people(meta, G):
     return out
 
 
-def load_init(cfg):
-    """--init RUN's adapter.pt (photo paths pointing into RUN); refused when RUN was trained on another generator."""
-    _, _, _, meta = load_run(cfg.init, 'cpu', cfg.ckpt)
+def load_init(cfg, sha):
+    """--init RUN's adapter.pt (photo paths pointing into RUN); refused when RUN was trained on another generator than
+    this run's (sha: its digest)."""
+    meta = run_meta(cfg.init)
+    if meta.get('generator_sha', sha) != sha:
+        raise CheckpointError(f'--init {cfg.init}: trained on other generator weights than --ckpt {cfg.ckpt}; pass the '
+                              'generator it was trained on with --ckpt')
     if meta.get('kind') != cfg.adapter or meta['adapter']['hidden'] != cfg.hidden:
         raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {meta['adapter']['hidden']}) are "
                          f'not this run\'s ({cfg.adapter}, hidden {cfg.hidden}); pass the same --adapter and --hidden')
@@ -766,7 +785,7 @@ def restore(S, R, ck, dev):
 def prepare(cfg, R, ck, dev, rank, world):
     """Everything the loop needs, from the command line or the checkpoint -> (S, P)."""
     G, idn, perc = load_networks(cfg, R, ck, dev)
-    init = load_init(cfg) if cfg.init and not cfg.resume else None  # read once: its people, then its adapters
+    init = load_init(cfg, R.sha) if cfg.init and not cfg.resume else None  # read once: its people, then its adapters
     if cfg.resume:  # who to forget (and the others) were settled by the run being resumed
         ws_u, R.info, R.retain_photos = ck['ws_u'].to(dev), ck['info'], ck['retain_photos']
         R.retain = {k: v.to(dev) for k, v in ck['retain'].items()}
