@@ -632,8 +632,13 @@ def scale(runs, args, device, n_held=200):
         print(table([r], list(r)))
     out = Path(runs[0]).parent
     write_json(rows, out / 'scale.json')
-    plot(out / 'scale.png', [r['K'] for r in rows], {'held-out identities moved (median)': [r['held_moved_median'] for r in rows],
-         'forgotten past the threshold (share, dlib port)': [r[f'forgotten_past_{J.name}'] for r in rows]},
+    kinds = {r['kind']: sorted((q for q in rows if q['kind'] == r['kind']), key=lambda q: q['K']) for r in rows}
+    if len({tuple(q['K'] for q in v) for v in kinds.values()}) > 1:  # kinds at different K: the runs as given, one line
+        kinds = {'': rows}
+    names = {'held_moved_median': 'held-out identities moved (median)',
+             f'forgotten_past_{J.name}': 'forgotten past the threshold (share, dlib port)'}
+    plot(out / 'scale.png', [r['K'] for r in next(iter(kinds.values()))],  # a line per measure and adapter kind
+         {f'{name}{", --adapter " + k if k else ""}': [r[key] for r in v] for k, v in kinds.items() for key, name in names.items()},
          'identities forgotten at once (K)', 'distance / share')
     print(f'wrote {out}/scale.json, {out}/scale.png')
     return rows

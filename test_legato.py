@@ -1287,7 +1287,7 @@ def test_n_forget_draws_the_forgotten_rows(tmp_path, tiny_ckpt, monkeypatch):
     assert torch.equal(t, -u) and torch.equal(tgt.img, u.flatten()) and torch.equal(tgt.feats[0], u.flatten())
 
 
-def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, tiny_ckpt):
+def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, tiny_ckpt, monkeypatch):
     """evaluate --scale: one row per run with K, the share of its forgotten latents past each judge's threshold
     (recomputed here for the port), how far held-out seed identities move, and scale.json / the plot beside the runs."""
     one = run_train(tiny_ckpt, tmp_path / 'k1', '--iters', '2', '--forget', 'latent', '--lr', '1e-2')
@@ -1309,6 +1309,15 @@ def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, t
         assert rows[1]['forgotten_past_dlib_cpp'] <= 1 - lost
     assert json.loads((tmp_path / 'scale.json').read_text())[1]['K'] == 2
     assert (tmp_path / 'scale.png').exists() or (tmp_path / 'scale.csv').exists()
+    # with a baseline (GUIDE's --adapter full) at the same K: one line per measure and kind, each sorted by K
+    full = [run_train(tiny_ckpt, tmp_path / f'f{k}', '--iters', '1', '--forget', 'latent', '--adapter', 'full', *extra)
+            for k, extra in ((2, ['--identity', 'seed:5']), (1, []))]
+    drawn = {}
+    monkeypatch.setattr(evaluate, 'plot', lambda path, xs, series, *a: drawn.update(xs=xs, series=series))
+    rows = evaluate.scale([one, two, *full], args, torch.device('cpu'), n_held=4)
+    assert drawn['xs'] == [1, 2] and len(drawn['series']) == 4
+    line = drawn['series']['held-out identities moved (median), --adapter full']
+    assert line == [rows[3]['held_moved_median'], rows[2]['held_moved_median']]
 
 
 def test_modes_say_whose_photo_each_sample_was(tmp_path, tiny_ckpt):

@@ -55,13 +55,18 @@ for K in 1 5 20 50; do  # many identities at once (README "Several people"): K s
   train . $R/scale/k$K --seed 0 --forget latent --n_forget 1 --retain none $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
 done
 [ -f $R/scale/scale.json ] || python evaluate.py --scale $R/scale/k1 $R/scale/k5 $R/scale/k20 $R/scale/k50 --samples 200
-cp $R/scale/scale.png docs/scale.png
+for K in 1 5 20 50; do  # the baseline: GUIDE's full fine-tune, the same flags
+  train . $R/scale-full/k$K --seed 0 --forget latent --n_forget 1 --retain none --adapter full $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+done
+[ -f $R/scale-full/scale.json ] || python evaluate.py --scale $R/scale-full/k{1,5,20,50} $R/scale/k{1,5,20,50} --samples 200 --faceres $FACERES
+cp $R/scale-full/scale.png docs/scale.png   # both kinds against K
 train . $R/scale-long/k1 --seed 0 --forget latent --n_forget 1 --retain none --identity seed:0   # K = 1 beside K = 50 x 10 steps
 train . $R/scale-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
 K5=$(for i in 0 1 2 3 4; do echo --identity seed:$i; done)  # what limits at K = 5: the field's width, the step budget
 train . $R/scale-k5/k5-h256 --seed 0 --forget latent --n_forget 1 --retain none --hidden 256 $K5
 train . $R/scale-k5/k5-2500 --seed 0 --forget latent --n_forget 1 --retain none --iters 2500 $K5
-[ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 $R/scale/k5 $R/scale/k1 --samples 200 --faceres $FACERES
+train . $R/scale-k5/k5-nf5 --seed 0 --forget latent --n_forget 5 --retain none $K5   # all five every step
+[ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 $R/scale-k5/k5-nf5 $R/scale/k5 $R/scale/k1 --samples 200 --faceres $FACERES
 [ -f $R/scale-long/scale.json ] || python evaluate.py --scale $R/scale-long/k1 $R/scale-long/k50 --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
