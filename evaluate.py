@@ -607,6 +607,8 @@ def scale(runs, args, device, n_held=200):
     whose face the judge no longer finds), how far
     n_held held-out identities (seed:1000000 on, psi 1) move (median, 90th percentile, dlib port), the descriptors'
     Frechet distance to the original on them, seconds a step -> scale.json and scale.png beside the first run."""
+    for run in runs:  # every run folder checked before the first is measured (minutes each)
+        run_meta(run)
     J, rows = Judge(args, device), []
     faceres = FaceRes(args.faceres).to(device) if args.faceres else None
     panel = Panel({}, J, DlibCpp() if dlib_available() else None, faceres)

@@ -1318,6 +1318,11 @@ def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, t
     assert drawn['xs'] == [1, 2] and len(drawn['series']) == 4
     line = drawn['series']['held-out identities moved (median), --adapter full']
     assert line == [rows[3]['held_moved_median'], rows[2]['held_moved_median']]
+    measured = []  # a missing run folder is refused before the first run is measured, not minutes in
+    monkeypatch.setattr(evaluate, 'load_run', lambda *a: measured.append(a))
+    with pytest.raises(CheckpointError, match='nope: no such run folder'):
+        evaluate.scale([one, tmp_path / 'nope'], args, torch.device('cpu'), n_held=4)
+    assert measured == []
 
 
 def test_modes_say_whose_photo_each_sample_was(tmp_path, tiny_ckpt):
