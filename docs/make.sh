@@ -45,10 +45,17 @@ python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/
 # several people (README "Several people"): Obama and Biden together, and Biden after the default run (--init)
 train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
 evaluate . $R/together-s0
-train . $R/together-s1 --seed 1 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
-evaluate . $R/together-s1
+for s in 1 2 3; do  # more seeds of the run together (README "More training seeds")
+  train . $R/together-s$s --seed $s --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
+  evaluate . $R/together-s$s
+done
 train . $R/then-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/then-biden-s0
 train . $R/biden-s0 --seed 0 --identity assets/faces/biden   # Biden alone, to compose with the default run (Obama)
+for s in 2; do  # seed 2 one after another and composed (the default run of seed 2 is made above)
+  train . $R/then-biden-s$s --seed $s --init $R/person-s$s --identity assets/faces/biden; evaluate . $R/then-biden-s$s
+  train . $R/biden-s$s --seed $s --identity assets/faces/biden
+  [ -f $R/composed-s$s/metrics.json ] || python evaluate.py $R/person-s$s $R/biden-s$s --compose --out $R/composed-s$s --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
+done
 [ -f $R/composed-s0/metrics.json ] || python evaluate.py $R/person-s0 $R/biden-s0 --compose --out $R/composed-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 
 for K in 1 5 20 50; do  # many identities at once (README "Several people"): K seed identities, one drawn a step
