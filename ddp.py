@@ -89,6 +89,13 @@ def max_over_ranks(x):
     return int(t)
 
 
+def together():
+    """Every rank waits here for the others (rank 0 writing the results): the ranks leave together. A rank that left
+    while rank 0 still wrote aborted once in gloo's teardown ("terminate called without an active exception")."""
+    if world()[1] > 1:
+        dist.barrier(group=_cpu_group[0])
+
+
 def from_rank0(t):
     """Rank 0's t on every rank (latents found by optimisation: the ranks start from the same ones)."""
     if world()[1] > 1:

@@ -25,7 +25,7 @@ from scipy import linalg
 from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, dlib_available, invert, list_photos, load_faces, save_grid, to_uint8
-from ddp import distributed, gather, reduce_sum, shard, world
+from ddp import distributed, gather, reduce_sum, shard, together, world
 from helpers import ROOT, CheckpointError, device, in_repo, keep_freed_memory, load, people_of, write_json
 from id_net import ID_NETS, DlibCpp, FaceRes, load_id_net
 from losses import who
@@ -822,7 +822,9 @@ def main(argv=None):
                              '--sweep / --modes / --curve / --compare / --scale / --baby-report')
         dev = distributed(args.device)[2]  # under torchrun: this process's rank and device
         keep_freed_memory(dev)  # large generators on CPU: reuse freed activations instead of re-mapping them
-        return run(args, dev, p)
+        out = run(args, dev, p)
+        together()  # under torchrun the ranks leave together, once rank 0 has written
+        return out
     except (CheckpointError, DataError, ValueError, OSError) as e:
         raise SystemExit(f'error: {e}')
     except KeyboardInterrupt:

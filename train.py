@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import IMAGE_EXTS, DataError, dlib_available, invert, list_photos, load_faces, resolve_identity, save_grid
-from ddp import distributed, from_rank0, gather, max_over_ranks, shard
+from ddp import distributed, from_rank0, gather, max_over_ranks, shard, together
 from helpers import (ROOT, CheckpointError, atomic_save, device, digest, in_repo, keep_freed_memory, load, people_of,
                      portable)
 from id_net import ID_NETS, load_id_net
@@ -911,13 +911,15 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     if sig:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
         print(f'interrupted at step {R.step}; continue with: {hint}')
         raise SystemExit(128 + sig)
-    if not R.writer:
-        return out
     with Signals() as stop:  # a signal now waits until both files are written (seconds)
         try:
-            write_results(S, P, R)
+            if R.writer:
+                write_results(S, P, R)
         except OSError as e:
             raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
+    together()  # the other ranks wait for rank 0's files (a failed write exits rank 0, and torchrun stops the rest)
+    if not R.writer:
+        return out
     if stop.sig:
         print(f'interrupted while the results were written; they are complete: {out}/adapter.pt, {out}/before_after.png')
         raise SystemExit(128 + stop.sig)
