@@ -105,11 +105,16 @@ class Rows(NamedTuple):
         return {k: slice(e - n, e) for k, n, e in zip(self._fields, self, ends)}
 
 
+def image_terms(u, s, perceptual, id_distance):
+    """Each row of u against the same row of s: pixel MSE, perceptual and identity distances -> ([N], [N], [N])."""
+    return (u.img - s.img).square().mean(dim=[1, 2, 3]), perceptual(u.feats, s.feats), id_distance(u.emb, s.emb)
+
+
 def image_loss(u, s, perceptual, id_distance, pix, perc, id):
     """GUIDE's image loss per sample, u towards s: pix MSE + perc perceptual + id identity -> [N].
     README eq. 4's l(a, b)."""
-    mse = (u.img - s.img).square().mean(dim=[1, 2, 3])
-    return pix * mse + perc * perceptual(u.feats, s.feats) + id * id_distance(u.emb, s.emb)
+    mse, p, i = image_terms(u, s, perceptual, id_distance)
+    return pix * mse + perc * p + id * i
 
 
 def trajectory_consistency(traj, n, blocks=(), device=None):
@@ -121,7 +126,8 @@ def trajectory_consistency(traj, n, blocks=(), device=None):
     for name, states in traj.items():
         if (blocks and name not in blocks) or len(states) < 2:
             continue
-        steps = [(b[:n] - a[:n]).square().mean() for a, b in zip(states[:-1], states[1:])]
+        x = [x[:n] for x in states]  # each state sliced once: a slice costs a zero-filled batch in the backward
+        steps = [(b - a).square().mean() for a, b in zip(x[:-1], x[1:])]
         terms.append(torch.stack(steps).mean())
     return torch.stack(terms).mean() if terms else torch.zeros((), device=device)
 
@@ -145,20 +151,19 @@ def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=
     shares of the batch (torchrun: one per rank); their sums count `shares` times, so that DDP's gradient average
     is the gradient of the whole batch's objective (the kept latents are every rank's, not shared)."""
     r = rows.slices()
-    pick = lambda g: (u.rows(r[g].start, r[g].stop), s.rows(r[g].start, r[g].stop))  # noqa: E731
-    img = dict(pix=wt.pix, perc=wt.perc, id=wt.id)
-    L = dict(local=image_loss(*pick('u'), perceptual, id_distance, **img).mean(),
-             adj=image_loss(*pick('adj'), perceptual, id_distance, **img).view(rows.u, -1).sum(1).mean() * shares)
-    glob = perceptual(*(x.feats for x in pick('glob')))
+    # every row against its own, in one pass over the batch: the groups slice these [N] vectors, not the images
+    # and feature maps (a slice of those costs a zero-filled copy of the whole batch in the backward)
+    mse, perc, ident = image_terms(u, s, perceptual, id_distance)
+    l = lambda g, pix=wt.pix: pix * mse[r[g]] + wt.perc * perc[r[g]] + wt.id * ident[r[g]]  # noqa: E731 - l(a, b)
+    L = dict(local=l('u').mean(), adj=l('adj').view(rows.u, -1).sum(1).mean() * shares)
+    glob = perc[r['glob']]  # perceptual only
     if known is not None:
         glob = glob * (1 - shows_person(s.emb[r['glob']], *known[:2], id_distance, known[2]))
     L['glob'] = glob.sum() * shares
     L['tc'] = trajectory_consistency(traj, rows.u, wt.tc_blocks, u.img.device)
-    if rows.mined:  # one image loss over [mined | held | kept], its pixel term weighted as person mode's
-        p = image_loss(u.rows(r['mined'].start), s.rows(r['mined'].start), perceptual, id_distance,
-                       **{**img, 'pix': wt.pix_person})
-        L['person'] = p[:rows.mined].sum() * shares
-        L['keep'] = p[rows.mined:rows.mined + rows.held].sum() * shares + p[rows.mined + rows.held:].sum()
+    if rows.mined:  # person mode's pixel weight on [mined | held | kept]
+        L['person'] = l('mined', wt.pix_person).sum() * shares
+        L['keep'] = l('held', wt.pix_person).sum() * shares + l('kept', wt.pix_person).sum()
     L['loss'] = total(L, wt)
     return L
 
