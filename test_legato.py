@@ -1164,18 +1164,20 @@ def test_train_runs_every_adapter(tmp_path, tiny_ckpt, adapter):
         assert (adapter == 'residual') == torch.allclose(y, one_step, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize('forget', ['latent', 'person'])
+@pytest.mark.parametrize('forget', ['latent', 'person', 'surrogate'])
 def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
     """Stopped at step 2 and resumed: the same adapters as a run that went through, in both modes (the person
-    mode from the restored pool, targets and random stream)."""
-    extra = ['--forget', forget]
+    mode from the restored pool, targets and random stream), and with --target surrogate (its targets restored)."""
+    extra = ['--forget', forget] if forget != 'surrogate' else ['--forget', 'latent', '--target', 'surrogate',
+                                                                 '--mine_n', '32']
     ckpt = BABY if forget == 'person' else tiny_ckpt  # the baby draws the person and others: a pool with targets
     a = run_train(ckpt, tmp_path / 'a', '--iters', '4', *extra)
     run_train(ckpt, tmp_path / 'b', '--iters', '2', *extra)
     b = run_train(ckpt, tmp_path / 'b', '--iters', '4', '--resume', *extra)
-    sa = torch.load(a / 'adapter.pt', weights_only=True)['state_dict']
-    sb = torch.load(b / 'adapter.pt', weights_only=True)['state_dict']
+    ma, mb = (torch.load(r / 'adapter.pt', weights_only=True) for r in (a, b))
+    sa, sb = ma['state_dict'], mb['state_dict']
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(ma['ws_t'], mb['ws_t'])
     assert any(v.abs().sum() > 0 for k, v in sa.items() if k.endswith('net.2.weight'))  # it did train
     rec = [json.loads(line) for line in open(a / 'log.jsonl')]
     assert ('person' in rec[-1]) == (forget == 'person')
@@ -1689,6 +1691,25 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
     assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
 
 
+def test_surrogate_target_is_the_nearest_sample_of_someone_clearly_else(baby, facenet):
+    """--target surrogate: each forgotten latent's target is one of the searched latents, one the identity network puts
+    farther from the latent's image than FAR of the searched samples, and the nearest such in W+; its image, described
+    once, is the frozen generator's."""
+    cfg = train.get_args(['--hidden', '16', '--target', 'surrogate'])
+    ws_u = seed_latents(baby, [11, 12, 13])
+    S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
+    assert S.ws_t is None  # set after the search
+    ws, emb = train.mine(S, 96)
+    train.aim(S, train.surrogate_targets(S, ws, emb))
+    with torch.no_grad():
+        d = torch.cdist(facenet.embed(baby.synthesis(ws_u)), emb)  # [3, 96]
+        assert torch.allclose(S.tgt.img, baby.synthesis(S.ws_t, fused=False), atol=1e-5)
+    for k in range(3):
+        ok = d[k] >= torch.quantile(d[k], train.FAR)
+        w = (ws[ok] - ws_u[k]).flatten(1).norm(dim=1)
+        assert ok.sum() < 96 and torch.equal(S.ws_t[k], ws[ok][w.argmin()])
+
+
 def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet):
     """mine() + surrogates() keep exactly the latents whose image is nearest the person within the threshold,
     recomputed here from the same random draws; each one's target is its nearest latent in W+ among the searched
@@ -1701,7 +1722,7 @@ def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet)
     P = train.setup_person(S, S.G.synthesis(ws_u, T=0), {'kept': seed_latents(baby, [12])},
                            {'kept': S.G.synthesis(seed_latents(baby, [12]), T=0)})
     state = S.gen.get_state()
-    pool, targets, held = train.surrogates(S, P, *train.mine(S, P, 128))
+    pool, targets, held = train.surrogates(S, P, *train.mine(S, 128))
     S.gen.set_state(state)  # the same draws again, judged here by hand
     z = torch.randn(128, baby.cfg.z_dim, generator=S.gen)
     psi = 0.5 + 0.5 * torch.rand(128, 1, 1, generator=S.gen)

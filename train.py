@@ -84,7 +84,10 @@ class Config:
     step: float = arg(0.4, "ODE step size h (the paper's)")
     t_end: float = arg(1.6, "ODE integration time T, the forgetting dial (the paper's)")
     # GUIDE's objective
-    target: str = arg('extra', "target latent: GUIDE's extrapolation away from w_avg, or w_avg", ('extra', 'average'))
+    target: str = arg('extra', "target latent: GUIDE's extrapolation away from w_avg, w_avg, or surrogate: for each "
+                               "forgotten latent a sample of someone else, found among --mine_n random ones "
+                               "(train.surrogate_targets; SUGAR's surrogate, on the generator's own image manifold)",
+                      ('extra', 'average', 'surrogate'))
     target_d: float = arg(30.0, "extrapolation distance d of the target latent (GUIDE's)")
     scale_d: bool = arg(False, 'scale d by sqrt(W+ size / (14*512)) (per-element distance of FFHQ-256)')
     n_adj: int = arg(2, 'adjacency latents per identity latent (GUIDE)')
@@ -288,7 +291,7 @@ class Step:
     idn: torch.nn.Module  # identity network
     perc: torch.nn.Module  # perceptual distance
     ws_u: torch.Tensor   # [n_u, L, C] latents of the person to forget
-    ws_t: torch.Tensor   # [n_u, L, C] their GUIDE targets
+    ws_t: torch.Tensor   # [n_u, L, C] their targets (GUIDE's; --target surrogate: set by `aim` after the search)
     tgt: Seen            # G_s(ws_t), embedded once: it never changes
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -311,18 +314,25 @@ def setup(cfg, G, idn, perc, ws_u, rank=0, world=1):
         attach_adapters(G, cfg.hidden or G.cfg.channel_max // 2, T=T, h=h, solver=solver, backend=cfg.backend)
         G_s, s_kw = G, {'T': 0}
     amp = nullcontext() if cfg.amp == 'none' else torch.autocast(dev.type, dtype=AMP[cfg.amp])
-    ws_t = target_latent(ws_u, G.mapping.w_avg, cfg.target_d, cfg.target, cfg.scale_d)
-    if not torch.isfinite(ws_t).all():  # (w_u - w_avg) / ||w_u - w_avg|| with w_u = w_avg
-        raise ValueError(f"{', '.join(cfg.identity)}: a latent equals the generator's average latent, which has no direction to "
-                         'extrapolate from; use --target average or another identity')
-    with torch.no_grad(), amp:
-        tgt = describe(G_s.synthesis(ws_t, fused=False, **s_kw).float(), idn, perc)
     syn = G.synthesis if world == 1 else DistributedDataParallel(G.synthesis, broadcast_buffers=False)
-    return Step(G=G, G_s=G_s, s_kw=s_kw, syn=torch.compile(syn) if cfg.compile else syn, idn=idn,
-                perc=perc, ws_u=ws_u, ws_t=ws_t, tgt=tgt,
-                opt=torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=cfg.lr),
-                scaler=torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16'), amp=amp,
-                gen=torch.Generator(device=dev).manual_seed(cfg.seed), wt=Weights.of(cfg), rank=rank, world=world)
+    S = Step(G=G, G_s=G_s, s_kw=s_kw, syn=torch.compile(syn) if cfg.compile else syn, idn=idn,
+             perc=perc, ws_u=ws_u, ws_t=None, tgt=None,
+             opt=torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=cfg.lr),
+             scaler=torch.amp.GradScaler(dev.type, enabled=cfg.amp == 'fp16'), amp=amp,
+             gen=torch.Generator(device=dev).manual_seed(cfg.seed), wt=Weights.of(cfg), rank=rank, world=world)
+    if cfg.target != 'surrogate':  # GUIDE's; a surrogate needs the search (prepare)
+        ws_t = target_latent(ws_u, G.mapping.w_avg, cfg.target_d, cfg.target, cfg.scale_d)
+        if not torch.isfinite(ws_t).all():  # (w_u - w_avg) / ||w_u - w_avg|| with w_u = w_avg
+            raise ValueError(f"{', '.join(cfg.identity)}: a latent equals the generator's average latent, which has no "
+                             'direction to extrapolate from; use --target average or surrogate, or another identity')
+        aim(S, ws_t)
+    return S
+
+
+def aim(S, ws_t):
+    """The forgotten latents' targets and the frozen generator's images of them, described once: they never change."""
+    with torch.no_grad(), S.amp:
+        S.ws_t, S.tgt = ws_t, describe(S.G_s.synthesis(ws_t, fused=False, **S.s_kw).float(), S.idn, S.perc)
 
 
 def forgotten_rows(S, cfg):
@@ -403,11 +413,11 @@ def person_latents(S, P, cfg):
 
 
 @torch.no_grad()
-def mine(S, P, n, bs=64):
+def mine(S, n, bs=64):
     """n random latents (psi ~ U(0.5, 1)) and the identity network's embeddings of the original generator's images
     of them -> (ws [n, L, C], emb [n, D]). The draws come from the step's random stream S.gen, which is why ckpt.pt keeps
-    the pool with it. Under torchrun each rank embeds its share and all get the whole result."""
-    dev = P.refs.device
+    the pool (and --target surrogate's targets) with it. Under torchrun each rank embeds its share and all get the whole result."""
+    dev = S.ws_u.device
     G = S.G_s
     z = torch.randn(n, G.cfg.z_dim, generator=S.gen, device=dev)
     psi = 0.5 + 0.5 * torch.rand(n, 1, 1, generator=S.gen, device=dev)
@@ -417,6 +427,19 @@ def mine(S, P, n, bs=64):
 
 
 FAR = 0.9  # a target is at least as far from the person's photos as this share of the samples of nobody known
+
+
+@torch.no_grad()
+def surrogate_targets(S, ws, emb):
+    """--target surrogate: for each forgotten latent, the nearest searched latent in W+ (ws [n, L, C], emb [n, D]: `mine`)
+    among those the identity network puts farther from the latent's image than FAR of them -> [n_u, L, C]. A face of
+    someone clearly else that the original generator draws (SUGAR's surrogate), where GUIDE's extrapolated target
+    (d = 30 from w_avg) is an image off the generator's manifold (on the baby dlib C++ finds no face in it): with many
+    forgotten at once the adapters reach few of those, and most of these (README "Several people")."""
+    e_u = S.idn.embed(S.G_s.synthesis(S.ws_u, fused=False, **S.s_kw).float())
+    d = S.idn.distance(e_u[:, None], emb[None])  # [n_u, n]
+    far = d >= d.quantile(FAR, dim=1, keepdim=True)
+    return ws[torch.cdist(S.ws_u.flatten(1), ws.flatten(1)).masked_fill(~far, float('inf')).argmin(1)]
 
 
 @torch.no_grad()
@@ -772,6 +795,10 @@ def restore(S, R, ck, dev):
         raise CheckpointError(f'{R.out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
     S.G.synthesis.load_state_dict(ck['synthesis'], strict=False)
     S.opt.load_state_dict(ck['opt'])
+    if R.cfg.target == 'surrogate':  # found by the run's search, which a resume does not repeat
+        if not isinstance(ck.get('ws_t'), torch.Tensor) or ck['ws_t'].shape != S.ws_u.shape:
+            raise CheckpointError(f"{R.out}/ckpt.pt: holds no targets of its forgotten latents; start a new --out")
+        aim(S, ck['ws_t'].to(dev))
     R.step, R.wall = ck['step'], ck['wall']
     if torch.device(ck['args']['device']).type == dev.type:
         S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
@@ -808,8 +835,13 @@ def prepare(cfg, R, ck, dev, rank, world):
         print(f'--init {cfg.init}: its adapters to start from; its {len(people_of(R.info)) - len(cfg.identity)} '
               'forgotten people stay forgotten')
     P = setup_person(S, face, R.retain, retain_faces)  # who the person is (the picture at the end needs it too)
+    search = mine(S, cfg.mine_n) if cfg.forget == 'person' or cfg.target == 'surrogate' else None
+    if cfg.target == 'surrogate':  # each forgotten latent's target: a sample of someone else
+        aim(S, surrogate_targets(S, *search))
+        print(f'--target surrogate: {len(S.ws_u)} forgotten latent(s), each sent to a sample of someone else, '
+              f'{torch.cdist(S.ws_u.flatten(1), S.ws_t.flatten(1)).diag().mean():.1f} away in W+ (GUIDE\'s: {cfg.target_d:g})')
     if cfg.forget == 'person':  # find the person among the original generator's samples
-        P.pool, P.targets, P.held = surrogates(S, P, *mine(S, P, cfg.mine_n))
+        P.pool, P.targets, P.held = surrogates(S, P, *search)
         print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, {len(P.held)} a kept '
               'person; ' + ('each of his is sent to a sample of someone else, theirs held' if len(P.pool) else
                             "nobody beyond the given latents (or no sample of someone unknown to send him to): this run "
@@ -824,7 +856,7 @@ def save_checkpoint(S, P, R, loss):
         raise FloatingPointError(f'non-finite loss at step {R.step}')
     if R.writer:
         atomic_save({'synthesis': trainable_state(S.G, R.cfg.adapter == 'full'), 'opt': S.opt.state_dict(),
-                     'gen': S.gen.get_state(), 'step': R.step, 'wall': R.wall, 'ws_u': S.ws_u, 'info': R.info,
+                     'gen': S.gen.get_state(), 'step': R.step, 'wall': R.wall, 'ws_u': S.ws_u, 'ws_t': S.ws_t, 'info': R.info,
                      'retain': R.retain, 'retain_photos': R.retain_photos, 'person': vars(P), 'args': stored(R.cfg),
                      'generator_sha': R.sha}, R.out / 'ckpt.pt')
 
