@@ -126,8 +126,8 @@ def trajectory_consistency(traj, n, blocks=(), device=None):
     for name, states in traj.items():
         if (blocks and name not in blocks) or len(states) < 2:
             continue
-        x = [x[:n] for x in states]  # each state sliced once: a slice costs a zero-filled batch in the backward
-        steps = [(b - a).square().mean() for a, b in zip(x[:-1], x[1:])]
+        first = [x[:n] for x in states]  # each state sliced once: a slice costs a zero-filled batch in the backward
+        steps = [(b - a).square().mean() for a, b in zip(first[:-1], first[1:])]
         terms.append(torch.stack(steps).mean())
     return torch.stack(terms).mean() if terms else torch.zeros((), device=device)
 

@@ -1167,10 +1167,10 @@ def test_train_runs_every_adapter(tmp_path, tiny_ckpt, adapter):
 @pytest.mark.parametrize('forget', ['latent', 'person', 'surrogate'])
 def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
     """Stopped at step 2 and resumed: the same adapters as a run that went through, in both modes (the person
-    mode from the restored pool, targets and random stream), and with --target surrogate (its targets restored)."""
+    mode from the restored pool, targets and random stream) and with --target surrogate (its targets restored)."""
     extra = ['--forget', forget] if forget != 'surrogate' else ['--forget', 'latent', '--target', 'surrogate',
                                                                  '--mine_n', '32']
-    ckpt = BABY if forget == 'person' else tiny_ckpt  # the baby draws the person and others: a pool with targets
+    ckpt = BABY if forget != 'latent' else tiny_ckpt  # the baby draws the person and others: a pool with targets
     a = run_train(ckpt, tmp_path / 'a', '--iters', '4', *extra)
     run_train(ckpt, tmp_path / 'b', '--iters', '2', *extra)
     b = run_train(ckpt, tmp_path / 'b', '--iters', '4', '--resume', *extra)
@@ -1693,21 +1693,25 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
 
 def test_surrogate_target_is_the_nearest_sample_of_someone_clearly_else(baby, facenet):
     """--target surrogate: each forgotten latent's target is one of the searched latents, one the identity network puts
-    farther from the latent's image than FAR of the searched samples, and the nearest such in W+; its image, described
-    once, is the frozen generator's."""
+    among the samples of nobody known (neither forgotten nor kept) farther from the latent's image than FAR of them,
+    and the nearest such in W+; its image, described once, is the frozen generator's."""
     cfg = train.get_args(['--hidden', '16', '--target', 'surrogate'])
-    ws_u = seed_latents(baby, [11, 12, 13])
+    ws_u, kept = seed_latents(baby, [11, 12, 13]), seed_latents(baby, [14])
     S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
     assert S.ws_t is None  # set after the search
-    ws, emb = train.mine(S, 96)
-    train.aim(S, train.surrogate_targets(S, ws, emb))
     with torch.no_grad():
-        d = torch.cdist(facenet.embed(baby.synthesis(ws_u)), emb)  # [3, 96]
+        P = train.setup_person(S, baby.synthesis(ws_u), {'kept': kept}, {'kept': baby.synthesis(kept)})
+    ws, emb = train.mine(S, 96)
+    train.aim(S, train.surrogate_targets(S, P, ws, emb))
+    with torch.no_grad():
+        d = torch.cdist(facenet.embed(baby.synthesis(ws_u)), emb)  # [3, 96]: each forgotten image to each sample
         assert torch.allclose(S.tgt.img, baby.synthesis(S.ws_t, fused=False), atol=1e-5)
+    known = torch.cdist(emb, P.refs).min(1).values < facenet.THRESHOLD  # a forgotten or the kept person
+    assert 0 < known.sum() < 96
     for k in range(3):
-        ok = d[k] >= torch.quantile(d[k], train.FAR)
+        ok = ~known & (d[k] >= torch.quantile(d[k][~known], train.FAR))
         w = (ws[ok] - ws_u[k]).flatten(1).norm(dim=1)
-        assert ok.sum() < 96 and torch.equal(S.ws_t[k], ws[ok][w.argmin()])
+        assert torch.equal(S.ws_t[k], ws[ok][w.argmin()])
 
 
 def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet):

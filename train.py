@@ -8,8 +8,8 @@ Make a generator forget one identity: LEGATO's Neural-ODE adapters trained with 
 Each step is one batched pass (not the official code's batch-1 pass per term): one forward of the trainable
 generator over [identity, adjacency, global(, mined, held, kept)] latents, one no-grad forward of the frozen
 generator over what they should look like (the identity's target, which never changes, is computed once), one
-backward. The step itself reads nothing back from the device (fp16's loss scaler aside); logging, person mode's
-search (once, at the start) and checkpoints do.
+backward. The step itself reads nothing back from the device (fp16's loss scaler aside); logging, the search (person
+mode, --target surrogate; once, at the start) and checkpoints do.
 Writes to --out: adapter.pt, before_after.png, log.jsonl, and ckpt.pt for --resume.
 """
 import argparse
@@ -106,7 +106,8 @@ class Config:
     # forgetting the person, not one latent (this project's addition)
     forget: str = arg('person', "person: also forget the person's samples found among random latents, keep the others' "
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
-    mine_n: int = arg(2000, 'random samples searched for the person at the start (psi ~ U(0.5, 1))')
+    mine_n: int = arg(2000, 'random samples searched at the start (psi ~ U(0.5, 1)) for the person and for --target '
+                            'surrogate')
     n_mine: int = arg(4, 'mined latents of the person per step, each pulled towards a sample of someone else (and as '
                          'many samples of the kept people, held)')
     w_person: float = arg(2.0, "weight of the mined latents' image loss towards their targets (train.surrogates; at 1 "
@@ -283,7 +284,7 @@ def default_out(cfg):
 
 @dataclass
 class Step:
-    """What every step reads, built once by `setup`."""
+    """What every step reads, built once by `setup` (and `aim`)."""
     G: Generator         # trainable: adapters on the frozen generator, or the whole synthesis (--adapter full)
     G_s: Generator       # frozen original: G itself at T = 0, or a frozen copy (full)
     s_kw: dict           # how G_s.synthesis is called: {'T': 0} or {}
@@ -303,7 +304,8 @@ class Step:
 
 
 def setup(cfg, G, idn, perc, ws_u, rank=0, world=1):
-    """Make G trainable (adapters or full), the frozen G_s, the optimiser, and the constant targets. Under torchrun
+    """Make G trainable (adapters or full), the frozen G_s, the optimiser, and GUIDE's constant targets (`aim`;
+    --target surrogate's are aimed by `prepare`, after the search). Under torchrun
     the trainable synthesis is wrapped in DistributedDataParallel, which averages the gradients of the ranks."""
     dev = G.mapping.w_avg.device
     if cfg.adapter == 'full':  # GUIDE: the whole synthesis network trains, G_s is a frozen copy
@@ -426,20 +428,26 @@ def mine(S, n, bs=64):
     return ws, gather(torch.cat(emb))
 
 
-FAR = 0.9  # a target is at least as far from the person's photos as this share of the samples of nobody known
+FAR = 0.9  # a target is at least as far from the face it replaces as this share of the samples of nobody known
 
 
 @torch.no_grad()
-def surrogate_targets(S, ws, emb):
+def surrogate_targets(S, P, ws, emb):
     """--target surrogate: for each forgotten latent, the nearest searched latent in W+ (ws [n, L, C], emb [n, D]: `mine`)
-    among those the identity network puts farther from the latent's image than FAR of them -> [n_u, L, C]. A face of
-    someone clearly else that the original generator draws (SUGAR's surrogate), where GUIDE's extrapolated target
-    (d = 30 from w_avg) is an image off the generator's manifold (on the baby dlib C++ finds no face in it): with many
-    forgotten at once the adapters reach few of those, and most of these (README "Several people")."""
-    e_u = S.idn.embed(S.G_s.synthesis(S.ws_u, fused=False, **S.s_kw).float())
-    d = S.idn.distance(e_u[:, None], emb[None])  # [n_u, n]
-    far = d >= d.quantile(FAR, dim=1, keepdim=True)
-    return ws[torch.cdist(S.ws_u.flatten(1), ws.flatten(1)).masked_fill(~far, float('inf')).argmin(1)]
+    among the samples of nobody known (neither a forgotten nor a kept person, by `who`) that the identity network puts
+    farther from the latent's image than FAR of them -> [n_u, L, C]: a face of someone clearly else that the original
+    generator draws (SUGAR's surrogate), where GUIDE's extrapolated target is an image off the generator's manifold
+    (on the baby dlib C++ finds no face in it). Reads back (a host sync), once."""
+    nobody = who(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD) == -1
+    if not nobody.any():
+        raise ValueError(f'--target surrogate: none of the {len(ws)} searched samples shows someone unknown to send the '
+                         'forgotten latents to; raise --mine_n')
+    out = []
+    for e, w in zip(S.idn.embed(S.G_s.synthesis(S.ws_u, fused=False, **S.s_kw).float()), S.ws_u):  # a latent at a time
+        d = S.idn.distance(e[None], emb)  # [n]: this latent's image to each sample's
+        cand = ws[nobody & (d >= d[nobody].quantile(FAR))]
+        out.append(cand[(cand - w).flatten(1).norm(dim=1).argmin()])
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -837,9 +845,11 @@ def prepare(cfg, R, ck, dev, rank, world):
     P = setup_person(S, face, R.retain, retain_faces)  # who the person is (the picture at the end needs it too)
     search = mine(S, cfg.mine_n) if cfg.forget == 'person' or cfg.target == 'surrogate' else None
     if cfg.target == 'surrogate':  # each forgotten latent's target: a sample of someone else
-        aim(S, surrogate_targets(S, *search))
+        aim(S, from_rank0(surrogate_targets(S, P, *search)))  # the ranks' embeddings may differ in the last bits
+        guide = target_latent(S.ws_u, S.G.mapping.w_avg, cfg.target_d, 'extra', cfg.scale_d)
+        far = lambda t: f'{(S.ws_u - t).flatten(1).norm(dim=1).mean():.1f}'  # noqa: E731
         print(f'--target surrogate: {len(S.ws_u)} forgotten latent(s), each sent to a sample of someone else, '
-              f'{torch.cdist(S.ws_u.flatten(1), S.ws_t.flatten(1)).diag().mean():.1f} away in W+ (GUIDE\'s: {cfg.target_d:g})')
+              f'{far(S.ws_t)} away in W+ (GUIDE\'s target: {far(guide)})')
     if cfg.forget == 'person':  # find the person among the original generator's samples
         P.pool, P.targets, P.held = surrogates(S, P, *search)
         print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, {len(P.held)} a kept '
