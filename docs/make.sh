@@ -75,6 +75,12 @@ train . $R/scale-k5/k5-2500 --seed 0 --forget latent --n_forget 1 --retain none 
 train . $R/scale-k5/k5-nf5 --seed 0 --forget latent --n_forget 5 --retain none $K5   # all five every step
 [ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 $R/scale-k5/k5-nf5 $R/scale/k5 $R/scale/k1 --samples 200 --faceres $FACERES
 [ -f $R/scale-long/scale.json ] || python evaluate.py --scale $R/scale-long/k1 $R/scale-long/k50 --samples 200 --faceres $FACERES
+for K in 1 5 20 50; do  # SUGAR's surrogate instead of GUIDE's extrapolated target (--target surrogate), the same flags
+  train . $R/scale-sur/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+done
+train . $R/scale-sur-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
+[ -f $R/scale-sur/scale.json ] || python evaluate.py --scale $R/scale-sur/k{1,5,20,50} --samples 200 --faceres $FACERES
+[ -f $R/scale-sur-long/scale.json ] || python evaluate.py --scale $R/scale-sur-long/k50 $R/scale-sur/k1 --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
