@@ -434,18 +434,18 @@ FAR = 0.9  # a target is at least as far from the face it replaces as this share
 @torch.no_grad()
 def surrogate_targets(S, P, ws, emb):
     """--target surrogate: for each forgotten latent, the nearest searched latent in W+ (ws [n, L, C], emb [n, D]: `mine`)
-    among the samples of nobody known (neither a forgotten nor a kept person, by `who`) that the identity network puts
-    farther from the latent's image than FAR of them -> [n_u, L, C]: a face of someone clearly else that the original
-    generator draws (SUGAR's surrogate), where GUIDE's extrapolated target is an image off the generator's manifold
-    (on the baby dlib C++ finds no face in it). Reads back (a host sync), once."""
-    nobody = who(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD) == -1
-    if not nobody.any():
-        raise ValueError(f'--target surrogate: none of the {len(ws)} searched samples shows someone unknown to send the '
-                         'forgotten latents to; raise --mine_n')
+    among the samples not of a kept person (by `who`) that the identity network puts farther from the latent's image
+    than FAR of them -> [n_u, L, C]: a face of someone clearly else that the original generator draws (SUGAR's
+    surrogate), where GUIDE's extrapolated target is an image off the generator's manifold (on the baby dlib C++ finds
+    no face in it). Samples near another forgotten face are not left out: with 50 seed identities forgotten on the
+    baby, every one of 2,000 samples lies within dlib's threshold of one of them. Reads back (a host sync), once."""
+    free = who(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD) <= 0  # not a kept person's
+    if not free.any():
+        raise ValueError(f'--target surrogate: all {len(ws)} searched samples show a kept person; raise --mine_n')
     out = []
     for e, w in zip(S.idn.embed(S.G_s.synthesis(S.ws_u, fused=False, **S.s_kw).float()), S.ws_u):  # a latent at a time
         d = S.idn.distance(e[None], emb)  # [n]: this latent's image to each sample's
-        cand = ws[nobody & (d >= d[nobody].quantile(FAR))]
+        cand = ws[free & (d >= d[free].quantile(FAR))]
         out.append(cand[(cand - w).flatten(1).norm(dim=1).argmin()])
     return torch.stack(out)
 
