@@ -49,6 +49,8 @@ for s in 1 2 3; do  # more seeds of the run together (README "More training seed
   train . $R/together-s$s --seed $s --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
   evaluate . $R/together-s$s
 done
+train . $R/together-sur-s0 --seed 0 --target surrogate --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
+evaluate . $R/together-sur-s0   # the run together with SUGAR's surrogate targets
 train . $R/then-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/then-biden-s0
 train . $R/biden-s0 --seed 0 --identity assets/faces/biden   # Biden alone, to compose with the default run (Obama)
 for s in 2; do  # seed 2 one after another and composed (the default run of seed 2 is made above)
