@@ -126,7 +126,7 @@ def trajectory_consistency(traj, n, blocks=(), device=None):
     for name, states in traj.items():
         if (blocks and name not in blocks) or len(states) < 2:
             continue
-        first = [x[:n] for x in states]  # each state sliced once: a slice costs a zero-filled batch in the backward
+        first = [x[:n] for x in states]  # the forgotten latents' rows of each state, sliced once
         steps = [(b - a).square().mean() for a, b in zip(first[:-1], first[1:])]
         terms.append(torch.stack(steps).mean())
     return torch.stack(terms).mean() if terms else torch.zeros((), device=device)
@@ -151,8 +151,7 @@ def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=
     shares of the batch (torchrun: one per rank); their sums count `shares` times, so that DDP's gradient average
     is the gradient of the whole batch's objective (the kept latents are every rank's, not shared)."""
     r = rows.slices()
-    # every row against its own, in one pass over the batch: the groups slice these [N] vectors, not the images
-    # and feature maps (a slice of those costs a zero-filled copy of the whole batch in the backward)
+    # every row against its own, in one pass over the batch; each group is a slice of these [N] vectors
     mse, perc, ident = image_terms(u, s, perceptual, id_distance)
     l = lambda g, pix=wt.pix: pix * mse[r[g]] + wt.perc * perc[r[g]] + wt.id * ident[r[g]]  # noqa: E731 - l(a, b)
     L = dict(local=l('u').mean(), adj=l('adj').view(rows.u, -1).sum(1).mean() * shares)

@@ -418,7 +418,8 @@ def person_latents(S, P, cfg):
 def mine(S, n, bs=64):
     """n random latents (psi ~ U(0.5, 1)) and the identity network's embeddings of the original generator's images
     of them -> (ws [n, L, C], emb [n, D]). The draws come from the step's random stream S.gen, which is why ckpt.pt keeps
-    the pool (and --target surrogate's targets) with it. Under torchrun each rank embeds its share and all get the whole result."""
+    the pool (and --target surrogate's targets) with it. Under torchrun each rank embeds its share and all get the
+    whole result."""
     dev = S.ws_u.device
     G = S.G_s
     z = torch.randn(n, G.cfg.z_dim, generator=S.gen, device=dev)
@@ -866,8 +867,8 @@ def save_checkpoint(S, P, R, loss):
         raise FloatingPointError(f'non-finite loss at step {R.step}')
     if R.writer:
         atomic_save({'synthesis': trainable_state(S.G, R.cfg.adapter == 'full'), 'opt': S.opt.state_dict(),
-                     'gen': S.gen.get_state(), 'step': R.step, 'wall': R.wall, 'ws_u': S.ws_u, 'ws_t': S.ws_t, 'info': R.info,
-                     'retain': R.retain, 'retain_photos': R.retain_photos, 'person': vars(P), 'args': stored(R.cfg),
+                     'gen': S.gen.get_state(), 'step': R.step, 'wall': R.wall, 'ws_u': S.ws_u, 'ws_t': S.ws_t,
+                     'info': R.info, 'retain': R.retain, 'retain_photos': R.retain_photos, 'person': vars(P), 'args': stored(R.cfg),
                      'generator_sha': R.sha}, R.out / 'ckpt.pt')
 
 
