@@ -29,7 +29,7 @@ import train
 from helpers import keep_freed_memory
 from id_net import DlibFaceNet
 from perceptual import IDFeatureDistance
-from losses import describe, image_loss, total, trajectory_consistency
+from losses import describe, image_loss, image_terms, total, trajectory_consistency
 from model import Generator, GeneratorConfig
 from ode_adapter import adapters
 
@@ -90,7 +90,7 @@ def naive_step(S, cfg):
     def pair(w, w_t):  # one batch-1 pass of each generator, GUIDE's image loss between them
         with torch.no_grad():
             s = seen(G_s, w_t, **S.s_kw)
-        return image_loss(seen(G, w), s, S.perc, S.idn.distance, S.wt.pix, S.wt.perc, S.wt.id).sum()
+        return image_loss(image_terms(seen(G, w), s, S.perc, S.idn.distance), S.wt.pix, S.wt.perc, S.wt.id).sum()
 
     L = dict(local=0, adj=0, glob=0, tc=0)
     for i in range(n_u):  # each forgotten latent: its trajectory pass, then its local pair

@@ -110,10 +110,10 @@ def image_terms(u, s, perceptual, id_distance):
     return (u.img - s.img).square().mean(dim=[1, 2, 3]), perceptual(u.feats, s.feats), id_distance(u.emb, s.emb)
 
 
-def image_loss(u, s, perceptual, id_distance, pix, perc, id):
-    """GUIDE's image loss per sample, u towards s: pix MSE + perc perceptual + id identity -> [N].
-    README eq. 4's l(a, b)."""
-    mse, p, i = image_terms(u, s, perceptual, id_distance)
+def image_loss(terms, pix, perc, id):
+    """GUIDE's image loss per sample from image_terms' three [N] vectors: pix MSE + perc perceptual + id identity
+    -> [N]. README eq. 4's l(a, b)."""
+    mse, p, i = terms
     return pix * mse + perc * p + id * i
 
 
@@ -152,10 +152,10 @@ def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=
     is the gradient of the whole batch's objective (the kept latents are every rank's, not shared)."""
     r = rows.slices()
     # every row against its own, in one pass over the batch; each group is a slice of these [N] vectors
-    mse, perc, ident = image_terms(u, s, perceptual, id_distance)
-    l = lambda g, pix=wt.pix: pix * mse[r[g]] + wt.perc * perc[r[g]] + wt.id * ident[r[g]]  # noqa: E731 - l(a, b)
+    terms = image_terms(u, s, perceptual, id_distance)
+    l = lambda g, pix=wt.pix: image_loss([t[r[g]] for t in terms], pix, wt.perc, wt.id)  # noqa: E731 - l(a, b)
     L = dict(local=l('u').mean(), adj=l('adj').view(rows.u, -1).sum(1).mean() * shares)
-    glob = perc[r['glob']]  # perceptual only
+    glob = terms[1][r['glob']]  # perceptual only
     if known is not None:
         glob = glob * (1 - shows_person(s.emb[r['glob']], *known[:2], id_distance, known[2]))
     L['glob'] = glob.sum() * shares

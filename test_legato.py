@@ -1069,7 +1069,7 @@ def toy_distance(a, b):
 def test_image_loss_weighs_its_three_terms():
     u, s = toy_batch([3])
     mse = (u.img - s.img).square().mean(dim=[1, 2, 3])
-    got = losses.image_loss(u, s, toy_perceptual, toy_distance, pix=2.0, perc=3.0, id=5.0)
+    got = losses.image_loss(losses.image_terms(u, s, toy_perceptual, toy_distance), pix=2.0, perc=3.0, id=5.0)
     assert torch.allclose(got, 2 * mse + 3 * toy_perceptual(u.feats, s.feats) + 5 * toy_distance(u.emb, s.emb))
 
 
