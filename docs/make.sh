@@ -83,6 +83,15 @@ done
 train . $R/scale-sur-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
 [ -f $R/scale-sur/scale.json ] || python evaluate.py --scale $R/scale-sur/k{1,5,20,50} --samples 200 --faceres $FACERES
 [ -f $R/scale-sur-long/scale.json ] || python evaluate.py --scale $R/scale-sur-long/k50 $R/scale-sur/k1 --samples 200 --faceres $FACERES
+for S in 0 1 2; do  # the surrogate's spread over training seeds, and with the pixel term weighed 10
+  [ $S = 0 ] || train . $R/scale-sur-s$S/k1 --seed $S --forget latent --n_forget 1 --retain none --target surrogate --identity seed:0
+  [ $S = 0 ] || train . $R/scale-sur-s$S/k5 --seed $S --forget latent --n_forget 1 --retain none --target surrogate $K5
+  train . $R/scale-sur-pix-s$S/k1 --seed $S --forget latent --n_forget 1 --retain none --target surrogate --w_pix 10 --identity seed:0
+  train . $R/scale-sur-pix-s$S/k5 --seed $S --forget latent --n_forget 1 --retain none --target surrogate --w_pix 10 $K5
+  for d in $R/scale-sur-s$S $R/scale-sur-pix-s$S; do
+    [ ! -d $d ] || [ -f $d/scale.json ] || python evaluate.py --scale $d/k1 $d/k5 --samples 200 --faceres $FACERES
+  done
+done
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
