@@ -152,7 +152,7 @@ def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=
     is the gradient of the whole batch's objective (the kept latents are every rank's, not shared)."""
     r = rows.slices()
     # every row against its own, in one pass over the batch; each group is a slice of these [N] vectors
-    terms = image_terms(u, s, perceptual, id_distance)
+    terms = image_terms(u, s, perceptual, id_distance)  # (pixel MSE, perceptual, identity), each [N]
     l = lambda g, pix=wt.pix: image_loss([t[r[g]] for t in terms], pix, wt.perc, wt.id)  # noqa: E731 - l(a, b)
     L = dict(local=l('u').mean(), adj=l('adj').view(rows.u, -1).sum(1).mean() * shares)
     glob = terms[1][r['glob']]  # perceptual only
