@@ -92,6 +92,16 @@ for S in 0 1 2; do  # the surrogate's spread over training seeds, and with the p
     [ ! -d $d ] || [ -f $d/scale.json ] || python evaluate.py --scale $d/k1 $d/k5 --samples 200 --faceres $FACERES
   done
 done
+# three levers with the surrogate at K = 5 (a wider field, ten times Adam's rate, four times the global samples), then the rate at every K
+train . $R/scale-k5-sur/h256 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --hidden 256 $K5
+train . $R/scale-k5-sur/lr3 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 $K5
+train . $R/scale-k5-sur/g8 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --n_glob 8 $K5
+[ -f $R/scale-k5-sur/scale.json ] || python evaluate.py --scale $R/scale-k5-sur/{h256,lr3,g8} $R/scale-sur/k5 $R/scale-sur/k1 --samples 200 --faceres $FACERES
+for K in 1 20; do
+  train . $R/scale-sur-lr3/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+done
+train . $R/scale-sur-lr3/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
+[ -f $R/scale-sur-lr3/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3/k1 $R/scale-k5-sur/lr3 $R/scale-sur-lr3/k20 $R/scale-sur-lr3/k50-5000 --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
