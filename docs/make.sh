@@ -41,6 +41,14 @@ for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
   [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
 done
 python evaluate.py $R/person-s0 --modes --samples 500 --seed 1 --faceres $FACERES  # who his samples were, by training photo
+# ten times Adam's rate, half the steps (README "Ten times the learning rate"): the tuning protocol, then seeds 0-3
+train . $R/tune-s10 --seed 10; train . $R/tune-lr3-150-s10 --seed 10 --lr 1e-3 --iters 150
+train . $R/tune-lr3-100-s10 --seed 10 --lr 1e-3 --iters 100
+for d in $R/tune-s10 $R/tune-lr3-150-s10 $R/tune-lr3-100-s10; do
+  [ -f $d/metrics.json ] || python evaluate.py $d --samples 300 --seed 7 --invert_steps 100 --faceres $FACERES
+  [ -f $d/modes.json ] || python evaluate.py $d --modes --samples 500 --seed 7 --faceres $FACERES
+done
+for s in 0 1 2 3; do train . $R/person-lr3-s$s --seed $s --lr 1e-3 --iters 150; evaluate . $R/person-lr3-s$s; done
 python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > docs/ablations.md
 # several people (README "Several people"): Obama and Biden together, and Biden after the default run (--init)
 train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
