@@ -1533,6 +1533,14 @@ def test_train_on_the_baby_generator(tmp_path):
     assert meta['generator_config']['img_resolution'] == 64
 
 
+def test_defaults_follow_the_mode(tmp_path):
+    """On the baby, person mode's default is Adam at 1e-3 for 150 steps (the README's tables); --forget latent keeps
+    the paper's 1e-4 and 500; a given --lr or --iters wins."""
+    got = lambda *a: (lambda c: (c.lr, c.iters))(train.start(['--out', str(tmp_path / 'r'), *a])[0])  # noqa: E731
+    assert got() == (1e-3, 150) and got('--forget', 'latent') == (1e-4, 500)
+    assert got('--lr', '1e-4', '--iters', '300') == (1e-4, 300)
+
+
 def test_keep_freed_memory_reuses_pages():
     """With keep_freed_memory a step that allocates and frees the same large tensors settles on reusing their
     pages; glibc's default maps each 64 MB tensor afresh (16k page faults every time)."""

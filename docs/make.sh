@@ -30,8 +30,10 @@ if [ ! -d $R/tanh-code ]; then
   grep -q 'nn.Tanh()' $R/tanh-code.tmp/ode_adapter.py && mv $R/tanh-code.tmp $R/tanh-code
 fi
 
+LR4="--lr 1e-4 --iters 300"  # person mode's previous default (the official code's rate); the README's "several people" tables
 for s in 0 1 2 3; do  # training seeds 0, 1 and 2 give each number's spread, seed 3 is the fresh run checked against it
-  train . $R/person-s$s --seed $s; evaluate . $R/person-s$s    # the default (person mode, Euler, trajectory consistency)
+  train . $R/person-s$s --seed $s; evaluate . $R/person-s$s    # the default (person mode, Adam at 1e-3, 150 steps, Euler, TC)
+  train . $R/person-lr4-s$s --seed $s $LR4; evaluate . $R/person-lr4-s$s   # the previous default: the official rate, 300 steps
   train . $R/latent-s$s --seed $s --forget latent --iters 500; evaluate . $R/latent-s$s   # the paper's method
   train . $R/rk4-s$s --seed $s --solver rk4; evaluate . $R/rk4-s$s      # RK4 (3/8 rule) instead of Euler
   train . $R/no-tc-s$s --seed $s --w_tc 0; evaluate . $R/no-tc-s$s      # trajectory consistency off
@@ -41,32 +43,39 @@ for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
   [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
 done
 python evaluate.py $R/person-s0 --modes --samples 500 --seed 1 --faceres $FACERES  # who his samples were, by training photo
-# ten times Adam's rate, half the steps (README "Ten times the learning rate"): the tuning protocol, then seeds 0-3
-train . $R/tune-s10 --seed 10; train . $R/tune-lr3-150-s10 --seed 10 --lr 1e-3 --iters 150
-train . $R/tune-lr3-100-s10 --seed 10 --lr 1e-3 --iters 100
-for d in $R/tune-s10 $R/tune-lr3-150-s10 $R/tune-lr3-100-s10; do
+# the tuning protocol (README "Why 1e-3 and 150 steps"): the default, the previous default, 100 steps
+train . $R/tune-s10 --seed 10; train . $R/tune-lr4-s10 --seed 10 $LR4; train . $R/tune-100-s10 --seed 10 --iters 100
+for d in $R/tune-s10 $R/tune-lr4-s10 $R/tune-100-s10; do
   [ -f $d/metrics.json ] || python evaluate.py $d --samples 300 --seed 7 --invert_steps 100 --faceres $FACERES
   [ -f $d/modes.json ] || python evaluate.py $d --modes --samples 500 --seed 7 --faceres $FACERES
 done
-for s in 0 1 2 3; do train . $R/person-lr3-s$s --seed $s --lr 1e-3 --iters 150; evaluate . $R/person-lr3-s$s; done
+cp $R/tune-s10/modes.png docs/modes.png
 python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > docs/ablations.md
-# several people (README "Several people"): Obama and Biden together, and Biden after the default run (--init)
-train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
+# several people (README "Several people"), at the previous default ($LR4): together, Biden after Obama (--init), composed
+train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden $LR4
 evaluate . $R/together-s0
 for s in 1 2 3; do  # more seeds of the run together (README "More training seeds")
-  train . $R/together-s$s --seed $s --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
+  train . $R/together-s$s --seed $s --identity assets/faces/obama/obama_1.png --identity assets/faces/biden $LR4
   evaluate . $R/together-s$s
 done
-train . $R/together-sur-s0 --seed 0 --target surrogate --identity assets/faces/obama/obama_1.png --identity assets/faces/biden
+train . $R/together-sur-s0 --seed 0 --target surrogate --identity assets/faces/obama/obama_1.png --identity assets/faces/biden $LR4
 evaluate . $R/together-sur-s0   # the run together with SUGAR's surrogate targets
-train . $R/then-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/then-biden-s0
-train . $R/biden-s0 --seed 0 --identity assets/faces/biden   # Biden alone, to compose with the default run (Obama)
-for s in 2; do  # seed 2 one after another and composed (the default run of seed 2 is made above)
-  train . $R/then-biden-s$s --seed $s --init $R/person-s$s --identity assets/faces/biden; evaluate . $R/then-biden-s$s
-  train . $R/biden-s$s --seed $s --identity assets/faces/biden
-  [ -f $R/composed-s$s/metrics.json ] || python evaluate.py $R/person-s$s $R/biden-s$s --compose --out $R/composed-s$s --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
+train . $R/then-biden-s0 --seed 0 --init $R/person-lr4-s0 --identity assets/faces/biden $LR4; evaluate . $R/then-biden-s0
+train . $R/biden-s0 --seed 0 --identity assets/faces/biden $LR4   # Biden alone, to compose with the default run (Obama)
+for s in 2; do  # seed 2 one after another and composed (the run of Obama alone is made above)
+  train . $R/then-biden-s$s --seed $s --init $R/person-lr4-s$s --identity assets/faces/biden $LR4; evaluate . $R/then-biden-s$s
+  train . $R/biden-s$s --seed $s --identity assets/faces/biden $LR4
+  [ -f $R/composed-s$s/metrics.json ] || python evaluate.py $R/person-lr4-s$s $R/biden-s$s --compose --out $R/composed-s$s --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 done
-[ -f $R/composed-s0/metrics.json ] || python evaluate.py $R/person-s0 $R/biden-s0 --compose --out $R/composed-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
+[ -f $R/composed-s0/metrics.json ] || python evaluate.py $R/person-lr4-s0 $R/biden-s0 --compose --out $R/composed-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
+
+# the same at the default (README "At the default"): together over seeds 0-3, then one after another and composed
+for s in 0 1 2 3; do
+  train . $R/both-s$s --seed $s --identity assets/faces/obama/obama_1.png --identity assets/faces/biden; evaluate . $R/both-s$s
+done
+train . $R/next-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/next-biden-s0
+train . $R/alone-biden-s0 --seed 0 --identity assets/faces/biden
+[ -f $R/compose-s0/metrics.json ] || python evaluate.py $R/person-s0 $R/alone-biden-s0 --compose --out $R/compose-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 
 for K in 1 5 20 50; do  # many identities at once (README "Several people"): K seed identities, one drawn a step
   train . $R/scale/k$K --seed 0 --forget latent --n_forget 1 --retain none $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
@@ -113,8 +122,8 @@ train . $R/scale-sur-lr3/k50-5000 --seed 0 --forget latent --n_forget 1 --retain
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
-cp $R/together-s0/before_after.png docs/together_before_after.png
-python sample.py $R/person-s0 $R/biden-s0 --seeds 0-11 --out docs/composed.png   # the original, each alone, both composed
+cp $R/both-s0/before_after.png docs/together_before_after.png
+python sample.py $R/person-s0 $R/alone-biden-s0 --seeds 0-11 --out docs/composed.png   # the original, each alone, both composed
 python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png
 cp $R/person-s0/sweep_leak.png docs/sweep_leak.png
 python docs/summary.py $R > docs/numbers.md.tmp && mv docs/numbers.md.tmp docs/numbers.md  # every number the README quotes: their spread, and where the fresh seed lands
