@@ -2012,6 +2012,15 @@ TRAIN_CASES = [  # (flags, what the one line says)
 ]
 
 
+@pytest.mark.parametrize('script', ['train', 'evaluate', 'sample', 'pretrain', 'bench'])
+def test_help_prints_and_exits_zero(script, monkeypatch, capsys):
+    """--help of every script formats every flag's help (argparse %-formats it: a bare % in a help text crashed it)."""
+    monkeypatch.setattr(sys, 'argv', [f'{script}.py', '--help'])
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main()
+    assert e.value.code == 0 and '--' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize('flags,says', TRAIN_CASES, ids=[' '.join(f) for f, _ in TRAIN_CASES])
 def test_train_bad_settings_say_why_in_one_line(tmp_path, tiny_ckpt, weight_files, monkeypatch, flags, says):
     """Each stops before training with one line naming the problem, exit 1, and nothing written."""

@@ -146,12 +146,13 @@ def parser(only_given=False):
                                        "(--ckpt: the same weights in another file or folder)",
                                 argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
+        h = f.metadata['help'].replace('%', '%%')  # argparse %-formats the help text
         if f.type is list:  # --identity, given once per person
-            p.add_argument(f'--{f.name}', action='append', help=f.metadata['help'])
+            p.add_argument(f'--{f.name}', action='append', help=h)
         elif f.type is bool:
-            p.add_argument(f'--{f.name}', action='store_true', help=f.metadata['help'])
+            p.add_argument(f'--{f.name}', action='store_true', help=h)
         else:
-            p.add_argument(f'--{f.name}', type=f.type, help=f.metadata['help'], choices=f.metadata['choices'],
+            p.add_argument(f'--{f.name}', type=f.type, help=h, choices=f.metadata['choices'],
                            **({} if only_given else {'default': f.default}))
     return p
 
