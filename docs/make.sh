@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the README's figures (docs/) and its ablation numbers on the built-in generator, from the project's
-# own commands. CPU, 2 cores: about 4 hours. Runs go to runs/docs/; rerunning skips what is done and resumes
+# own commands, from an empty runs/docs (a run folder made by an older default would be skipped). CPU, 2 cores: many hours. Runs go to runs/docs/; rerunning skips what is done and resumes
 # an interrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +42,8 @@ done
 for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
   [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
 done
-python evaluate.py $R/person-s0 --modes --samples 500 --seed 1 --faceres $FACERES  # who his samples were, by training photo
-# the tuning protocol (README "Why 1e-3 and 150 steps"): the default, the previous default, 100 steps
+[ -f $R/person-s0/modes.json ] || python evaluate.py $R/person-s0 --modes --samples 500 --seed 1 --faceres $FACERES  # who his samples were, by training photo
+# the tuning protocol (README "Why Adam at 1e-3 and 150 steps"): the default, the previous default, 100 steps
 train . $R/tune-s10 --seed 10; train . $R/tune-lr4-s10 --seed 10 $LR4; train . $R/tune-100-s10 --seed 10 --iters 100
 for d in $R/tune-s10 $R/tune-lr4-s10 $R/tune-100-s10; do
   [ -f $d/metrics.json ] || python evaluate.py $d --samples 300 --seed 7 --invert_steps 100 --faceres $FACERES
@@ -61,7 +61,7 @@ done
 train . $R/together-sur-s0 --seed 0 --target surrogate --identity assets/faces/obama/obama_1.png --identity assets/faces/biden $LR4
 evaluate . $R/together-sur-s0   # the run together with SUGAR's surrogate targets
 train . $R/then-biden-s0 --seed 0 --init $R/person-lr4-s0 --identity assets/faces/biden $LR4; evaluate . $R/then-biden-s0
-train . $R/biden-s0 --seed 0 --identity assets/faces/biden $LR4   # Biden alone, to compose with the default run (Obama)
+train . $R/biden-s0 --seed 0 --identity assets/faces/biden $LR4   # Biden alone, to compose with the previous default's run of Obama
 for s in 2; do  # seed 2 one after another and composed (the run of Obama alone is made above)
   train . $R/then-biden-s$s --seed $s --init $R/person-lr4-s$s --identity assets/faces/biden $LR4; evaluate . $R/then-biden-s$s
   train . $R/biden-s$s --seed $s --identity assets/faces/biden $LR4

@@ -95,7 +95,7 @@ print(f'Made by `docs/make.sh` (`python docs/summary.py {R}`). Each number: the 
 print('## The paper\'s method and person mode\n')
 rows = [[label, b, *cells('latent', get, fmt), *cells('person', get, fmt)] for label, b, get, fmt in MAIN]
 print(table(['', 'before', 'paper\'s method (`--forget latent`, 500 steps)', f'seed {FRESH}',
-             'person mode (default, 300 steps)', f'seed {FRESH}'], rows))
+             'person mode (the default)', f'seed {FRESH}'], rows))
 
 # the dial: person mode over T
 print('## The dial (person mode, `evaluate.py --sweep`)\n')
