@@ -160,7 +160,12 @@ def parser(only_given=False):
 def get_args(argv=None):
     a = vars(parser().parse_args(argv))
     cfg = Config(**{k: v for k, v in a.items() if v is not None or k != 'identity'})
-    return replace(cfg, lr=1e-3 if cfg.forget == 'person' else 1e-4) if cfg.lr is None else cfg
+    person = cfg.forget == 'person'  # the mode's own defaults, where none was given
+    if cfg.lr is None:
+        cfg.lr = 1e-3 if person else 1e-4
+    if cfg.iters is None:
+        cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 150 if person else 500
+    return cfg
 
 
 def each_path(f, v):
@@ -594,8 +599,6 @@ def start(argv, identity=None):
         cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
     elif out.is_dir() and any(out.iterdir()):
         raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
-    if cfg.iters is None:
-        cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 150 if cfg.forget == 'person' else 500
     check(cfg, out)
     return cfg, out, ck
 
