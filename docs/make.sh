@@ -122,7 +122,8 @@ train . $R/scale-sur-lr3/k50-5000 --seed 0 --forget latent --n_forget 1 --retain
 for K in 1 5; do  # four times the global term at 1e-3: the held-out identities against K
   train . $R/scale-sur-lr3-glob4/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
 done
-[ -f $R/scale-sur-lr3-glob4/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob4/k1 $R/scale-sur-lr3-glob4/k5 --samples 200 --faceres $FACERES
+train . $R/scale-sur-lr3-glob4/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
+[ -f $R/scale-sur-lr3-glob4/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob4/k1 $R/scale-sur-lr3-glob4/k5 $R/scale-sur-lr3-glob4/k50-5000 --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
 cp $R/person-s0/before_after.png docs/before_after.png
