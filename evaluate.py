@@ -605,7 +605,8 @@ def scale(runs, args, device, n_held=200):
     share of its forgotten latents whose image moved past each judge's same-person threshold from its image before
     (and, by every judge, farther than two different random samples are from each other: their median; and the share
     whose face the judge no longer finds), how far
-    n_held held-out identities (seed:1000000 on, psi 1) move (median, 90th percentile, dlib port), the descriptors'
+    n_held held-out identities (seed:1000000 on, psi 1) move (median, 90th percentile, dlib port; the median of those
+    no forgotten latent's image is within the port's threshold of, and the share within each judge's), the descriptors'
     Frechet distance to the original on them, seconds a step -> scale.json and scale.png beside the first run."""
     for run in runs:  # every run folder checked before the first is measured (minutes each)
         run_meta(run)
@@ -618,8 +619,10 @@ def scale(runs, args, device, n_held=200):
         hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
         ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
         moved = J.dist(hb[J.name], ha[J.name])
+        near = (J.dist(hb[J.name][:, None], ub[J.name][None]) < J.idn.THRESHOLD).any(1)  # as one forgotten, to dlib
         r = {'run': str(run), 'K': len(ws_u), 'kind': meta.get('kind'), 'held_moved_median': moved.median().item(),
              'held_moved_p90': moved.quantile(0.9).item(),
+             'held_moved_median_far': moved[~near].median().item() if (~near).any() else float('nan'),
              f'{J.fd_name}_held': frechet_distance(*stats(hb[J.name].cpu()), *stats(ha[J.name].cpu())),
              's_per_step': (meta.get('wall_s') or float('nan')) / max(meta.get('steps') or 1, 1)}
         for j, (dist, thr) in panel.rules.items():
@@ -629,6 +632,7 @@ def scale(runs, args, device, n_held=200):
             r[f'forgotten_beyond_random_{j}'] = (d >= r[f'random_pair_{j}']).float().mean().item()
             if thr is not None:  # a face no longer found is neither past nor short of it: its own column
                 r[f'forgotten_past_{j}'] = (d >= thr).float().mean().item()
+                r[f'held_near_forgotten_{j}'] = (dist(hb[j][:, None], ub[j][None]) < thr).any(1).float().mean().item()
             r[f'forgotten_no_face_{j}'] = d.isnan().float().mean().item()
         rows.append(r)
         print(table([r], list(r)))

@@ -1303,6 +1303,14 @@ def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, t
         d = J.dist(J.emb(generate(G_s, meta['ws_u'], s_kw)), J.emb(generate(G_u, meta['ws_u'], {})))
     assert rows[1]['forgotten_past_dlib'] == (d >= J.idn.THRESHOLD).float().mean().item()
     assert rows[1]['forgotten_no_face_dlib'] == 0  # the port embeds every image
+    with torch.no_grad():  # held-out identities the port calls one of the forgotten, and how far the others moved
+        ws_h = evaluate.seed_latents(G_s, range(evaluate.HELD_SEEDS, evaluate.HELD_SEEDS + 4))
+        hb, ha = J.emb(generate(G_s, ws_h, s_kw)), J.emb(generate(G_u, ws_h, {}))
+        near = (J.dist(hb[:, None], J.emb(generate(G_s, meta['ws_u'], s_kw))[None]) < J.idn.THRESHOLD).any(1)
+    assert rows[1]['held_near_forgotten_dlib'] == near.float().mean().item()
+    far = J.dist(hb, ha)[~near]
+    assert (math.isnan(rows[1]['held_moved_median_far']) if near.all() else
+            rows[1]['held_moved_median_far'] == pytest.approx(far.median().item(), abs=1e-6))
     if 'forgotten_no_face_dlib_cpp' in rows[1]:  # a face C++ does not find, before or after, is its own column
         panel = evaluate.Panel({}, J, evaluate.DlibCpp())
         b, a = (panel.embed(generate(G, meta['ws_u'], kw))['dlib_cpp'] for G, kw in ((G_s, s_kw), (G_u, {})))

@@ -127,6 +127,11 @@ for K in 1 5; do  # four times the global term at 1e-3: the held-out identities 
 done
 train . $R/scale-sur-lr3-glob4/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur-lr3-glob4/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob4/k1 $R/scale-sur-lr3-glob4/k5 $R/scale-sur-lr3-glob4/k50-5000 --samples 200 --faceres $FACERES
+for K in 1 5; do  # twice the global term at 1e-3: between the two above
+  train . $R/scale-sur-lr3-glob2/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 2 $(seed_ids $K)
+done
+train . $R/scale-sur-lr3-glob2/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 2 --iters 5000 $(seed_ids 50)
+[ -f $R/scale-sur-lr3-glob2/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob2/k1 $R/scale-sur-lr3-glob2/k5 $R/scale-sur-lr3-glob2/k50-5000 --samples 200 --faceres $FACERES
 for K in 1 5; do  # GUIDE's adjacency term off at 1e-3
   train . $R/scale-sur-lr3-adj0/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_adj 0 $(seed_ids $K)
 done
