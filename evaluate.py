@@ -619,10 +619,11 @@ def scale(runs, args, device, n_held=200):
         hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
         ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
         moved = J.dist(hb[J.name], ha[J.name])
-        near = (J.dist(hb[J.name][:, None], ub[J.name][None]) < J.idn.THRESHOLD).any(1)  # as one forgotten, to dlib
+        near = {j: (dist(hb[j][:, None], ub[j][None]) < thr).any(1)  # [n_held]: as one of the forgotten, to judge j
+                for j, (dist, thr) in panel.rules.items() if thr is not None}
         r = {'run': str(run), 'K': len(ws_u), 'kind': meta.get('kind'), 'held_moved_median': moved.median().item(),
              'held_moved_p90': moved.quantile(0.9).item(),
-             'held_moved_median_far': moved[~near].median().item() if (~near).any() else float('nan'),
+             'held_moved_median_far': moved[~near[J.name]].median().item() if (~near[J.name]).any() else float('nan'),
              f'{J.fd_name}_held': frechet_distance(*stats(hb[J.name].cpu()), *stats(ha[J.name].cpu())),
              's_per_step': (meta.get('wall_s') or float('nan')) / max(meta.get('steps') or 1, 1)}
         for j, (dist, thr) in panel.rules.items():
@@ -632,7 +633,7 @@ def scale(runs, args, device, n_held=200):
             r[f'forgotten_beyond_random_{j}'] = (d >= r[f'random_pair_{j}']).float().mean().item()
             if thr is not None:  # a face no longer found is neither past nor short of it: its own column
                 r[f'forgotten_past_{j}'] = (d >= thr).float().mean().item()
-                r[f'held_near_forgotten_{j}'] = (dist(hb[j][:, None], ub[j][None]) < thr).any(1).float().mean().item()
+                r[f'held_near_forgotten_{j}'] = near[j].float().mean().item()
             r[f'forgotten_no_face_{j}'] = d.isnan().float().mean().item()
         rows.append(r)
         print(table([r], list(r)))
