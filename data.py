@@ -112,9 +112,24 @@ def ffhq_quad(lm):
     return np.stack([c - x - y, c - x + y, c + x + y, c + x - y]), np.hypot(*x) * 2
 
 
-def align_face(img, size, path='image'):
-    """Photo [H, W, 3] uint8 -> FFHQ-aligned square crop [size, size, 3] uint8 (reflect-padded where needed)."""
-    quad, qsize = ffhq_quad(_landmarks(img, path))
+def framing_quad(lm, framing):
+    """The crop whose similarity transform puts the eye centres and the mouth centre (mean of its corners) onto a
+    generator's framing (three points in units of the image side, as a checkpoint stores them), least squares."""
+    src = np.stack([lm[36:42].mean(0), lm[42:48].mean(0), (lm[48] + lm[54]) / 2])
+    dst = np.asarray(framing, dtype=np.float64)
+    sc, dc = src.mean(0), dst.mean(0)
+    s, d = (src - sc) @ [1, 1j], (dst - dc) @ [1, 1j]  # points as complex numbers: a similarity is one product
+    m = (np.conj(s) @ d) / (np.conj(s) @ s)              # photo -> unit square: z -> m (z - sc) + dc
+    corners = np.array([0, 1j, 1 + 1j, 1])              # upper left, lower left, lower right, upper right
+    back = (corners - dc @ [1, 1j]) / m + sc @ [1, 1j]
+    return np.stack([back.real, back.imag], 1), abs(1 / m)
+
+
+def align_face(img, size, path='image', framing=None):
+    """Photo [H, W, 3] uint8 -> aligned square crop [size, size, 3] uint8 (reflect-padded where needed): FFHQ's crop,
+    or the generator's own framing when it gives one."""
+    lm = _landmarks(img, path)
+    quad, qsize = ffhq_quad(lm) if framing is None else framing_quad(lm, framing)
     pad = int(np.ceil(max(0, -quad.min(), (quad[:, 0] - img.shape[1]).max(), (quad[:, 1] - img.shape[0]).max())))
     pad = min(pad + 4, max(img.shape[:2]) - 1)  # reflect padding needs pad < image size
     if pad > 4:
@@ -129,7 +144,7 @@ def dlib_available():
     return importlib.util.find_spec('dlib') is not None
 
 
-def load_faces(path, size, align=True):
+def load_faces(path, size, align=True, framing=None):
     """Photos of one identity -> ([N, 3, size, size] float in [-1, 1], file names). align=False takes square photos
     as aligned face crops (and still aligns the others when dlib is installed).
 
@@ -141,7 +156,7 @@ def load_faces(path, size, align=True):
             img = load_image(f)
             square = abs(img.shape[0] - img.shape[1]) <= 0.05 * max(img.shape[:2])
             if (align or not square) and dlib_available():
-                img = align_face(img, size, f)
+                img = align_face(img, size, f, framing)
             else:
                 if align:
                     warnings.warn(f'{f}: dlib not installed, taking the photo as an already-aligned face crop')

@@ -1,20 +1,17 @@
 """
-Train the small built-in StyleGAN2 ("baby") on a handful of aligned faces: on a CPU (the assets' generator took 3.3 h
-on 2 cores, assets/README.md), or on a GPU when there is one (--device; its default is cuda when present).
+Train the built-in StyleGAN2 to draw the many synthetic people of a teacher GAN (teacher.py), and the four real
+people of assets/faces: on a CPU in the background for hours (assets/README.md), or on a GPU (--device).
 
-Objective: StyleGAN2's non-saturating GAN loss with lazy R1 on a resnet discriminator, differentiable
-augmentation of everything D sees (DiffAugment-style: colour, translation/scale/rotation, cutout; needed
-with 6 photos), a generator EMA, plus one extra term: each training photo has a fixed anchor latent z_i
-and G(z_i) is pulled towards the photo (L1, weight 10, and dlib identity distance, weight 1). With 6
-photos a plain GAN only learns face-like blends, and with a weak anchor term (L1 at weight 1) the GAN
-gradient swamped it (L1 still 0.40 after 1,000 steps, speckled samples); the anchors make the generator
-*know* each person, so every photo can be inverted to a latent that is recognised as that person,
-which is what the unlearning demo needs.
+Objective, per step: StyleGAN2's non-saturating GAN loss with lazy R1 on a resnet discriminator, the teacher as an
+endless source of real images; distillation: the same z drawn by the teacher and by G, G pulled onto the teacher's
+image (L1, full size and 4x pooled), so every teacher person has a latent in G; and anchors: each photo of
+assets/faces, aligned to the teacher's framing, has a fixed latent whose image is pulled to the photo (L1 and dlib's
+identity distance), so the real people can be inverted and forgotten. A generator EMA is what gets exported.
 
-    python pretrain.py                       # 64 px, resumes from --out if a checkpoint is there
-    python pretrain.py --export assets/baby.pt   # write the EMA generator in our checkpoint format
+    python pretrain.py                            # resumes from --out's checkpoint when there is one
+    python pretrain.py --export assets/generator.pt   # the EMA generator, in our checkpoint format
 
-Resumable: a checkpoint (G, D, G_ema, optimisers, RNG, step) is written atomically every --ckpt_every
+Resumable: the whole state (G, G_ema, D, optimisers, random streams, step) is written atomically every --ckpt_every
 steps and on Ctrl-C / SIGTERM.
 """
 import argparse
@@ -31,9 +28,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import load_faces, save_grid
-from id_net import DlibFaceNet
 from helpers import atomic_save, load
+from id_net import DlibFaceNet
 from model import Generator, GeneratorConfig, bias_act, setup_filter, upfirdn2d
+from teacher import FRAMING, Z_DIM, load_teacher
 
 # -----------------------------------------------------------------------------
 # the discriminator (StyleGAN2 resnet D, equalised learning rate)
@@ -94,59 +92,31 @@ class Discriminator(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# differentiable augmentation, the same random ops for reals and fakes
-
-
-def augment(x, gen):
-    """Colour jitter, random flip / translation / scale / rotation (reflect padding), cutout. x: [N,3,H,W]."""
-    N, _, H, W = x.shape
-    r = lambda *s: torch.rand(*s, generator=gen, device=x.device)  # noqa: E731
-    x = x + (r(N, 1, 1, 1) - 0.5) * 0.4                                      # brightness
-    m = x.mean(dim=1, keepdim=True)
-    x = (x - m) * (r(N, 1, 1, 1) * 1.0 + 0.5) + m                             # saturation
-    m = x.mean(dim=[1, 2, 3], keepdim=True)
-    x = (x - m) * (r(N, 1, 1, 1) * 0.6 + 0.7) + m                             # contrast
-    ang = (r(N) - 0.5) * math.radians(20)
-    sc = torch.exp((r(N) - 0.5) * 0.25)
-    flip = torch.where(r(N) < 0.5, -1.0, 1.0)
-    t = (r(N, 2) - 0.5) * 0.25
-    theta = torch.stack([torch.stack([flip * sc * torch.cos(ang), -sc * torch.sin(ang), t[:, 0]], 1),
-                         torch.stack([flip * sc * torch.sin(ang), sc * torch.cos(ang), t[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
-    cs = H // 4  # cutout: one square of a quarter side, anywhere
-    cy = (r(N) * (H - cs)).long()
-    cx = (r(N) * (W - cs)).long()
-    yy = torch.arange(H, device=x.device)[None, :, None]
-    xx = torch.arange(W, device=x.device)[None, None, :]
-    hole = ((yy >= cy[:, None, None]) & (yy < cy[:, None, None] + cs) &
-            (xx >= cx[:, None, None]) & (xx < cx[:, None, None] + cs))
-    return x * (~hole)[:, None].to(x.dtype)
-
-
-# -----------------------------------------------------------------------------
 
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--data', default='assets/faces', help='folder of identity folders of aligned faces')
+    p.add_argument('--teacher', default=None, help='the gan-face-generate 1.1.1 wheel or its weights.tar (default: .whl/)')
+    p.add_argument('--faces', default='assets/faces', help='folder of identity folders: the photos G must also draw')
     p.add_argument('--out', default='runs/pretrain', help='run folder: checkpoint, samples, log')
-    p.add_argument('--res', type=int, default=64, help='image resolution')
-    p.add_argument('--zdim', type=int, default=128, help='z and w dimension')
+    p.add_argument('--init', default=None, help="a generator of ours whose synthesis weights start G's (step 0 only)")
+    p.add_argument('--wdim', type=int, default=128, help='w dimension (z is the teacher\'s, 100)')
     p.add_argument('--channels', type=int, default=128, help='most channels of any generator layer (channel_max)')
     p.add_argument('--channel_base', type=int, default=4096, help='generator channels at res r: min(base // r, --channels)')
     p.add_argument('--dchannels', type=int, default=32, help='discriminator channels at full resolution (x2 below, capped at --channels)')
     p.add_argument('--mapping', type=int, default=4, help='mapping network depth')
+    p.add_argument('--mapping_lr', type=float, default=0.1, help="the mapping network's learning-rate multiplier")
     p.add_argument('--iters', type=int, default=200000, help='total steps (resume continues to this)')
     p.add_argument('--batch', type=int, default=8)
     p.add_argument('--lr', type=float, default=0.002)
     p.add_argument('--r1', type=float, default=0.5, help='R1 gamma')
     p.add_argument('--r1_every', type=int, default=16)
+    p.add_argument('--distill', type=float, default=1.0, help="weight of the L1 to the teacher's image of the same z")
     p.add_argument('--rec', type=float, default=10.0, help='weight of the anchor-latent L1 reconstruction')
     p.add_argument('--rec_id', type=float, default=1.0, help='weight of the dlib identity distance of the anchor images')
-    p.add_argument('--ema_kimg', type=float, default=2.0, help='EMA half-life in thousands of images')
-    p.add_argument('--sample_every', type=int, default=1000)
-    p.add_argument('--ckpt_every', type=int, default=500)
+    p.add_argument('--ema_kimg', type=float, default=5.0, help='EMA half-life in thousands of images')
+    p.add_argument('--sample_every', type=int, default=500)
+    p.add_argument('--ckpt_every', type=int, default=250)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -154,12 +124,12 @@ def parser():
     return p
 
 
-def load_reals(args, dev):
-    """Every identity folder under --data -> (images [P, 3, res, res], their names)."""
-    people = sorted(d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d)))
+def load_anchor_photos(args, dev):
+    """Every identity folder under --faces, aligned to the teacher's framing -> (images [P, 3, 64, 64], names)."""
+    people = sorted(d for d in os.listdir(args.faces) if os.path.isdir(os.path.join(args.faces, d)))
     faces, names = [], []
     for person in people:
-        x, n = load_faces(os.path.join(args.data, person), args.res, align=False)
+        x, n = load_faces(os.path.join(args.faces, person), 64, framing=FRAMING)
         faces.append(x)
         names += n
     return torch.cat(faces).to(dev), names
@@ -176,29 +146,32 @@ class GAN:
     optG: torch.optim.Optimizer
     optD: torch.optim.Optimizer
     anchors: torch.Tensor  # [P, z_dim] each photo's fixed latent
-    fixed_z: torch.Tensor  # [16, z_dim] the sample grids' latents
+    fixed_z: torch.Tensor  # [32, z_dim] the sample grids' latents, also the held-out distillation L1's
     gen: torch.Generator   # the training draws
     step: int = 0
     wall: float = 0.0
 
 
 def build(args, P, dev):
-    """The GAN at step 0, or resumed from --out's checkpoint."""
-    cfg = GeneratorConfig(img_resolution=args.res, z_dim=args.zdim, w_dim=args.zdim, channel_base=args.channel_base,
-                          channel_max=args.channels, mapping_layers=args.mapping, conv_clamp=256)
+    """The GAN at step 0 (its synthesis from --init when given), or resumed from --out's checkpoint."""
+    cfg = GeneratorConfig(img_resolution=64, z_dim=Z_DIM, w_dim=args.wdim, channel_base=args.channel_base,
+                          channel_max=args.channels, mapping_layers=args.mapping, mapping_lr_mul=args.mapping_lr,
+                          conv_clamp=256)
     torch.manual_seed(args.seed)
     G = Generator(cfg).to(dev).train()
+    dch = {64 // 2 ** i: min(args.dchannels * 2 ** i, args.channels) for i in range(5)}
+    D = Discriminator(64, dch).to(dev)
+    path = os.path.join(args.out, 'ckpt.pt')
+    if args.init and not os.path.exists(path):
+        G.synthesis.load_state_dict(Generator.from_checkpoint(args.init).synthesis.state_dict())
     G_ema = Generator(cfg).to(dev).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
-    dch = {args.res // 2 ** i: min(args.dchannels * 2 ** i, args.channels) for i in range(int(math.log2(args.res)) - 1)}
-    D = Discriminator(args.res, dch).to(dev)
     c = args.r1_every / (args.r1_every + 1)  # lazy regularisation: rescale lr and betas
     n = GAN(cfg, G, G_ema, D, torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8),
             torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8),
-            torch.randn(P, cfg.z_dim, generator=torch.Generator().manual_seed(1000 + args.seed)).to(dev),
-            torch.randn(16, cfg.z_dim, generator=torch.Generator().manual_seed(2000 + args.seed)).to(dev),
+            torch.randn(P, Z_DIM, generator=torch.Generator().manual_seed(1000 + args.seed)).to(dev),
+            torch.randn(32, Z_DIM, generator=torch.Generator().manual_seed(2000 + args.seed)).to(dev),
             torch.Generator(device=dev).manual_seed(args.seed))
-    path = os.path.join(args.out, 'ckpt.pt')
     if os.path.exists(path):
         ck = load(path, 'a pretrain.py checkpoint', map_location=dev)
         if ck['config'] != cfg.__dict__:
@@ -219,17 +192,20 @@ def save(n, args):
                 os.path.join(args.out, 'ckpt.pt'))
 
 
-def d_step(n, real, args):
-    """Logistic loss on real and generated images (augmented), lazy R1 on the reals -> D's loss."""
-    z = torch.randn(args.batch, n.cfg.z_dim, generator=n.gen, device=real.device)
+def draw_z(n, args, dev):
+    return torch.randn(args.batch, Z_DIM, generator=n.gen, device=dev)
+
+
+def d_step(n, T, args, dev):
+    """Logistic loss on the teacher's images (real) and G's (fake), lazy R1 on the reals -> D's loss."""
     with torch.no_grad():
-        fake = n.G(z, noise_mode='random')
+        real, fake = T(draw_z(n, args, dev)), n.G(draw_z(n, args, dev), noise_mode='random')
     do_r1 = n.step % args.r1_every == 0
-    real_a = augment(real, n.gen).requires_grad_(do_r1)
-    d_real, d_fake = n.D(real_a), n.D(augment(fake, n.gen))  # separate: minibatch-std groups never mix them
+    real.requires_grad_(do_r1)
+    d_real, d_fake = n.D(real), n.D(fake)  # separate: minibatch-std groups never mix them
     loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
     if do_r1:
-        g, = torch.autograd.grad(d_real.sum(), real_a, create_graph=True)
+        g, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
         loss = loss + g.square().sum(dim=[1, 2, 3]).mean() * (args.r1 / 2 * args.r1_every)
     n.optD.zero_grad(set_to_none=True)
     loss.backward()
@@ -237,19 +213,28 @@ def d_step(n, real, args):
     return loss
 
 
-def g_step(n, reals, emb_real, idn, args):
-    """Non-saturating loss, plus the anchors: up to 4 photos' latents pulled to their photos -> (loss, L1, identity)."""
-    z = torch.randn(args.batch, n.cfg.z_dim, generator=n.gen, device=reals.device)
-    ws = n.G.mapping(z, update_w_avg=True)
-    loss = F.softplus(-n.D(augment(n.G.synthesis(ws, noise_mode='random'), n.gen))).mean()
-    a = torch.randint(len(reals), (min(4, len(reals)),), generator=n.gen, device=reals.device)
+def distill_l1(img, target):
+    """L1 at full size plus L1 of 4x-pooled images (the layout, which full-size L1 alone learns slowly)."""
+    return (img - target).abs().mean() + (F.avg_pool2d(img, 4) - F.avg_pool2d(target, 4)).abs().mean()
+
+
+def g_step(n, T, photos, emb_photos, idn, args, dev):
+    """Non-saturating loss and distillation on one batch, plus up to 4 anchors -> (GAN loss, distill L1, anchor L1,
+    anchor identity distance)."""
+    z = draw_z(n, args, dev)
+    img = n.G.synthesis(n.G.mapping(z, update_w_avg=True), noise_mode='random')
+    loss = F.softplus(-n.D(img)).mean()
+    with torch.no_grad():
+        target = T(z)
+    dis = distill_l1(img, target)
+    a = torch.randint(len(photos), (min(4, len(photos)),), generator=n.gen, device=dev)
     rcn = n.G(n.anchors[a], noise_mode='const')
-    rec = (rcn - reals[a]).abs().mean()
-    rec_id = idn.distance(idn.embed(rcn), emb_real[a]).mean()
+    rec = (rcn - photos[a]).abs().mean()
+    rec_id = idn.distance(idn.embed(rcn), emb_photos[a]).mean()
     n.optG.zero_grad(set_to_none=True)
-    (loss + args.rec * rec + args.rec_id * rec_id).backward()
+    (loss + args.distill * dis + args.rec * rec + args.rec_id * rec_id).backward()
     n.optG.step()
-    return loss, rec, rec_id
+    return loss, dis, rec, rec_id
 
 
 @torch.no_grad()
@@ -262,20 +247,30 @@ def ema(n, args):
         be.copy_(bg)
 
 
+@torch.no_grad()
+def snapshot(n, T, photos, args):
+    """Samples of G_ema beside the teacher's for the fixed z, the anchors beside their photos -> held-out L1."""
+    mine, theirs = n.G_ema(n.fixed_z, noise_mode='const'), T(n.fixed_z)
+    grid = [mine[:16], theirs[:16], mine[16:], theirs[16:], n.G_ema(n.anchors, noise_mode='const'), photos]
+    save_grid(torch.cat(grid), os.path.join(args.out, f'samples_{n.step:07d}.png'), nrow=16)
+    return (mine - theirs).abs().mean().item()
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     dev = torch.device(args.device)
-    reals, names = load_reals(args, dev)
+    T = load_teacher(args.teacher).to(dev)
+    photos, names = load_anchor_photos(args, dev)
     idn = DlibFaceNet().to(dev)
     with torch.no_grad():
-        emb_real = idn.embed(reals)
-    n = build(args, len(reals), dev)
+        emb_photos = idn.embed(photos)
+    n = build(args, len(photos), dev)
     if args.export:
-        n.G_ema.save(args.export, pretrain={'step': n.step, 'wall_s': round(n.wall), 'args': vars(args),
-                                            'anchors': n.anchors.cpu(), 'anchor_names': names})
+        n.G_ema.save(args.export, framing=FRAMING, pretrain={
+            'step': n.step, 'wall_s': round(n.wall), 'args': vars(args), 'anchors': n.anchors.cpu(), 'anchor_names': names})
         print(f'exported G_ema at step {n.step} to {args.export}')
         return
     stopped = []  # SIGTERM stops at the next step (Ctrl-C at once); either way the checkpoint is written
@@ -285,23 +280,20 @@ def main(argv=None):
             tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
         try:
             while n.step < args.iters and not stopped:
-                loss_d = d_step(n, reals[torch.randint(len(reals), (args.batch,), generator=n.gen, device=dev)], args)
-                loss_g, rec, rec_id = g_step(n, reals, emb_real, idn, args)
+                loss_d = d_step(n, T, args, dev)
+                loss_g, dis, rec, rec_id = g_step(n, T, photos, emb_photos, idn, args, dev)
                 ema(n, args)
                 n.step += 1
                 pbar.update(1)
                 if n.step % 50 == 0:
-                    logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'rec': rec.item(),
-                              'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
-                    pbar.set_postfix(d=f'{logged["loss_d"]:.3f}', g=f'{logged["loss_g"]:.3f}', rec=f'{logged["rec"]:.3f}',
-                                     id=f'{logged["rec_id"]:.3f}')
+                    logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'distill': dis.item(),
+                              'rec': rec.item(), 'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
+                    pbar.set_postfix(d=f'{logged["loss_d"]:.3f}', g=f'{logged["loss_g"]:.3f}', dis=f'{logged["distill"]:.3f}',
+                                     rec=f'{logged["rec"]:.3f}', id=f'{logged["rec_id"]:.3f}')
                     log.write(json.dumps(logged) + '\n')
-                    log.flush()
-                if n.step % args.sample_every == 0 or n.step == args.iters:
-                    with torch.no_grad():
-                        grid = [n.G_ema(n.fixed_z, psi=0.7, noise_mode='const'), reals,
-                                n.G_ema(n.anchors, noise_mode='const')]
-                    save_grid(torch.cat(grid), os.path.join(args.out, f'samples_{n.step:07d}.png'), nrow=len(reals))
+                if n.step % args.sample_every == 0:
+                    log.write(json.dumps({'step': n.step, 'heldout_l1': snapshot(n, T, photos, args)}) + '\n')
+                log.flush()
                 if n.step % args.ckpt_every == 0:
                     n.wall, t0 = n.wall + time.time() - t0, time.time()
                     save(n, args)

@@ -40,6 +40,7 @@ import evaluate
 import helpers
 import losses
 import pretrain
+import teacher
 import sample
 import train
 from data import DataError, load_faces, load_image
@@ -1782,19 +1783,48 @@ def test_reprojection_through_the_adapters_differs(tmp_path):
 # -----------------------------------------------------------------------------
 # pretrain.py
 
+def random_teacher(path):
+    """A teacher file in the wheel's weights.tar layout, random weights (BatchNorm statistics made plausible)."""
+    T = teacher.Teacher()
+    for m in T.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(4.0)
+    torch.save({'netG_state_dict': T.state_dict()}, path)
+    return path
+
+
 def test_pretrain_runs_resumes_and_exports(tmp_path):
-    common = ['--out', str(tmp_path / 'run'), '--res', '32', '--zdim', '16', '--channels', '16', '--channel_base', '256',
-              '--dchannels', '8', '--mapping', '2', '--batch', '2', '--sample_every', '2', '--ckpt_every', '100']
+    common = ['--out', str(tmp_path / 'run'), '--teacher', str(random_teacher(tmp_path / 'weights.tar')), '--wdim', '16',
+              '--channels', '16', '--channel_base', '256', '--dchannels', '8', '--mapping', '2', '--batch', '2',
+              '--sample_every', '2', '--ckpt_every', '100']
     pretrain.main(common + ['--iters', '2'])
     ck = torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)
     assert ck['step'] == 2 and (tmp_path / 'run' / 'samples_0000002.png').exists()
     pretrain.main(common + ['--iters', '3'])  # resumes at step 2
     assert torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)['step'] == 3
-    pretrain.main(common + ['--export', str(tmp_path / 'baby.pt')])
-    G = Generator.from_checkpoint(tmp_path / 'baby.pt')
-    assert G.cfg.img_resolution == 32 and G(torch.randn(2, 16)).shape == (2, 3, 32, 32)
+    pretrain.main(common + ['--export', str(tmp_path / 'gen.pt')])
+    G = Generator.from_checkpoint(tmp_path / 'gen.pt')
+    assert G.cfg.img_resolution == 64 and G(torch.randn(2, 100)).shape == (2, 3, 64, 64)
+    assert torch.load(tmp_path / 'gen.pt', weights_only=True)['framing'] == teacher.FRAMING
     with pytest.raises(SystemExit, match='another config'):
-        pretrain.main(common[:-10] + ['--channels', '8', '--iters', '4'])
+        pretrain.main(common[:-8] + ['--channels', '8', '--iters', '4'])
+
+
+def test_teacher_description_matches_its_weights():
+    """Our Teacher has exactly the wheel's keys and shapes, and draws images in [-1, 1] (skipped without the wheel)."""
+    if teacher.default_path() is None:
+        pytest.skip('no gan-face-generate wheel in .whl/ (pip download --no-deps gan-face-generate==1.1.1 -d .whl)')
+    T = teacher.load_teacher()
+    x = T(torch.randn(4, teacher.Z_DIM, generator=torch.Generator().manual_seed(0)))
+    assert x.shape == (4, 3, 64, 64) and x.abs().max() <= 1 and x.std() > 0.2
+    assert sum(p.numel() for p in T.parameters()) == 3_576_704
+
+
+def test_teacher_refuses_other_files(tmp_path):
+    (tmp_path / 'junk.tar').write_bytes(b'not a checkpoint')
+    for path in (tmp_path / 'junk.tar', tmp_path / 'missing.whl'):
+        with pytest.raises(helpers.CheckpointError, match='gan-face-generate'):
+            teacher.load_teacher(str(path))
 
 
 # -----------------------------------------------------------------------------
