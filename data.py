@@ -1,17 +1,22 @@
 """
-Images in and out: identity photos (loading, checking, aligning, inverting to a latent) and PNG grids.
+Images in and out: identity photos (loading, checking, aligning, inverting to a latent, or encoding one with pSp /
+e4e) and PNG grids.
 """
 import importlib.util
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from helpers import load, model_file, written
-from model import seed_latents
+from helpers import CheckpointError, load, model_file, written
+from id_net import ir_layers
+from model import FullyConnectedLayer, seed_latents
 from perceptual import IDFeatureDistance
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
@@ -285,3 +290,119 @@ def resolve_identity(spec, G, id_net, steps=300):
     ws, mse, dist = invert(G, faces, id_net, steps=steps)
     return ws, {'kind': 'photos', 'path': spec, 'names': names, 'photos': faces, 'inversion_mse': mse.tolist(),
                 'inversion_id_distance': dist.tolist()}
+
+
+# -----------------------------------------------------------------------------
+# encoders: pSp (eladrich/pixel2style2pixel) and e4e (omertov/encoder4editing), one pass instead of invert's 300 steps
+
+ENCODERS = {'GradualStyleEncoder': 'pyramid', 'Encoder4Editing': 'e4e', 'BackboneEncoderUsingLastLayerIntoW': 'w',
+            'SingleStyleCodeEncoder': 'w', 'BackboneEncoderUsingLastLayerIntoWPlus': 'w+'}  # opts' name -> head kind
+
+
+class _StyleHead(nn.Module):
+    """pSp's GradualStyleBlock: stride-2 3x3 convs + leaky ReLU (0.01) from spatial x spatial to 1x1, then an
+    equalised linear layer: one 512-d code."""
+
+    def __init__(self, spatial, c=512):
+        super().__init__()
+        self.convs = nn.Sequential(*[m for _ in range(int(math.log2(spatial))) for m in (nn.Conv2d(c, c, 3, 2, 1),
+                                                                                        nn.LeakyReLU())])
+        self.linear = FullyConnectedLayer(c, c)
+
+    def forward(self, x):
+        return self.linear(self.convs(x).flatten(1))
+
+
+def _upsample_add(x, y):
+    return F.interpolate(x, size=y.shape[-2:], mode='bilinear', align_corners=True) + y
+
+
+class Encoder(nn.Module):
+    """pSp / e4e: IR-SE50 on 256 px faces + a feature pyramid (16, 32, 64 px) read by one head per style -> W+."""
+    w_dim = 512
+
+    def __init__(self, kind, n_styles, path='encoder'):
+        super().__init__()
+        self.kind, self.n_styles, self.path = kind, n_styles, str(path)
+        self.input_layer, self.body = ir_layers(50, se=True)
+        if kind in ('pyramid', 'e4e'):  # heads 0-2 read the 16 px map, 3-6 the 32 px one, the rest the 64 px one
+            self.styles = nn.ModuleList(_StyleHead(16 if i < 3 else 32 if i < 7 else 64) for i in range(n_styles))
+            self.latlayer1, self.latlayer2 = nn.Conv2d(256, 512, 1), nn.Conv2d(128, 512, 1)
+        if kind == 'w+':
+            self.output_layer_2 = nn.Sequential(nn.BatchNorm2d(512), nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+                                                nn.Linear(512 * 7 * 7, 512))
+        if kind in ('w', 'w+'):
+            self.linear = FullyConnectedLayer(512, 512 * (n_styles if kind == 'w+' else 1))
+        self.register_buffer('latent_avg', torch.zeros(1, 512))  # [1 or n_styles, 512], added to the codes
+
+    def forward(self, x):
+        """Aligned faces [N, 3, H, W] in [-1, 1] -> W+ codes [N, n_styles, 512], latent_avg included."""
+        if x.shape[-2:] != (256, 256):  # the encoders saw 256 px: pSp's transforms.Resize (bilinear, antialiased)
+            x = F.interpolate(x, size=(256, 256), mode='bilinear', align_corners=False, antialias=True)
+        x, feats = self.input_layer(x), []
+        for i, unit in enumerate(self.body):
+            x = unit(x)
+            if i in (6, 20, 23):  # ends of the 64, 32 and 16 px stages
+                feats.append(x)
+        c1, c2, c3 = feats
+        if self.kind == 'w':
+            codes = self.linear(c3.mean(dim=[2, 3]))[:, None]  # [N, 1, 512]: one code for every style
+        elif self.kind == 'w+':
+            codes = self.linear(self.output_layer_2(c3)).view(-1, self.n_styles, 512)
+        else:
+            p2 = _upsample_add(c3, self.latlayer1(c2))
+            p1 = _upsample_add(p2, self.latlayer2(c1))
+            codes = torch.stack([h((c3, p2, p1)[(i >= 3) + (i >= 7)]) for i, h in enumerate(self.styles)], 1)
+            if self.kind == 'e4e':  # one code w0 and a delta from each later head (all of them: its Inference stage)
+                codes = torch.cat([codes[:, :1], codes[:, :1] + codes[:, 1:]], 1)
+        return codes.expand(-1, self.n_styles, -1) + self.latent_avg
+
+    def check_fits(self, G):
+        """One line naming both when this encoder's W+ is not the generator's."""
+        if (self.n_styles, self.w_dim) != (G.num_ws, G.cfg.w_dim):
+            raise CheckpointError(f'{self.path}: the encoder gives W+ [{self.n_styles}, {self.w_dim}] but the '
+                                  f'{G.cfg.img_resolution} px generator takes [{G.num_ws}, {G.cfg.w_dim}]; use the '
+                                  'encoder trained for this generator')
+
+
+def load_encoder(path):
+    """An official pSp / e4e checkpoint (state_dict with encoder.* keys, opts, latent_avg) -> frozen Encoder in eval
+    mode. Its decoder.* (a rosinality generator) is not read: load the generator itself with Generator.from_checkpoint."""
+    what = 'a pSp or e4e checkpoint'
+    ck = load(path, what)
+    if not isinstance(ck, dict) or not isinstance(ck.get('state_dict'), dict) or not isinstance(ck.get('opts'), dict):
+        raise CheckpointError(f'{path}: not {what} (expected a dict with state_dict and opts); pass the .pt that '
+                              'pixel2style2pixel or encoder4editing released or trained')
+    opts, sd = ck['opts'], ck['state_dict']
+    kind = ENCODERS.get(opts.get('encoder_type'))
+    if kind is None:
+        raise CheckpointError(f"{path}: encoder_type {opts.get('encoder_type')!r} is none of {', '.join(ENCODERS)}")
+    if opts.get('input_nc', 3) != 3 or opts.get('label_nc', 0):
+        raise CheckpointError(f"{path}: encodes {opts.get('input_nc')}-channel maps (label_nc "
+                              f"{opts.get('label_nc', 0)}: sketches or segmentations), not RGB faces")
+    size = opts.get('output_size', opts.get('stylegan_size', 1024))  # pSp's name, e4e's name, pSp's old default
+    if not isinstance(size, int) or size < 8 or size & (size - 1):
+        raise CheckpointError(f'{path}: opts give a generator size of {size!r}, not a power of two')
+    with torch.device('meta'):  # shapes only, no init: the file fills every tensor
+        E = Encoder(kind, int(math.log2(size)) * 2 - 2, path)
+    n, avg = E.n_styles, ck.get('latent_avg')
+    if not opts.get('start_from_latent_avg'):
+        avg = torch.zeros(1, 512)  # the reference adds no latent_avg then, even if the file holds one
+    elif not (isinstance(avg, torch.Tensor) and avg.is_floating_point() and avg.numel() in (512, 512 * n)
+              and avg.isfinite().all()):
+        raise CheckpointError(f'{path}: start_from_latent_avg is set but latent_avg is '
+                              f'{list(avg.shape) if isinstance(avg, torch.Tensor) else avg}, not finite [{n}, 512] or '
+                              '[512]; use the file as training saved it')
+    enc = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
+    want = {k: v.shape for k, v in E.state_dict().items() if k != 'latent_avg'}
+    missing, extra = [k for k in want if k not in enc], [k for k in enc if k not in want]
+    wrong = [k for k in want if k in enc and (not isinstance(enc[k], torch.Tensor) or enc[k].shape != want[k])]
+    if missing or extra or wrong:
+        why = [f'{len(m)} {w}, e.g. encoder.{m[0]}' for w, m in (('missing', missing), ('unexpected', extra)) if m]
+        why += [f'encoder.{k} is {list(getattr(enc[k], "shape", [type(enc[k]).__name__]))}, not {list(want[k])}'
+                for k in wrong[:1]]
+        raise CheckpointError(f"{path}: encoder weights do not fit {opts['encoder_type']} for a {size} px generator "
+                              f"({'; '.join(why)})")
+    enc = {k: v.float() if v.is_floating_point() else v for k, v in enc.items()}
+    E.load_state_dict({**enc, 'latent_avg': avg.float().reshape(-1, 512)}, assign=True)
+    return E.eval().requires_grad_(False)

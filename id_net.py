@@ -246,21 +246,30 @@ class _BottleneckIR(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+IR_UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}  # units per stage (64, 128, 256, 512 channels)
+
+
+def ir_layers(num_layers=50, se=True):
+    """The IR(-SE) stem and units (input_layer, body) under model_irse's key names: IRNet and the pSp / e4e
+    encoders (data.py) share them."""
+    input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
+    body, cin = [], 64
+    for depth, n in zip((64, 128, 256, 512), IR_UNITS[num_layers]):
+        for i in range(n):
+            body.append(_BottleneckIR(cin, depth, 2 if i == 0 else 1, se))
+            cin = depth
+    return input_layer, nn.Sequential(*body)
+
+
 class IRNet(nn.Module):
     """IR / IR-SE backbone, 112x112 input in [-1, 1] -> 512-d L2-normalised embedding."""
     THRESHOLD = 0.5  # 1 - cosine; a typical same-person cut for ArcFace-style embeddings (dataset dependent)
-    UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
+    UNITS = IR_UNITS
     FFHQ_CROP = (32 / 256, 35 / 256, 220 / 256, 223 / 256)  # pSp/GUIDE's [35:223, 32:220] crop of 256 px
 
     def __init__(self, num_layers=50, se=True):
         super().__init__()
-        self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
-        body, cin = [], 64
-        for depth, n in zip((64, 128, 256, 512), self.UNITS[num_layers]):
-            for i in range(n):
-                body.append(_BottleneckIR(cin, depth, 2 if i == 0 else 1, se))
-                cin = depth
-        self.body = nn.Sequential(*body)
+        self.input_layer, self.body = ir_layers(num_layers, se)
         self.stage_ends = np.cumsum(self.UNITS[num_layers]).tolist()  # units after which the resolution halves
         self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(), nn.Flatten(), nn.Linear(512 * 7 * 7, 512),
                                           nn.BatchNorm1d(512))

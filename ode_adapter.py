@@ -48,40 +48,36 @@ class VectorField(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# fixed-grid solvers: (f, x0, grid) -> (x_N, [x_0, ..., x_N]), grid states only ([x_0] with keep=False)
+# fixed-grid solvers: one step each, (f, t0, t1, x) -> the change of x over [t0, t1]; `fixed_grid` runs them
 
-def euler(f, x, grid, keep=True):
-    """x_{k+1} = x_k + (t_{k+1} - t_k) f(x_k): README eq. 2."""
+def euler(f, t0, t1, x):
+    """(t1 - t0) f(x): README eq. 2."""
+    return (t1 - t0) * f(t0, x)
+
+
+def midpoint(f, t0, t1, x):
+    """The explicit midpoint rule, 2 evaluations (README eq. 2's alternative)."""
+    dt = t1 - t0
+    half = 0.5 * dt
+    return dt * f(t0 + half, x + f(t0, x) * half)
+
+
+def rk4(f, t0, t1, x):
+    """Kutta's 3/8 rule (what torchdiffeq calls 'rk4'), 4 evaluations (README eq. 2's alternative)."""
+    dt = t1 - t0
+    k1 = f(t0, x)
+    k2 = f(t0 + dt * (1 / 3), x + dt * k1 * (1 / 3))
+    k3 = f(t0 + dt * (2 / 3), x + dt * (k2 - k1 * (1 / 3)))
+    k4 = f(t1, x + dt * (k1 - k2 + k3))
+    return (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
+
+
+def fixed_grid(f, x, grid, step, keep=True):
+    """x_{k+1} = x_k + step(f, t_k, t_{k+1}, x_k) over the grid -> (x_N, [x_0, ..., x_N]); keep=False keeps only x_0
+    besides x_N, so that memory stays flat in T without gradients (inference)."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
-        dt = t1 - t0
-        x = x + dt * f(t0, x)
-        xs += [x] if keep else []  # without the states (inference) memory stays flat in T
-    return x, xs
-
-
-def midpoint(f, x, grid, keep=True):
-    """The explicit midpoint rule, 2 evaluations a step (README eq. 2's alternative)."""
-    xs = [x]
-    for t0, t1 in zip(grid[:-1], grid[1:]):
-        dt = t1 - t0
-        half = 0.5 * dt
-        k1 = f(t0, x)
-        x = x + dt * f(t0 + half, x + k1 * half)
-        xs += [x] if keep else []
-    return x, xs
-
-
-def rk4(f, x, grid, keep=True):
-    """Kutta's 3/8 rule (what torchdiffeq calls 'rk4'), 4 evaluations a step (README eq. 2's alternative)."""
-    xs = [x]
-    for t0, t1 in zip(grid[:-1], grid[1:]):
-        dt = t1 - t0
-        k1 = f(t0, x)
-        k2 = f(t0 + dt * (1 / 3), x + dt * k1 * (1 / 3))
-        k3 = f(t0 + dt * (2 / 3), x + dt * (k2 - k1 * (1 / 3)))
-        k4 = f(t1, x + dt * (k1 - k2 + k3))
-        x = x + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
+        x = x + step(f, t0, t1, x)
         xs += [x] if keep else []
     return x, xs
 
@@ -142,7 +138,7 @@ def integrate(f, x, T=1.6, h=0.4, solver='euler', backend='native', keep=True):
                              f'(adaptive solvers such as dopri5 need backend="torchdiffeq")')
         if len(grid) == 1:
             return x, [x]
-        return SOLVERS[solver](f, x, grid_tensor(tuple(grid), x.dtype, x.device), keep)
+        return fixed_grid(f, x, grid_tensor(tuple(grid), x.dtype, x.device), SOLVERS[solver], keep)
     import torchdiffeq
     if len(grid) == 1:
         return x, [x]
@@ -159,10 +155,10 @@ class ODEAdapter(nn.Module):
     """x -> (x(T), states at the grid points) along the learned vector field (README eq. 1); T, h, solver,
     backend default to the adapter's own and can be overridden at call time."""
 
-    def __init__(self, channels, hidden=256, res=None, T=1.6, h=0.4, solver='euler', backend='native'):
+    def __init__(self, channels, hidden=256, T=1.6, h=0.4, solver='euler', backend='native'):
         super().__init__()
         self.f = VectorField(channels, hidden)
-        self.res, self.T, self.h, self.solver, self.backend = res, T, h, solver, backend
+        self.T, self.h, self.solver, self.backend = T, h, solver, backend
 
     def forward(self, x, T=None, h=None, solver=None, backend=None, keep=True):
         # x: [N, C, H, W]; states: [N, H, W, C] fp32 (at T = 0 or keep=False just [x(0)]). fp16 blocks: the ODE runs in fp32
@@ -184,7 +180,7 @@ def attach_adapters(G, hidden=256, **defaults):
     README eq. 1; train.py passes hidden = channel_max // 2 (256 on the official generators, 64 on the baby)."""
     G.requires_grad_(False)
     for block in G.synthesis.blocks()[1:]:
-        block.adapter = ODEAdapter(G.cfg.channels(block.resolution), hidden, block.resolution, **defaults).to(
+        block.adapter = ODEAdapter(G.cfg.channels(block.resolution), hidden, **defaults).to(
             block.conv1.weight.device)
     return G
 
