@@ -5,7 +5,7 @@ Performance of the unlearning step, as ratios measured in one process on one con
     python bench.py --config ffhq256         # official FFHQ-256 layout (channel_base 32768), random weights
     python bench.py --config ffhq256 --device cuda --amp bf16
 
-Prints: fused step vs a naive step mirroring the official loop (separate batch-1 passes per term, constant
+Prints: batched step vs a naive step mirroring the official loop (separate batch-1 passes per term, constant
 targets recomputed each step); adapted vs plain generator forward (T = 1.6, Euler); hand-written solvers
 vs torchdiffeq for the same steps; --adapter ode vs full (time and optimiser memory); inference memory at
 T = 1.6 vs T = 400 (it must not grow with T); each with median
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import person
+import data
 import train
 from helpers import keep_freed_memory
 from id_net import DlibFaceNet
@@ -158,26 +160,26 @@ class Report:
 
 
 def step_costs(S, cfg, args, rep, dev):
-    """1. the fused step against the naive official-style one; the person-mode step against the paper's -> the fused
+    """1. the batched step against the naive official-style one; the person-mode step against the paper's -> the batched
     step's seconds."""
     n_img = len(S.ws_u) * (1 + cfg.n_adj) + cfg.n_glob
-    t_fused = timeit(lambda: train.train_step(S, cfg), dev, args.steps, args.warmup)
-    rep.row('fused step (ode)', t_fused, n_img, flops(lambda: train.train_step(S, cfg)))
+    t_batched = timeit(lambda: train.train_step(S, cfg), dev, args.steps, args.warmup)
+    rep.row('batched step (ode)', t_batched, n_img, flops(lambda: train.train_step(S, cfg)))
     t_naive = timeit(lambda: naive_step(S, cfg), dev, args.steps, args.warmup)
     rep.row('naive official-style step', t_naive, n_img, flops(lambda: naive_step(S, cfg)))
-    rep.res['fused_speedup'] = t_naive / t_fused
-    print(f'  -> fused is {t_naive / t_fused:.2f}x faster than naive')
+    rep.res['batched_speedup'] = t_naive / t_batched
+    print(f'  -> batched is {t_naive / t_batched:.2f}x faster than naive')
     # person mode (--forget person): + n_mine mined latents, n_mine held ones and 3 kept people in both forwards
     with torch.no_grad():
         pool = S.G.mapping(torch.randn(64, S.G.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(dev))
         refs = S.idn.embed(S.G.synthesis(pool[:8], T=0))
-    P = train.Person(refs, torch.arange(8, device=dev) % 4, pool, pool[-3:].clone(), torch.randn_like(pool),
+    P = person.Person(refs, torch.arange(8, device=dev) % 4, pool, pool[-3:].clone(), torch.randn_like(pool),
                      pool[:16].clone())
     t_person = timeit(lambda: train.train_step(S, cfg, P), dev, args.steps, args.warmup)
     rep.row('person-mode step (ode)', t_person, n_img + 2 * cfg.n_mine + 3)
-    rep.res['person_step_ratio'] = t_person / t_fused
-    print(f'  -> person mode costs {t_person / t_fused:.2f}x the paper\'s step')
-    return t_fused
+    rep.res['person_step_ratio'] = t_person / t_batched
+    print(f'  -> person mode costs {t_person / t_batched:.2f}x the paper\'s step')
+    return t_batched
 
 
 def adapter_overhead(S, args, rep, dev):
@@ -215,13 +217,13 @@ def solver_costs(S, ws, args, rep, dev):
               f'{t_tde / t_nat:.2f}x the speed')
 
 
-def adapter_kinds(S, cfg, G0, idn, t_fused, args, rep, dev):
+def adapter_kinds(S, cfg, G0, idn, t_batched, args, rep, dev):
     """4. ode adapters against full fine-tuning: step time, trainable parameters, optimiser state, peak memory."""
     for kind in ['ode'] + ([] if args.skip_full else ['full']):
         Sk, cfg_k = (S, cfg) if kind == 'ode' else build(G0, idn, args, kind)
         if dev.type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
-        t = t_fused if kind == 'ode' else timeit(lambda: train.train_step(Sk, cfg_k), dev, args.steps, args.warmup)
+        t = t_batched if kind == 'ode' else timeit(lambda: train.train_step(Sk, cfg_k), dev, args.steps, args.warmup)
         train.train_step(Sk, cfg_k)
         n_train = sum(p.numel() for p in Sk.G.parameters() if p.requires_grad)
         opt_mb = sum(v.numel() * v.element_size() for st in Sk.opt.state.values() for v in st.values()
@@ -231,6 +233,22 @@ def adapter_kinds(S, cfg, G0, idn, t_fused, args, rep, dev):
         rep.res[f'adapter_{kind}'] = {'ms': t * 1e3, 'trainable': n_train, 'optimizer_mb': opt_mb, 'peak_mb': mem}
         print(f'--adapter {kind:<5} {t * 1e3:9.1f} ms/step, {n_train:,} trainable, optimizer state {opt_mb:.1f} MB, '
               f'peak memory {mem:.0f} MB{" (process RSS)" if dev.type == "cpu" else ""}')
+
+
+def encoder_vs_invert(G, args, rep, dev, invert_steps=300):
+    """6. Per photo at 256 px: a pSp / e4e encoder's one pass (data.Encoder, e4e heads, random weights) against
+    data.invert's optimisation in G (dlib port), its invert_steps extrapolated from 2 and 6 timed steps."""
+    E = data.Encoder('e4e', G.num_ws).to(dev).eval().requires_grad_(False)
+    idn = DlibFaceNet().to(dev)
+    x = torch.rand(1, 3, 256, 256, device=dev) * 2 - 1
+    with torch.no_grad():
+        t_enc = timeit(lambda: E(x), dev, args.steps, args.warmup)
+    t2, t6 = (timeit(lambda: data.invert(G, x, idn, steps=k, progress=False), dev, 1, 0) for k in (2, 6))
+    t_inv = t2 + (t6 - t2) / 4 * (invert_steps - 2)
+    rep.res['encoder_vs_invert'] = {'encoder_s': t_enc, 'invert_step_s': (t6 - t2) / 4, 'invert_s': t_inv,
+                                    'ratio': t_inv / t_enc}
+    print(f'a photo at 256 px: encoder {t_enc:.2f} s, {invert_steps} inversion steps {t_inv:.0f} s -> '
+          f'{t_inv / t_enc:.0f}x')
 
 
 def main():
@@ -249,7 +267,7 @@ def main():
     p.add_argument('--json', default=None, help='write the results here')
     args = p.parse_args()
     dev = torch.device(args.device)
-    keep_freed_memory(dev)  # as train.py does: naive and fused both run with it
+    keep_freed_memory(dev)  # as train.py does: naive and batched both run with it
     torch.manual_seed(0)
     G0 = (Generator.from_checkpoint(args.ckpt) if args.ckpt else Generator(CONFIGS[args.config]).eval()).to(dev)
     G0.requires_grad_(False)
@@ -261,16 +279,17 @@ def main():
     print(f'{rep.res["config"]} on {rep.res["device"]} ({rep.res["threads"]} threads), amp {args.amp}, '
           f'measured peak {rep.peak / 1e12:.3f} TFLOP/s')
     S, cfg = build(G0, idn, args, 'ode')
-    t_fused = step_costs(S, cfg, args, rep, dev)
+    t_batched = step_costs(S, cfg, args, rep, dev)
     ws = adapter_overhead(S, args, rep, dev)
     if not args.skip_solvers:
         solver_costs(S, ws[:2], args, rep, dev)
-    adapter_kinds(S, cfg, G0, idn, t_fused, args, rep, dev)
+    adapter_kinds(S, cfg, G0, idn, t_batched, args, rep, dev)
     # 5. inference memory over the dial: 16 samples at T = 1.6 and --big_T (400: 1,000 Euler steps), CPU processes
     mb = {T: inference_mb(T) for T in (1.6, args.big_T)}
     rep.res['inference_mb'] = {'T1.6': mb[1.6], f'T{args.big_T:g}': mb[args.big_T], 'ratio': mb[args.big_T] / mb[1.6]}
     print(f'inference, 16 samples of the baby: {mb[1.6]:.0f} MB at T=1.6, {mb[args.big_T]:.0f} MB at T={args.big_T:g} '
           f'-> {mb[args.big_T] / mb[1.6]:.2f}x')
+    encoder_vs_invert(G0, args, rep, dev)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rep.res, f, indent=1)

@@ -151,7 +151,8 @@ def dlib_available():
 
 def load_faces(path, size, align=True, framing=None):
     """Photos of one identity -> ([N, 3, size, size] float in [-1, 1], file names). align=False takes square photos
-    as aligned face crops (and still aligns the others when dlib is installed).
+    as aligned face crops (and still aligns the others when dlib is installed); a framing (a generator's own, not
+    FFHQ's) always aligns.
 
     Bad files among good ones are skipped with a warning; if none is usable the first error is raised."""
     faces, names, errors = [], [], []
@@ -160,9 +161,11 @@ def load_faces(path, size, align=True, framing=None):
         try:
             img = load_image(f)
             square = abs(img.shape[0] - img.shape[1]) <= 0.05 * max(img.shape[:2])
-            if (align or not square) and dlib_available():
+            if (align or not square or framing) and dlib_available():
                 img = align_face(img, size, f, framing)
             else:
+                if framing:
+                    raise DataError(f'{f}: aligning to this generator\'s framing needs dlib; pip install dlib-bin')
                 if align:
                     warnings.warn(f'{f}: dlib not installed, taking the photo as an already-aligned face crop')
                 if not square:
@@ -207,10 +210,11 @@ def save_grid(images, path, nrow=None):
 # -----------------------------------------------------------------------------
 # identities -> latents
 
-def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.5, kw=None, progress=True):
+def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.5, kw=None, progress=True,
+           start=None):
     """Optimisation-based projection of aligned photos into W+, one latent per photo.
 
-    Starts from w_avg; Adam on pixel MSE + identity-network feature distance + identity distance, constant
+    Starts from w_avg (or start, e.g. an encoder's codes); Adam on pixel MSE + identity-network feature distance + identity distance, constant
     noise. kw picks the generator's dial (default {'T': 0}, the original; {} projects through trained adapters at
     their own T). Returns (ws [N, num_ws, w_dim], pixel MSE [N], identity distance [N]) of the final latents."""
     kw = {'T': 0} if kw is None else kw
@@ -220,7 +224,8 @@ def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.
         if images.shape[-1] != G.cfg.img_resolution else images.to(dev)
     with torch.no_grad():
         emb_t, feats_t = id_net.features(target)
-    ws = G.mapping.w_avg.detach().clone().repeat(len(target), G.num_ws, 1).requires_grad_(True)
+    ws = (G.mapping.w_avg.repeat(len(target), G.num_ws, 1) if start is None else start.to(dev)).detach().clone()
+    ws.requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in tqdm(range(steps), desc='invert', disable=not progress, leave=False):
@@ -269,10 +274,11 @@ def load_latent(path, G):
     return x
 
 
-def resolve_identity(spec, G, id_net, steps=300):
+def resolve_identity(spec, G, id_net, steps=300, encoder=None):
     """--identity -> (ws [N, num_ws, w_dim], info dict).
 
-    A photo or folder of photos (aligned with dlib, then inverted), a latent file (.pt/.npy), or seed:N
+    A photo or folder of photos (aligned with dlib, then inverted: from an encoder's codes when given), a latent file
+    (.pt/.npy), or seed:N
     (a random in-domain identity: z from torch seed N through the mapping network, psi 1)."""
     dev = G.mapping.w_avg.device
     spec = str(spec)
@@ -286,8 +292,8 @@ def resolve_identity(spec, G, id_net, steps=300):
         return seed_latents(G, [seed]), {'kind': 'seed', 'seed': seed}
     if Path(spec).is_file() and Path(spec).suffix.lower() in ('.pt', '.pth', '.npy'):
         return load_latent(spec, G).to(dev), {'kind': 'latent', 'path': spec}
-    faces, names = load_faces(spec, G.cfg.img_resolution)
-    ws, mse, dist = invert(G, faces, id_net, steps=steps)
+    faces, names = load_faces(spec, G.cfg.img_resolution, framing=G.cfg.framing)
+    ws, mse, dist = invert(G, faces, id_net, steps=steps, start=encode(encoder, faces))
     return ws, {'kind': 'photos', 'path': spec, 'names': names, 'photos': faces, 'inversion_mse': mse.tolist(),
                 'inversion_id_distance': dist.tolist()}
 
@@ -314,6 +320,7 @@ class _StyleHead(nn.Module):
 
 
 def _upsample_add(x, y):
+    """The feature pyramid's merge: the coarser map resized to the lateral one (bilinear, corners aligned), plus it."""
     return F.interpolate(x, size=y.shape[-2:], mode='bilinear', align_corners=True) + y
 
 
@@ -365,9 +372,15 @@ class Encoder(nn.Module):
                                   'encoder trained for this generator')
 
 
+@torch.no_grad()
+def encode(encoder, faces):
+    """An encoder's W+ codes of aligned faces, or None without one (invert then starts from w_avg)."""
+    return None if encoder is None else encoder(faces.to(encoder.latent_avg.device))
+
+
 def load_encoder(path):
-    """An official pSp / e4e checkpoint (state_dict with encoder.* keys, opts, latent_avg) -> frozen Encoder in eval
-    mode. Its decoder.* (a rosinality generator) is not read: load the generator itself with Generator.from_checkpoint."""
+    """An official pSp / e4e .pt (state_dict, opts, latent_avg) -> the frozen Encoder; decoder.* is not read (pass the
+    generator's own file to Generator.from_checkpoint, and check the fit with Encoder.check_fits)."""
     what = 'a pSp or e4e checkpoint'
     ck = load(path, what)
     if not isinstance(ck, dict) or not isinstance(ck.get('state_dict'), dict) or not isinstance(ck.get('opts'), dict):
@@ -385,6 +398,16 @@ def load_encoder(path):
         raise CheckpointError(f'{path}: opts give a generator size of {size!r}, not a power of two')
     with torch.device('meta'):  # shapes only, no init: the file fills every tensor
         E = Encoder(kind, int(math.log2(size)) * 2 - 2, path)
+    enc = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
+    want = {k: v.shape for k, v in E.state_dict().items() if k != 'latent_avg'}
+    missing, extra = [k for k in want if k not in enc], [k for k in enc if k not in want]
+    wrong = [k for k in want if k in enc and (not isinstance(enc[k], torch.Tensor) or enc[k].shape != want[k])]
+    if missing or extra or wrong:
+        why = [f'{len(m)} {w}, e.g. encoder.{m[0]}' for w, m in (('missing', missing), ('unexpected', extra)) if m]
+        why += [f'encoder.{k} is {list(enc[k].shape) if isinstance(enc[k], torch.Tensor) else type(enc[k]).__name__}'
+                f', not {list(want[k])}' for k in wrong[:1]]
+        raise CheckpointError(f"{path}: encoder weights do not fit {opts['encoder_type']} for a {size} px generator "
+                              f"({'; '.join(why)})")
     n, avg = E.n_styles, ck.get('latent_avg')
     if not opts.get('start_from_latent_avg'):
         avg = torch.zeros(1, 512)  # the reference adds no latent_avg then, even if the file holds one
@@ -393,16 +416,7 @@ def load_encoder(path):
         raise CheckpointError(f'{path}: start_from_latent_avg is set but latent_avg is '
                               f'{list(avg.shape) if isinstance(avg, torch.Tensor) else avg}, not finite [{n}, 512] or '
                               '[512]; use the file as training saved it')
-    enc = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
-    want = {k: v.shape for k, v in E.state_dict().items() if k != 'latent_avg'}
-    missing, extra = [k for k in want if k not in enc], [k for k in enc if k not in want]
-    wrong = [k for k in want if k in enc and (not isinstance(enc[k], torch.Tensor) or enc[k].shape != want[k])]
-    if missing or extra or wrong:
-        why = [f'{len(m)} {w}, e.g. encoder.{m[0]}' for w, m in (('missing', missing), ('unexpected', extra)) if m]
-        why += [f'encoder.{k} is {list(getattr(enc[k], "shape", [type(enc[k]).__name__]))}, not {list(want[k])}'
-                for k in wrong[:1]]
-        raise CheckpointError(f"{path}: encoder weights do not fit {opts['encoder_type']} for a {size} px generator "
-                              f"({'; '.join(why)})")
-    enc = {k: v.float() if v.is_floating_point() else v for k, v in enc.items()}
-    E.load_state_dict({**enc, 'latent_avg': avg.float().reshape(-1, 512)}, assign=True)
+    enc = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in enc.items()}
+    E.latent_avg = avg.float().reshape(-1, 512)  # its rows: 1 or n_styles
+    E.load_state_dict({**enc, 'latent_avg': E.latent_avg}, assign=True)
     return E.eval().requires_grad_(False)

@@ -4,10 +4,12 @@ allocator.
 """
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,7 +29,9 @@ def load(path, what, map_location='cpu'):
     except FileNotFoundError:
         raise CheckpointError(f'{path}: no such file; pass the path of {what}') from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise CheckpointError(f'{path}: not {what} ({type(e).__name__})') from None
+        code = re.search(r'unsupported GLOBAL ([\w.]+)', str(e))  # torch's text goes on to say how to load it unsafely
+        why = f'it holds Python objects ({code[1]}), refused: loading them could run code' if code else type(e).__name__
+        raise CheckpointError(f'{path}: not {what} ({why})') from None
 
 
 @contextlib.contextmanager
@@ -40,6 +44,19 @@ def written(path, suffix='.tmp'):
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def owned(folder):
+    """The folder for this process alone while the block runs (an exclusive lock on folder/.lock): a second process
+    on it stops with a ValueError instead of interleaving its checkpoints and logs."""
+    with open(os.path.join(folder, '.lock'), 'w') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f'{folder}: another process is using it; wait for it to finish or choose another '
+                             'folder') from None
+        yield
 
 
 def atomic_save(obj, path):
@@ -123,3 +140,38 @@ def keep_freed_memory(device):
         return
     libc.mallopt(-4, 0)   # M_MMAP_MAX = 0: large blocks come from the heap, not from fresh mmaps
     libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD = -1: never hand the heap's free top back to the OS
+
+
+def table(rows, cols):
+    """Rows of dicts -> a markdown table of the given columns (those any row has); floats to 4 digits."""
+    cols = [c for c in cols if any(c in r for r in rows)]
+    fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    lines += ['| ' + ' | '.join(fmt(r.get(c, '')) for c in cols) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def plot(path, xs, series, xlabel, ylabel='identity distance', line=None):
+    """A line plot with matplotlib when installed; else the numbers go to a CSV next to it."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        with open(Path(path).with_suffix('.csv'), 'w') as f:
+            f.write(','.join([xlabel] + list(series)) + '\n')
+            for i, x in enumerate(xs):
+                f.write(','.join([str(x)] + [f'{v[i]:.5g}' for v in series.values()]) + '\n')
+        return Path(path).with_suffix('.csv')
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker='o', label=name)
+    if line is not None:
+        ax.axhline(line, color='grey', ls=':', lw=1, label='same-person threshold')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

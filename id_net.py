@@ -27,6 +27,25 @@ import torch.nn.functional as F
 from helpers import CheckpointError, load, model_file
 
 # -----------------------------------------------------------------------------
+# framing: where a generator draws the face, and the recognisers' fixed crops moved to it
+
+FFHQ_FRAMING = ((0.376, 0.474), (0.622, 0.476), (0.502, 0.733))  # eye and mouth centres of FFHQ-aligned faces (the
+# six demo photos, dlib's 68 landmarks, spread <= 0.02), in units of the image side, as GeneratorConfig.framing
+
+
+def reframe(box, framing=None):
+    """A crop box (l, t, r, b fractions) of FFHQ-aligned images -> the same crop of faces drawn with another framing:
+    the scale and shift that carry FFHQ's eye and mouth centres onto the framing's (least squares)."""
+    if framing is None:
+        return box
+    src, dst = np.asarray(FFHQ_FRAMING), np.asarray(framing, dtype=np.float64)
+    sc, dc = src.mean(0), dst.mean(0)
+    s = ((src - sc) * (dst - dc)).sum() / np.square(src - sc).sum()
+    (l, t), (r, b) = s * (np.reshape(box, (2, 2)) - sc) + dc
+    return tuple(round(float(v), 4) for v in (l, t, r, b))
+
+
+# -----------------------------------------------------------------------------
 # dlib's serialisation format
 
 
@@ -140,8 +159,9 @@ class DlibFaceNet(nn.Module):
     # 0.01-0.02); the tests recompute it with dlib.
     FFHQ_CHIP = (0.1616, 0.2599, 0.8481, 0.9464)
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, framing=None):
         super().__init__()
+        self.box = reframe(self.FFHQ_CHIP, framing)  # the chip, where the generator draws the face
         self.stem = nn.Conv2d(3, 32, 7, 2, 0)
         self.stem_aff = _Affine(32)
         spec = [(32, 32, False)] * 3 + [(32, 64, True)] + [(64, 64, False)] * 3 + [(64, 128, True)] + \
@@ -185,10 +205,11 @@ class DlibFaceNet(nn.Module):
         return (out, feats) if return_features else out
 
     def chip(self, images):
-        return ffhq_crop(images, self.FFHQ_CHIP, 150) * 127.5 + 127.5
+        return ffhq_crop(images, self.box, 150) * 127.5 + 127.5
 
     def embed(self, images):
-        """[-1, 1] FFHQ-aligned images, any size -> descriptors [N, 128]; a fixed differentiable crop."""
+        """[-1, 1] aligned images (FFHQ's framing or the one given), any size -> descriptors [N, 128]; a fixed
+        differentiable crop."""
         return self(self.chip(images))
 
     def features(self, images):
@@ -267,17 +288,18 @@ class IRNet(nn.Module):
     UNITS = IR_UNITS
     FFHQ_CROP = (32 / 256, 35 / 256, 220 / 256, 223 / 256)  # pSp/GUIDE's [35:223, 32:220] crop of 256 px
 
-    def __init__(self, num_layers=50, se=True):
+    def __init__(self, num_layers=50, se=True, framing=None):
         super().__init__()
+        self.box = reframe(self.FFHQ_CROP, framing)
         self.input_layer, self.body = ir_layers(num_layers, se)
         self.stage_ends = np.cumsum(self.UNITS[num_layers]).tolist()  # units after which the resolution halves
         self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(), nn.Flatten(), nn.Linear(512 * 7 * 7, 512),
                                           nn.BatchNorm1d(512))
 
     @classmethod
-    def from_file(cls, path, arch):
+    def from_file(cls, path, arch, framing=None):
         """arch 'arcface' (IR-SE50, model_ir_se50.pth) or 'curricularface' (IR-101, CurricularFace_Backbone.pth)."""
-        net = cls(50, True) if arch == 'arcface' else cls(100, False)
+        net = cls(50, True, framing) if arch == 'arcface' else cls(100, False, framing)
         sd = load(path, f'the {arch} backbone state dict')
         if not isinstance(sd, dict):
             raise ValueError(f'{path}: not the {arch} backbone state dict (holds a {type(sd).__name__})')
@@ -293,12 +315,12 @@ class IRNet(nn.Module):
         return F.normalize(x, dim=1)
 
     def embed(self, images):
-        return self(ffhq_crop(images, self.FFHQ_CROP, 112))
+        return self(ffhq_crop(images, self.box, 112))
 
     def features(self, images):
         """Embedding and the feature maps at the end of each stage (56, 28, 14, 7 px) of [-1, 1] aligned images:
         the offline perceptual stand-in and the inversion read these, as they read dlib's stages."""
-        x, feats = self.input_layer(ffhq_crop(images, self.FFHQ_CROP, 112)), []
+        x, feats = self.input_layer(ffhq_crop(images, self.box, 112)), []
         for i, unit in enumerate(self.body, 1):
             x = unit(x)
             if i in self.stage_ends:
@@ -311,26 +333,35 @@ class IRNet(nn.Module):
 
 
 class DlibCpp:
-    """dlib's own C++ recogniser (dlib-bin): HOG detector, 5-point alignment, its 150 px chip, its descriptor. A
-    second judge for evaluation, independent of the port above and of its fixed crop; not differentiable."""
+    """dlib's own C++ recogniser (dlib-bin): detector, 5-point alignment, its 150 px chip, its descriptor. A second
+    judge for evaluation, independent of the port above and of its fixed crop; not differentiable. FFHQ's framing:
+    the HOG detector; a tighter framing (a generator's own): the CNN detector on an edge-padded image, as HOG misses
+    a third of faces cropped that close (many-people-teacher.md)."""
     THRESHOLD = 0.6
 
-    def __init__(self):
+    def __init__(self, framing=None):
         import dlib
-        self.det = dlib.get_frontal_face_detector()
+        self.framing = framing
+        self.det = dlib.get_frontal_face_detector() if framing is None else \
+            dlib.cnn_face_detection_model_v1(model_file('mmod_human_face_detector.dat'))
         self.sp = dlib.shape_predictor(model_file('shape_predictor_5_face_landmarks.dat'))
         self.rec = dlib.face_recognition_model_v1(model_file('dlib_face_recognition_resnet_model_v1.dat'))
 
     def detect(self, images, size=256):
         """[N, H, W, 3] uint8 images -> [(image, 5-point shape of its largest face, or None)]; images smaller than
-        `size` are first resized to it (the HOG detector misses faces under ~80 px)."""
+        `size` are first resized to it (the HOG detector misses faces under ~80 px; the CNN's size is 128, plus a
+        quarter of edge padding)."""
         from PIL import Image
         out = []
+        size = size if self.framing is None else 128
         for x in images:
             x = np.ascontiguousarray(x)
             if min(x.shape[:2]) < size:
                 x = np.asarray(Image.fromarray(x).resize((size, size), Image.BILINEAR))
+            if self.framing is not None:
+                x = np.pad(x, ((size // 4,) * 2, (size // 4,) * 2, (0, 0)), mode='edge')
             dets = self.det(x, 0)  # no upsampling: the image is at least `size`
+            dets = dets if self.framing is None else [d.rect for d in dets]  # the CNN's detections hold a rect
             out.append((x, self.sp(x, max(dets, key=lambda r: r.area())) if len(dets) else None))
         return out
 
@@ -468,12 +499,13 @@ class FaceRes(nn.Module):
 ID_NETS = ('dlib', 'arcface', 'curricularface')
 
 
-def load_id_net(name='dlib', path=None):
-    """'dlib' (offline default), 'arcface' or 'curricularface' (these need `path` to the user's weights)."""
+def load_id_net(name='dlib', path=None, framing=None):
+    """'dlib' (offline default), 'arcface' or 'curricularface' (these need `path` to the user's weights), cropping
+    faces drawn with the generator's framing (None: FFHQ's)."""
     if name == 'dlib':
-        return DlibFaceNet(path)
+        return DlibFaceNet(path, framing)
     if name in ('arcface', 'curricularface'):
         if not path:
             raise ValueError(f'the {name} identity network needs its weights: pass their path with --id_weights')
-        return IRNet.from_file(path, name)
+        return IRNet.from_file(path, name, framing)
     raise ValueError(f'unknown identity network {name!r}; choose one of {", ".join(ID_NETS)}')

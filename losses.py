@@ -74,7 +74,6 @@ class Weights:
     pix: float
     perc: float
     id: float
-    local: float
     adj: float
     glob: float
     tc: float
@@ -133,8 +132,8 @@ def trajectory_consistency(traj, n, blocks=(), device=None):
 
 
 def total(L, wt):
-    """The weighted sum of the named terms (README eq. 4): the objective the step minimises."""
-    return sum(getattr(wt, k) * L[k] for k in ('local', 'adj', 'glob', 'tc', 'person', 'keep') if k in L)
+    """The weighted sum of the named terms (README eq. 4; the local term's weight is 1): the objective the step minimises."""
+    return sum((getattr(wt, k) * L[k] for k in ('adj', 'glob', 'tc', 'person', 'keep') if k in L), L['local'])
 
 
 def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=1):

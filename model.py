@@ -290,6 +290,7 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995
     conv_clamp: int = None       # None (original StyleGAN2 / FFHQ-1024) or 256 (ADA-trained nets)
     num_fp16_res: int = 0        # top resolutions that run in fp16 on CUDA
+    framing: tuple = None        # where it draws the eye and mouth centres (data.framing_quad); None: FFHQ's crop
 
     def channels(self, res):
         return min(self.channel_base // res, self.channel_max)
@@ -378,7 +379,8 @@ def infer_config(sd, path, **known):
 
 
 def parse_torch_checkpoint(ckpt, path):
-    """Our own {'config', 'state_dict'} format or rosinality's {'g_ema', 'latent_avg'}."""
+    """Our own {'config', 'state_dict'} format, rosinality's {'g_ema', 'latent_avg'}, or a pSp / e4e encoder's file,
+    whose decoder.* is a rosinality generator."""
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{path}: not a generator checkpoint (top level is {type(ckpt).__name__})')
     if 'config' in ckpt and 'state_dict' in ckpt:
@@ -389,6 +391,11 @@ def parse_torch_checkpoint(ckpt, path):
         return GeneratorConfig(**ckpt['config']), ckpt['state_dict']
     if 'g_ema' in ckpt:
         return from_rosinality(ckpt, path)
+    if isinstance(ckpt.get('state_dict'), dict) and isinstance(ckpt.get('opts'), dict):  # pSp / e4e: a rosinality decoder.*
+        g = {k[len('decoder.'):]: v for k, v in ckpt['state_dict'].items() if k.startswith('decoder.')}
+        avg = ckpt.get('latent_avg')  # [n_styles, w_dim] or [w_dim]: the generator's mean latent, repeated
+        return from_rosinality({'g_ema': g, **({'latent_avg': avg.reshape(-1, avg.shape[-1])[0]}
+                                              if isinstance(avg, torch.Tensor) and avg.ndim else {})}, path)
     raise CheckpointError(f'{path}: no generator found (expected keys config+state_dict, or g_ema)')
 
 

@@ -18,19 +18,21 @@ import argparse
 import json
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import load_faces, save_grid
-from helpers import atomic_save, load
-from id_net import DlibFaceNet
-from model import Generator, GeneratorConfig, bias_act, setup_filter, upfirdn2d
+from data import DataError, invert, load_faces, save_grid, to_uint8
+from helpers import CheckpointError, atomic_save, device, load, owned, write_json
+from id_net import DlibCpp, DlibFaceNet, FaceRes
+from judges import CALIBRATION_SEED, eval_latents
+from lifecycle import Signals
+from model import Generator, GeneratorConfig, bias_act, generate, setup_filter, upfirdn2d
 from teacher import FRAMING, Z_DIM, load_teacher
 
 # -----------------------------------------------------------------------------
@@ -121,6 +123,12 @@ def parser():
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--export', default=None, help='only write the EMA generator of --out to this path and exit')
+    p.add_argument('--report', default=None, help="only measure this exported generator: <it>_report.json, <it>_samples.png")
+    p.add_argument('--baby', default=None, help='--report: also the pairs of this generator (the earlier, four-person baby)')
+    p.add_argument('--faceres', default=None, help='--report: HSE FaceRes-deep (faceres-deep.json), a second judge')
+    p.add_argument('--samples', type=int, default=1000, help='--report: samples searched for a face (psi 0.7)')
+    p.add_argument('--pairs', type=int, default=500, help='--report: samples whose pairs are compared')
+    p.add_argument('--invert_steps', type=int, default=1000, help="--report: inversion steps of the photos")
     return p
 
 
@@ -152,17 +160,29 @@ class GAN:
     wall: float = 0.0
 
 
-def build(args, P, dev):
-    """The GAN at step 0 (its synthesis from --init when given), or resumed from --out's checkpoint."""
+def load_state(args, dev):
+    """--out's checkpoint, checked to be a pretrain.py state, or None (step 0)."""
+    path = os.path.join(args.out, 'ckpt.pt')
+    if not os.path.exists(path):
+        return None
+    ck = load(path, 'a pretrain.py checkpoint', map_location=dev)
+    need = ('config', 'G', 'G_ema', 'D', 'optG', 'optD', 'gen', 'cpu_rng', 'step', 'wall')
+    if not isinstance(ck, dict) or not all(k in ck for k in need) or not isinstance(ck['config'], dict):
+        raise CheckpointError(f'{path}: not a pretrain.py checkpoint; pass another --out (or delete it to start over)')
+    return ck
+
+
+def build(args, P, dev, ck=None):
+    """The GAN at step 0 (its synthesis from --init when given), or resumed from ck (load_state)."""
     cfg = GeneratorConfig(img_resolution=64, z_dim=Z_DIM, w_dim=args.wdim, channel_base=args.channel_base,
                           channel_max=args.channels, mapping_layers=args.mapping, mapping_lr_mul=args.mapping_lr,
-                          conv_clamp=256)
+                          conv_clamp=256, framing=FRAMING)
     torch.manual_seed(args.seed)
     G = Generator(cfg).to(dev).train()
     dch = {64 // 2 ** i: min(args.dchannels * 2 ** i, args.channels) for i in range(5)}
     D = Discriminator(64, dch).to(dev)
     path = os.path.join(args.out, 'ckpt.pt')
-    if args.init and not os.path.exists(path):
+    if args.init and ck is None:
         G.synthesis.load_state_dict(Generator.from_checkpoint(args.init).synthesis.state_dict())
     G_ema = Generator(cfg).to(dev).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
@@ -172,10 +192,9 @@ def build(args, P, dev):
             torch.randn(P, Z_DIM, generator=torch.Generator().manual_seed(1000 + args.seed)).to(dev),
             torch.randn(32, Z_DIM, generator=torch.Generator().manual_seed(2000 + args.seed)).to(dev),
             torch.Generator(device=dev).manual_seed(args.seed))
-    if os.path.exists(path):
-        ck = load(path, 'a pretrain.py checkpoint', map_location=dev)
-        if ck['config'] != cfg.__dict__:
-            raise SystemExit(f'error: {path} was trained with another config; use another --out')
+    if ck is not None:
+        if GeneratorConfig(**ck['config']) != cfg:
+            raise ValueError(f'{path} was trained with another config; use another --out')
         for k in ('G', 'G_ema', 'D', 'optG', 'optD'):
             getattr(n, k).load_state_dict(ck[k])
         n.gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
@@ -185,8 +204,9 @@ def build(args, P, dev):
     return n
 
 
-def save(n, args):
-    atomic_save({'config': n.cfg.__dict__, 'G': n.G.state_dict(), 'G_ema': n.G_ema.state_dict(), 'D': n.D.state_dict(),
+def save(n, args, photos, names):
+    """The whole state, the aligned photos with it (a resume needs no dlib), written atomically."""
+    atomic_save({'photos': photos.cpu(), 'names': names, 'config': n.cfg.__dict__, 'G': n.G.state_dict(), 'G_ema': n.G_ema.state_dict(), 'D': n.D.state_dict(),
                  'optG': n.optG.state_dict(), 'optD': n.optD.state_dict(), 'gen': n.gen.get_state(),
                  'cpu_rng': torch.get_rng_state(), 'step': n.step, 'wall': n.wall, 'args': vars(args)},
                 os.path.join(args.out, 'ckpt.pt'))
@@ -256,52 +276,192 @@ def snapshot(n, T, photos, args):
     return (mine - theirs).abs().mean().item()
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    dev = torch.device(args.device)
+# -----------------------------------------------------------------------------
+# the report: what the exported generator draws (assets/README.md)
+
+FMR = 1e-3  # a judge's same-person threshold for a generator: the distance 1 in 1,000 pairs of its random samples fall under
+
+
+def pair_stats(emb, dist, thresholds):
+    """All pairs of the samples with a face (NaN rows: none found): their distance's mean, 5th and 1st percentiles, and
+    the share under each threshold (called one person)."""
+    e = emb[emb[:, 0].isfinite()]
+    i, j = torch.triu_indices(len(e), len(e), 1)
+    d = dist(e[i], e[j]).double()
+    return {'faces': len(e), 'pairs': len(d), 'mean': d.mean().item(), 'p5': d.quantile(0.05).item(),
+            'p1': d.quantile(0.01).item(), **{f'same_{t:g}': (d < t).double().mean().item() for t in thresholds}}
+
+
+def fmr_threshold(emb, dist):
+    """The rule: the distance under which FMR of all pairs of random samples fall. A generator of many people draws
+    almost only different people at random, so this is the judge's false-match rate on its own faces; dlib's 0.6 was
+    set on real photos and calls 15% of the teacher's random pairs one person."""
+    e = emb[emb[:, 0].isfinite()]
+    i, j = torch.triu_indices(len(e), len(e), 1)
+    return round(dist(e[i], e[j]).double().quantile(FMR).item(), 3)
+
+
+def judged(imgs, cpp, faceres, desc):
+    """{judge: descriptors [N, D]} of images, 50 at a time, NaN rows where dlib finds no face (FaceRes reads dlib's
+    detection); the baby's FFHQ-framed 64 px images are first drawn at 256, as its report did."""
+    parts = []
+    for x in tqdm(imgs.split(50), desc=desc, leave=False):
+        u8 = to_uint8(x if cpp.framing else F.interpolate(x, size=256, mode='bilinear'))
+        faces = cpp.detect(u8)
+        parts.append({'dlib_cpp': cpp.describe(u8, faces), **({'faceres': faceres.describe(faces)} if faceres else {})})
+    return {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
+
+
+def recognised(emb, photo_emb, names, dist, thr):
+    """Each inverted photo's image against every photo: its own, the nearest of another person, called it; obama_2
+    and obama_3 against the image of obama_1's latent."""
+    d = dist(emb[:, None], photo_emb[None])  # [inverted image, photo]
+    person = [n.split('_')[0] for n in names]
+    out = {}
+    for k, n in enumerate(names):
+        other = min(d[k, q].item() for q in range(len(names)) if person[q] != person[k])
+        out[n] = {'own_photo': d[k, k].item(), 'nearest_other_person': other,
+                  'recognised': bool(d[k, k] < min(thr, other))}
+    o1 = names.index('obama_1')
+    out['heldout_vs_obama_1_latent'] = {n: {'distance': d[o1, names.index(n)].item()} for n in ('obama_2', 'obama_3')}
+    return out
+
+
+@torch.no_grad()
+def report(args, dev):
+    """The exported generator beside the teacher (and the baby): faces found, each judge's threshold by the rule, how
+    many different people each judge sees (all pairs of --pairs samples, psi 1 and 0.7), the photos inverted (pixel
+    loss only) and recognised -> <generator>_report.json and <generator>_samples.png (64 of its samples | 64 of the
+    teacher's, 8 and 8 a row)."""
+    G = Generator.from_checkpoint(args.report).to(dev).eval()
     T = load_teacher(args.teacher).to(dev)
-    photos, names = load_anchor_photos(args, dev)
+    cpp, faceres = DlibCpp(G.cfg.framing), FaceRes(args.faceres).to(dev) if args.faceres else None
+    dists = {'dlib_cpp': DlibCpp.distance, 'faceres': FaceRes.distance}
+    rep = {'generator': args.report, 'step': (load(args.report, 'a generator').get('pretrain') or {}).get('step'),
+           'framing': G.cfg.framing}
+    cal = judged(generate(G, eval_latents(G, args.pairs, CALIBRATION_SEED, psi=1), {}), cpp, faceres, 'thresholds')
+    rep['threshold'] = {j: fmr_threshold(e, dists[j]) for j, e in cal.items()}  # on the generator alone
+    thr = {j: sorted({0.5, 0.6, t}) if j == 'dlib_cpp' else [t] for j, t in rep['threshold'].items()}
+    found = judged(generate(G, eval_latents(G, args.samples, 0), {}), cpp, None, 'faces')['dlib_cpp'][:, 0].isfinite()
+    rep['faces_psi0.7'] = {'n': args.samples, 'found': found.double().mean().item(), 'detector': 'dlib CNN (mmod)'}
+    imgs = {f'generator_psi{psi:g}': (G, psi) for psi in (1, 0.7)}
+    imgs.update({f'baby_psi{psi:g}': (Generator.from_checkpoint(args.baby).to(dev).eval(), psi)
+                 for psi in (1, 0.7) if args.baby})
+    rep['pairs'] = {}
+    for name, (g, psi) in imgs.items():
+        e = judged(generate(g, eval_latents(g, args.pairs, 1, psi=psi), {}), cpp if g is G else DlibCpp(), faceres, name)
+        rep['pairs'][name] = {j: pair_stats(v, dists[j], thr[j]) for j, v in e.items()}
+    z = torch.randn(args.pairs, Z_DIM, generator=torch.Generator().manual_seed(2)).to(dev)
+    e = judged(torch.cat([T(x) for x in z.split(50)]), cpp, faceres, 'teacher')
+    rep['pairs']['teacher'] = {j: pair_stats(v, dists[j], thr[j]) for j, v in e.items()}
+    photos, names = load_anchor_photos(argparse.Namespace(faces=args.faces), dev)
+    with torch.enable_grad():  # pixels alone: no recogniser finds the latents that it then judges
+        w_inv = invert(G, photos, DlibFaceNet(framing=G.cfg.framing).to(dev), steps=args.invert_steps, w_perc=0,
+                       w_id=0)[0]
+    ep, ei = judged(photos, cpp, faceres, 'photos'), judged(generate(G, w_inv, {}), cpp, faceres, 'inverted')
+    rep['inversion'] = {j: recognised(ei[j], ep[j], names, dists[j], rep['threshold'][j]) for j in ep}
+    out = Path(args.report)
+    mine, theirs = generate(G, eval_latents(G, 64, 3, psi=1), {}), T(z[:64])
+    save_grid(torch.cat([torch.cat([mine[r * 8:(r + 1) * 8], theirs[r * 8:(r + 1) * 8]]) for r in range(8)]),
+              out.with_name(out.stem + '_samples.png'), nrow=16)
+    write_json(rep, out.with_name(out.stem + '_report.json'))
+    print(json.dumps(rep, indent=1))
+    return rep
+
+def check(args):
+    """Every flag and file, before any work: the first problem as a ValueError naming the flag and the fix."""
+    device(args.device)
+    ints = {'wdim': (1, 4096), 'channels': (1, 4096), 'channel_base': (1, 2 ** 20), 'dchannels': (1, 4096),
+            'mapping': (1, 64), 'iters': (1, 10 ** 8), 'batch': (1, 4096), 'r1_every': (1, 10 ** 6),
+            'sample_every': (1, 10 ** 8), 'ckpt_every': (1, 10 ** 8), 'seed': (0, 2 ** 63 - 1),
+            'threads': (0, os.cpu_count() or 1), 'samples': (2, 10 ** 5), 'pairs': (2, 10 ** 4),
+            'invert_steps': (1, 10 ** 5)}
+    for k, (lo, hi) in ints.items():
+        if not lo <= getattr(args, k) <= hi:
+            raise ValueError(f'--{k} {getattr(args, k)}: must be an integer from {lo} to {hi:,}')
+    for k in ('lr', 'mapping_lr', 'ema_kimg'):
+        if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0):
+            raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number > 0')
+    for k in ('r1', 'distill', 'rec', 'rec_id'):
+        if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
+            raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number >= 0 (0: the term off)')
+    if args.report or args.export:
+        return
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f'--out {args.out}: is a file; choose a folder')
+    if not any(os.path.isdir(os.path.join(args.faces, d)) for d in (os.listdir(args.faces) if os.path.isdir(args.faces) else ())):
+        raise ValueError(f'--faces {args.faces}: not a folder of identity folders (one folder of photos per person)')
+
+
+def export(n, args, names):
+    """The EMA generator of a trained state, in our checkpoint format; refused when untrained or not finite."""
+    if n.step == 0:
+        raise ValueError(f'--export: {args.out} holds no trained state (step 0); train first, or pass its --out')
+    if not all(torch.isfinite(v).all() for v in n.G_ema.state_dict().values()):
+        raise ValueError(f'--export: {args.out}/ckpt.pt holds NaN or Inf weights at step {n.step}; resume from an '
+                         'earlier state')
+    n.G_ema.save(args.export, pretrain={'step': n.step, 'wall_s': round(n.wall), 'args': vars(args),
+                                        'anchors': n.anchors.cpu(), 'anchor_names': names})
+    print(f'exported G_ema at step {n.step} to {args.export}')
+
+
+def train(n, T, photos, names, emb_photos, idn, args, dev):
+    """Steps until --iters or Ctrl-C / SIGTERM (then between steps), logging, sampling, checkpointing."""
+    t0 = time.time()
+    with Signals() as stop, open(os.path.join(args.out, 'log.jsonl'), 'a') as log, \
+            tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
+        while n.step < args.iters and not stop.sig:
+            loss_d = d_step(n, T, args, dev)
+            loss_g, dis, rec, rec_id = g_step(n, T, photos, emb_photos, idn, args, dev)
+            ema(n, args)
+            n.step += 1
+            pbar.update(1)
+            if n.step % 50 == 0:
+                logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'distill': dis.item(),
+                          'rec': rec.item(), 'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
+                if not all(math.isfinite(v) for v in logged.values()):
+                    raise FloatingPointError(f'non-finite loss at step {n.step}: {logged}; the last checkpoint is kept')
+                pbar.set_postfix({k: f'{v:.3f}' for k, v in logged.items() if k not in ('step', 'wall')})
+                log.write(json.dumps(logged) + '\n')
+            if n.step % args.sample_every == 0:
+                log.write(json.dumps({'step': n.step, 'heldout_l1': snapshot(n, T, photos, args)}) + '\n')
+            log.flush()
+            if n.step % args.ckpt_every == 0:
+                n.wall, t0 = n.wall + time.time() - t0, time.time()
+                save(n, args, photos, names)
+    n.wall += time.time() - t0
+    save(n, args, photos, names)
+    print(f'saved {os.path.join(args.out, "ckpt.pt")} at step {n.step}' + (' (interrupted)' if stop.sig else ''))
+
+
+def start(args, dev):
+    """The teacher, --out's state (or None), the photos (the state's own, aligned when it was begun), the identity
+    network and its descriptors of the photos."""
+    T, ck = load_teacher(args.teacher).to(dev), load_state(args, dev)
+    photos, names = (ck['photos'].to(dev), ck['names']) if ck and 'photos' in ck else load_anchor_photos(args, dev)
     idn = DlibFaceNet().to(dev)
     with torch.no_grad():
-        emb_photos = idn.embed(photos)
-    n = build(args, len(photos), dev)
-    if args.export:
-        n.G_ema.save(args.export, framing=FRAMING, pretrain={
-            'step': n.step, 'wall_s': round(n.wall), 'args': vars(args), 'anchors': n.anchors.cpu(), 'anchor_names': names})
-        print(f'exported G_ema at step {n.step} to {args.export}')
-        return
-    stopped = []  # SIGTERM stops at the next step (Ctrl-C at once); either way the checkpoint is written
-    signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
-    t0 = time.time()
-    with open(os.path.join(args.out, 'log.jsonl'), 'a') as log, \
-            tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
-        try:
-            while n.step < args.iters and not stopped:
-                loss_d = d_step(n, T, args, dev)
-                loss_g, dis, rec, rec_id = g_step(n, T, photos, emb_photos, idn, args, dev)
-                ema(n, args)
-                n.step += 1
-                pbar.update(1)
-                if n.step % 50 == 0:
-                    logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'distill': dis.item(),
-                              'rec': rec.item(), 'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
-                    pbar.set_postfix(d=f'{logged["loss_d"]:.3f}', g=f'{logged["loss_g"]:.3f}', dis=f'{logged["distill"]:.3f}',
-                                     rec=f'{logged["rec"]:.3f}', id=f'{logged["rec_id"]:.3f}')
-                    log.write(json.dumps(logged) + '\n')
-                if n.step % args.sample_every == 0:
-                    log.write(json.dumps({'step': n.step, 'heldout_l1': snapshot(n, T, photos, args)}) + '\n')
-                log.flush()
-                if n.step % args.ckpt_every == 0:
-                    n.wall, t0 = n.wall + time.time() - t0, time.time()
-                    save(n, args)
-        except KeyboardInterrupt:
-            pass
-    n.wall += time.time() - t0
-    save(n, args)
-    print(f'saved {os.path.join(args.out, "ckpt.pt")} at step {n.step}')
+        return T, ck, photos, names, idn, idn.embed(photos)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        check(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        dev = torch.device(args.device)
+        if args.report:
+            return report(args, dev)
+        if args.export:
+            _, ck, photos, names, _, _ = start(args, dev)
+            return export(build(args, len(photos), dev, ck), args, names)
+        os.makedirs(args.out, exist_ok=True)
+        with owned(args.out):  # one process at a time: the state is read under the lock
+            T, ck, photos, names, idn, emb_photos = start(args, dev)
+            train(build(args, len(photos), dev, ck), T, photos, names, emb_photos, idn, args, dev)
+    except (CheckpointError, DataError, ValueError, OSError, FloatingPointError) as e:
+        raise SystemExit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,275 @@
+"""
+The judges: who a generated face is, by the identity network of the loss and, where installed, dlib's own C++ pipeline
+and HSE FaceRes-deep (evaluation only: training never loads it); each judge's same-person threshold, FaceRes's fixed on
+the original generator alone; the leak (how often fresh samples still show the forgotten person) and the face-feature
+Frechet distance.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+from tqdm import tqdm
+
+from data import dlib_available, load_faces, to_uint8
+from ddp import gather, reduce_sum, shard
+from id_net import DlibCpp, FaceRes, load_id_net
+from losses import who
+from model import generate
+from perceptual import FIDInception
+
+
+def frechet_distance(mu1, s1, mu2, s2):
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), as in the FID code (1e-6 diagonal fallback)."""
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(s1.dot(s2))
+    if not np.isfinite(covmean).all():
+        off = np.eye(s1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((s1 + off).dot(s2 + off))
+    covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def stats(feats):
+    """Mean and covariance of features [N, D], over every process's samples: from moments summed over the ranks."""
+    f = feats.double()
+    n = reduce_sum(torch.tensor(float(len(f)), dtype=f.dtype, device=f.device))
+    mu = reduce_sum(f.sum(0)) / n
+    cov = (reduce_sum(f.T @ f) - n * torch.outer(mu, mu)) / (n - 1)
+    return mu.cpu().numpy(), cov.cpu().numpy()
+
+
+class Judge:
+    """Identity network, photo embeddings and fixed random latents shared by all the measurements."""
+
+    def __init__(self, args, device, framing=None):
+        self.idn = load_id_net(args.id_net, args.id_weights, framing).to(device)
+        self.device, self.n, self.seed = device, args.n, seeds(args)[0] if hasattr(args, 'seed') else 0
+        self.name = args.id_net
+        inception = getattr(args, 'inception', None)
+        self.inception = FIDInception(inception).to(device) if inception else None
+        self.fd_name = 'FID' if inception else f'FD_{args.id_net}'  # never call a descriptor distance FID
+
+    def fd_feats(self, imgs, emb=None, bs=32):
+        """Features for Frechet distances: Inception pool3 when given, else the identity descriptors."""
+        if self.inception is None:
+            return self.emb(imgs) if emb is None else emb
+        return torch.cat([self.inception(imgs[i:i + bs]) for i in range(0, len(imgs), bs)])
+
+    def emb(self, imgs, bs=32):
+        return torch.cat([self.idn.embed(imgs[i:i + bs]) for i in range(0, len(imgs), bs)])
+
+    def dist(self, a, b):
+        return self.idn.distance(a, b)
+
+
+EVAL_STREAM = 1 << 40  # evaluation seeds: EVAL_STREAM + --seed, a stream training (seeds 0, 1, ...) never draws
+
+
+def eval_latents(G, n, seed, psi=0.7):
+    """n fresh latents from the evaluation seed stream (the same on every call with the same seed)."""
+    z = torch.randn(n, G.cfg.z_dim, generator=torch.Generator().manual_seed(EVAL_STREAM + seed))
+    with torch.no_grad():
+        return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
+
+
+def seeds(args):
+    """--seed 1,2,3 -> [1, 2, 3]: the leak is counted on each, the rest on the first."""
+    try:
+        out = [int(s) for s in str(args.seed).split(',')]
+    except ValueError:
+        raise ValueError(f'--seed {args.seed}: write integers separated by commas, e.g. 1,2,3') from None
+    if not all(0 <= s < 2 ** 40 for s in out):
+        raise ValueError(f'--seed {args.seed}: evaluation seeds are integers 0 <= N < 2**40')
+    return out
+
+
+def person_name(ident):
+    """A forgotten person's name: the photos' folder, seed<N>, or the latent file's stem."""
+    if ident.get('kind') == 'photos':
+        p = Path(ident['path'])
+        return ident.get('name') or (p if p.is_dir() else p.parent).name
+    return f"seed{ident['seed']}" if ident.get('kind') == 'seed' else Path(ident.get('path', 'latent')).stem
+
+
+def known_people(meta, G_s, s_kw, size=256):
+    """{name: [k, 3, size, size] aligned images}: the forgotten person first (all its photos, held-out ones too,
+    or the image of the forgotten latent when it was given as seed:N / a latent file), then every kept person's
+    folder under the run's --retain. Several forgotten (per_person's view): the others after him, before the kept."""
+    out, many = {}, 'also_forgotten' in meta
+    for ident, ws in [(meta['identity'], meta['ws_u'])] + meta.get('also_forgotten', []):  # him first
+        if ident.get('kind') == 'photos':
+            p = Path(ident['path'])
+            out[person_name(ident)] = load_faces(p if p.is_dir() else p.parent, size, framing=G_s.cfg.framing)[0]
+        else:
+            img = generate(G_s, ws.to(G_s.mapping.w_avg.device), s_kw).cpu()
+            out[person_name(ident) if many else 'forgotten'] = torch.nn.functional.interpolate(
+                img, size=size, mode='bilinear', align_corners=False)
+    for name, photo in (meta.get('retain_photos') or {}).items():
+        out[name] = load_faces(Path(photo).parent, size, framing=G_s.cfg.framing)[0]
+    return out
+
+
+def recognise(emb, refs, dist, thr):
+    """Who each sample is, by the rule training uses (losses.who): the index of the nearest known person within thr,
+    -1 for nobody [N]; and each sample's distance to each person's nearest face [N, P] (inf where none was found).
+    refs: one [k, D] tensor of embeddings per person, the forgotten one first."""
+    inf = float('inf')  # a face not found (NaN) is at no distance from anyone, as in losses.who
+    d = torch.stack([dist(emb[:, None], r[None]).nan_to_num(inf, inf).min(1).values for r in refs], 1)
+    owner = torch.cat([torch.full((len(r),), i) for i, r in enumerate(refs)]).to(emb.device)
+    return who(emb, torch.cat(refs), owner, dist, thr), d
+
+
+def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
+    """Shares of samples recognised as each known person before / after, the forgotten one's (index 0) leak, the
+    loose count (within thr of any of the person's photos), and where the person's samples went. `showed` [N]
+    (bool): the samples that showed the person before by another judge (dlib C++); then also how close they are
+    to the person after, and the floor: how close the samples that never showed him were before."""
+    (ib, db), (ia, da) = recognise(emb_b, refs, dist, thr), recognise(emb_a, refs, dist, thr)
+    n, was = len(ib), ib == 0
+    went = {name: (ia[was] == i).sum().item() / max(was.sum().item(), 1) for i, name in enumerate(names)}
+    went['nobody'] = (ia[was] == -1).sum().item() / max(was.sum().item(), 1)
+    m = {'leak_before': (ib == 0).sum().item() / n, 'leak_after': (ia == 0).sum().item() / n,
+         'leak_loose_before': (db[:, 0] < thr).sum().item() / n, 'leak_loose_after': (da[:, 0] < thr).sum().item() / n,
+         'share_before': {k: (ib == i).sum().item() / n for i, k in enumerate(names)},
+         'share_after': {k: (ia == i).sum().item() / n for i, k in enumerate(names)},
+         'leak_went': went}
+    if showed is not None:  # distances to the person's nearest photo (faces found before and after only)
+        never = ~showed & db[:, 0].isfinite()
+        showed = showed & da[:, 0].isfinite()
+        mean = lambda v: v.mean().item() if len(v) else float('nan')  # noqa: E731
+        m.update(showed_n=int(showed.sum()), showed_dist_before=mean(db[showed, 0]), showed_dist_after=mean(da[showed, 0]),
+                 showed_called_after=mean((ia[showed] == 0).float()),
+                 floor_dist=mean(db[never, 0]), floor_called=mean((ib[never] == 0).float()))
+    return m
+
+
+class Panel:
+    """The judges of the leak, and who fresh samples are by each: the identity network (the fixed crop of the generator image); when
+    dlib-bin is installed dlib's own C++ detector, alignment and descriptor; with --faceres, HSE FaceRes-deep on
+    the same detection (an evaluation-only network, threshold fixed on the original generator by
+    faceres_threshold). The known people are embedded once by each."""
+
+    def __init__(self, people, J, cpp=None, faceres=None):
+        self.names, self.J, self.cpp, self.faceres = list(people), J, cpp, faceres
+        self.rules = {J.name: (J.dist, J.idn.THRESHOLD)}  # judge: (distance, same-person threshold)
+        if cpp is not None:
+            self.rules['dlib_cpp'] = (DlibCpp.distance, DlibCpp.THRESHOLD)
+        if faceres is not None:
+            self.rules['faceres'] = (FaceRes.distance, None)  # the threshold is set by faceres_threshold
+        with torch.no_grad():
+            embs = [self.embed(x.to(J.device)) for x in people.values()]
+        self.refs = {j: [e[j] for e in embs] for j in self.rules}
+
+    @torch.no_grad()
+    def embed(self, imgs):
+        out = {self.J.name: self.J.emb(imgs)}
+        if self.cpp is not None:
+            u8 = to_uint8(imgs)
+            faces = self.cpp.detect(u8)  # one detection and alignment for both C++-aligned judges
+            out['dlib_cpp'] = self.cpp.describe(u8, faces)
+            if self.faceres is not None:
+                out['faceres'] = self.faceres.describe(faces)
+        return out
+
+    def drawn(self, G, ws, kw, desc):
+        """embed() of G's images of ws, 64 at a time, with a progress bar (the C++ judge takes ~80 ms an image)."""
+        parts = [self.embed(generate(G, w, kw)) for w in tqdm(ws.split(64), desc=desc, leave=False)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def recognise(self, judge, emb, thr=None):
+        """recognise() by one judge: the nearest known person within its threshold (or thr), -1 for nobody."""
+        dist, t = self.rules[judge]
+        return recognise(emb, self.refs[judge], dist, t if thr is None else thr)
+
+    def latents(self, G_s, G_u, s_kw, u_kw, meta):
+        """Who the forgotten latent and each kept person's latent are, by each judge, before and after:
+        {judge: {name: [before, after]}} ('nobody' when no known person is within the threshold)."""
+        dev = G_s.mapping.w_avg.device
+        ws = torch.cat([meta['ws_u'][:1]] + list((meta.get('retain_ws') or {}).values())).to(dev)
+        names = [self.names[0], *(meta.get('retain_ws') or {})]
+        eb, ea = self.embed(generate(G_s, ws, s_kw)), self.embed(generate(G_u, ws, u_kw))
+        name = lambda i: self.names[i] if i >= 0 else 'nobody'  # noqa: E731
+        return {j: {n: [name(b), name(a)] for n, b, a in zip(names, self.recognise(j, eb[j])[0].tolist(),
+                                                              self.recognise(j, ea[j])[0].tolist())}
+                for j in self.rules}
+
+    def counts(self, before, after):
+        """leak_counts for each judge, from embed() of the same samples before and after; the samples that showed
+        the person before are split by dlib C++ (by the port without dlib-bin), the same for every judge."""
+        split = 'dlib_cpp' if 'dlib_cpp' in self.rules else self.J.name
+        showed = self.recognise(split, before[split])[0] == 0
+        m = {}
+        for judge, (dist, thr) in self.rules.items():
+            m[judge] = leak_counts(before[judge], after[judge], self.refs[judge], self.names, dist, thr, showed)
+            if judge == 'dlib_cpp':  # the share of samples with a detected face
+                m[judge]['face_before'] = before[judge][:, 0].isfinite().float().mean().item()
+                m[judge]['face_after'] = after[judge][:, 0].isfinite().float().mean().item()
+        return m
+
+
+CALIBRATION_SEED = 1 << 40  # FaceRes's threshold: samples of a stream no evaluation seed (< 2**40) draws
+
+
+def faceres_threshold(panel, G_s, s_kw, n):
+    """Fix FaceRes's threshold on the original generator alone, before anything unlearned is looked at: of n
+    samples (psi 0.7) of the calibration stream, the 1 - cosine at which FaceRes's verdict (nearest known person
+    within it, or nobody) agrees with dlib C++'s on the most samples with a face (the lowest such distance on ties).
+    Sets it in the panel and returns (threshold, agreement)."""
+    ws = shard(eval_latents(G_s, n, CALIBRATION_SEED))
+    emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'faceres threshold, original generator').items()}
+    ref, face = panel.recognise('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
+    grid = torch.arange(0.10, 0.90, 0.005)
+    agree = torch.stack([(panel.recognise('faceres', emb['faceres'], float(t))[0] == ref)[face].float().mean()
+                         for t in grid])
+    agree = agree.nan_to_num(0)  # no face found at all (a random generator): the lowest threshold, 0% agreement
+    i = int(agree.argmax())
+    panel.rules['faceres'] = (FaceRes.distance, round(grid[i].item(), 3))
+    return panel.rules['faceres'][1], agree[i].item()
+
+
+def make_panel(meta, G_s, s_kw, J, args):
+    """The judges of the leak (FaceRes with --faceres: its threshold fixed on the original generator first)."""
+    cpp, path = DlibCpp(G_s.cfg.framing) if dlib_available() else None, getattr(args, 'faceres', None)
+    if path and cpp is None:
+        raise ValueError('--faceres needs dlib-bin for its face alignment; run pip install -r requirements.txt')
+    faceres = FaceRes(path).to(J.device) if path else None
+    c = Panel(known_people(meta, G_s, s_kw), J, cpp, faceres)
+    if faceres is not None:
+        thr, agree = faceres_threshold(c, G_s, s_kw, args.n)
+        print(f'faceres: threshold {thr} (1 - cosine), agreeing with dlib C++ on {agree:.1%} of {args.n} samples of '
+              'the original generator')
+    return c
+
+
+def leak(G_s, G_u, s_kw, u_kw, panel, n, seed, before=None):
+    """How often n fresh samples (psi 0.7, evaluation seed) show the forgotten person, before and after, by each
+    judge. `before` (panel.embed of G_s's samples) can be passed to skip drawing them again. Each process draws its
+    share of the samples; the embeddings are gathered, so any number of processes count the same."""
+    ws = shard(eval_latents(G_s, n, seed))
+    before = before or panel.drawn(G_s, ws, s_kw, f'leak: seed {seed}, before')
+    after = panel.drawn(G_u, ws, u_kw, f'leak: seed {seed}, after')
+    return {'leak_n': n, 'leak_seed': seed, 'leak_psi': 0.7, 'people': panel.names,
+            **panel.counts(gather(before), gather(after))}, before
+
+
+def leak_summary(runs, panel):
+    """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers; per judge also
+    the samples that showed the person before (by dlib C++) and the judge's floor (the samples that never did)."""
+    out = {}
+    for judge in panel.rules:
+        for key in ('leak_before', 'leak_after'):
+            v = np.array([r[judge][key] for r in runs])
+            out[f'{key.replace("leak_", f"leak_{judge}_")}'] = float(v.mean())
+            out[f'{key.replace("leak_", f"leak_{judge}_")}_sd'] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        for key in ('showed_dist_before', 'showed_dist_after', 'showed_called_after', 'floor_dist', 'floor_called'):
+            k = key.replace('showed_', f'showed_{judge}_').replace('floor_', f'floor_{judge}_')
+            out[k] = float(np.mean([r[judge][key] for r in runs]))
+        for name in panel.names[1:]:  # the kept people's shares of the samples
+            for when in ('before', 'after'):
+                out[f'share_{judge}_{name}_{when}'] = float(np.mean([r[judge][f'share_{when}'][name] for r in runs]))
+        if judge == 'dlib_cpp':
+            out['face_after'] = float(np.mean([r[judge]['face_after'] for r in runs]))
+    if 'faceres' in panel.rules:
+        out['faceres_threshold'] = panel.rules['faceres'][1]
+    return out

@@ -1,0 +1,349 @@
+"""
+A run's lifecycle around the method: its settings checked and stored, its folder claimed, signals, checkpoints and
+--resume, the log, and the files it leaves (adapter.pt, before_after.png, the photos evaluation reads).
+"""
+import math
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from data import IMAGE_EXTS
+from ddp import max_over_ranks
+from helpers import ROOT, CheckpointError, atomic_save, device, in_repo, load, people_of, portable
+from ode_adapter import integrate, save_adapters, trainable_state
+from person import Person, before_after
+
+
+MAY_CHANGE = ('iters', 'log_every', 'ckpt_every', 'snapshot_every', 'ckpt', 'device')  # a --resume may change these
+RESUMABLE = ('out', 'resume', 'each') + MAY_CHANGE  # the flags a --resume may give: which run, and these
+MAY_CHANGE_FLAGS = ', '.join('--' + k for k in MAY_CHANGE)  # as the help and the errors name them
+PATHS = ('identity', 'init', 'ckpt', 'retain', 'id_weights', 'vgg', 'lpips_lin', 'encoder')  # stored relative to the repo when inside
+
+
+def each_path(f, v):
+    """f of a path setting, or of each path of a list of them (--identity)."""
+    return [f(x) for x in v] if isinstance(v, list) else f(v)
+
+
+def stored(cfg):
+    """The settings as a checkpoint keeps them: a plain dict, paths inside the repository relative to it."""
+    return {k: each_path(portable, v) if k in PATHS else v for k, v in asdict(cfg).items()}
+
+
+def spelled(k, v):
+    """A setting as two runs compare it: a path may be spelled two ways."""
+    return each_path(portable, v) if k in PATHS else v
+
+
+def resumed(cfg, given, ck, path):
+    """--resume: the run's own settings from its checkpoint; a given flag outside RESUMABLE must agree with them."""
+    known = {f.name for f in fields(cfg)}
+    run = type(cfg)(**{k: each_path(in_repo, v) if k in PATHS else v for k, v in ck['args'].items() if k in known})
+    for k in sorted(given - set(RESUMABLE)):
+        if spelled(k, getattr(cfg, k)) != spelled(k, getattr(run, k)):
+            raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); '
+                             f'drop it to resume (only {MAY_CHANGE_FLAGS} may change) or use a new --out')
+    run = replace(run, resume=True, **{k: getattr(cfg, k) for k in given & set(RESUMABLE) - {'resume'}})
+    if run.iters < ck['step']:
+        raise SystemExit(f'error: {path}: --iters {run.iters} is below the step the run reached ({ck["step"]}); '
+                         f'pass a higher --iters to train on, or evaluate the run as it is')
+    return run
+
+
+def bad(cfg, k, rule):
+    raise SystemExit(f'error: --{k} {getattr(cfg, k)}: must be {rule}')
+
+
+def decay(t, x):
+    """dx/dt = -x: a one-number ODE to try the solver settings on."""
+    return -x
+
+
+def check_numbers(cfg):
+    """Every number and solver setting in range, before any work: the first problem, as one line."""
+    if not -2 ** 63 <= cfg.seed < 2 ** 64:
+        bad(cfg, 'seed', 'an integer in [-2**63, 2**64)')
+    for k in ('lr', 't_end', 'step', 'target_d'):
+        if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) > 0):
+            bad(cfg, k, 'a finite number > 0' + (' (T = 0 is the original generator)' if k == 't_end' else ''))
+    for k in ('alpha_max', 'w_pix', 'w_perc', 'w_id', 'w_adj', 'w_glob', 'w_tc', 'w_person',
+              'w_keep', 'w_pix_person'):
+        if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) >= 0):
+            bad(cfg, k, 'a finite number >= 0')
+    for k in ('alpha_max', 'target_d'):  # distances in W: the paper's are 15 and 30
+        if getattr(cfg, k) > 1e3:
+            bad(cfg, k, 'at most 1000 (a distance that large overflows the generator)')
+    for k in ('iters', 'hidden', 'log_every', 'ckpt_every', 'invert_steps', 'n_mine', 'mine_n', 'n_forget'):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < (0 if k == 'invert_steps' and cfg.encoder else 1):
+            bad(cfg, k, '>= 1' + (' (>= 0 with --encoder)' if k == 'invert_steps' else ''))
+    for k in ('n_adj', 'n_glob', 'snapshot_every'):
+        if getattr(cfg, k) < 0:
+            bad(cfg, k, '>= 0 (0: none)')
+    for k, limit in (('hidden', 8192), ('n_adj', 1024), ('n_glob', 1024), ('n_mine', 1024), ('mine_n', 10 ** 6)):
+        if (getattr(cfg, k) or 0) > limit:  # sizes that cannot fit, refused before any work (the paper's: 256, 2, 2)
+            bad(cfg, k, f'at most {limit:,}')
+    if cfg.compile and cfg.device.startswith('cpu'):
+        raise SystemExit('error: --compile: on a CPU the first step compiles for minutes and runs no faster; use it '
+                         'with --device cuda')
+    try:  # the solver and its backend, on a one-number ODE
+        integrate(decay, torch.zeros(1), cfg.t_end, cfg.step, cfg.solver,
+                  'native' if cfg.backend == 'native' else 'torchdiffeq')
+    except ValueError as e:
+        raise SystemExit(f'error: --solver {cfg.solver} --backend {cfg.backend}: {e}')
+
+
+def check(cfg, out):
+    """Every setting that can be wrong, checked before any expensive work (the numbers by check_numbers, then the
+    people, files and folders): the first problem, as one line."""
+    if not all(cfg.identity):
+        raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
+    folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in cfg.identity  # photos: one folder a person
+               if not p.startswith('seed:') and Path(p).suffix.lower() not in ('.pt', '.pth', '.npy')]
+    if len(set(cfg.identity)) < len(cfg.identity) or len(set(map(portable, folders))) < len(folders):
+        raise SystemExit(f'error: --identity {" --identity ".join(cfg.identity)}: a person given twice (two photos '
+                         'of one folder are one person: give the folder once)')
+    check_numbers(cfg)
+    if cfg.init and not cfg.resume and not (Path(cfg.init) / 'adapter.pt').is_file():  # a resume needs it no more
+        raise SystemExit(f'error: --init {cfg.init}: no adapter.pt there; pass a finished train.py run folder')
+    if cfg.init and cfg.adapter == 'full':
+        raise SystemExit('error: --init starts from adapters; it does not take --adapter full')
+    names = [f.name for f in folders]  # each person's photos go to photos/forget/<name>
+    if cfg.init and not cfg.resume:
+        try:
+            names += [p.get('name') for p in people_of(load(Path(cfg.init) / 'adapter.pt', 'a train.py run')['identity'])
+                      if p.get('name')]
+        except (CheckpointError, KeyError, TypeError, AttributeError):
+            raise SystemExit(f'error: --init {cfg.init}: its adapter.pt is not a train.py run\'s') from None
+    if len(cfg.identity) + bool(cfg.init) > 1 and len(set(names)) < len(names):
+        raise SystemExit(f'error: --identity: two people named {", ".join(sorted(n for n in set(names) if names.count(n) > 1))} '
+                         '(their photos\' folders; with --init, someone its run already forgot): rename a folder or drop one')
+    if cfg.lpips_lin and not cfg.vgg:
+        raise SystemExit('error: --lpips_lin needs --vgg (the VGG16 weights its linear heads sit on)')
+    if cfg.retain != 'none' and not Path(cfg.retain).is_dir():
+        raise SystemExit(f'error: --retain {cfg.retain}: no such folder; pass a folder of identity folders, or none')
+    if cfg.retain != 'none' and not any(p.is_dir() for p in Path(cfg.retain).iterdir()):
+        raise SystemExit(f'error: --retain {cfg.retain}: holds no person folders (one folder of photos per person); '
+                         'pass their parent folder, or none')
+    try:
+        device(cfg.device)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f'error: --out {out} is a file; choose a folder')
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise SystemExit(f'error: --out {out}: cannot write in {parent}; choose a folder you can write to')
+
+
+def name_of(identity):
+    """--identity -> a folder name: seed:7 -> seed7, photos/obama -> obama, a/w.pt -> w."""
+    return 'seed' + identity[5:] if identity.startswith('seed:') else Path(identity).stem
+
+
+def default_out(cfg):
+    stem = '+'.join(map(name_of, cfg.identity))
+    base = ROOT / 'runs' / f'{stem}-{cfg.adapter}'
+    out, i = base, 1
+    while out.exists() and any(out.iterdir()):
+        i += 1
+        out = Path(f'{base}-{i}')
+    return out
+
+
+def launcher():
+    """The command that started this process, for the resume hint: python, or torchrun with its process counts."""
+    if 'LOCAL_WORLD_SIZE' not in os.environ:
+        return 'python train.py'
+    nodes = int(os.environ.get('GROUP_WORLD_SIZE', 1))
+    return (f'torchrun --nnodes {nodes} (your rendezvous flags)' if nodes > 1 else 'torchrun --standalone') + \
+        f' --nproc_per_node {os.environ["LOCAL_WORLD_SIZE"]} train.py'
+
+
+class Signals:
+    """Ctrl-C and SIGTERM while a `with` block runs: noted in .sig (the loop stops between steps, a write finishes),
+    or with at_once=True raised as KeyboardInterrupt; the previous handlers come back at the end of the block."""
+
+    def __init__(self, at_once=False):
+        self.at_once, self.sig = at_once, 0
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def note(self, sig, _):
+        self.sig = sig
+        if self.at_once:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Run:
+    """A run besides its step: where it writes, who is forgotten and kept, how far it got (ckpt.pt keeps it)."""
+    cfg: object           # train.Config
+    out: Path
+    writer: bool          # rank 0: the process that writes
+    existed: bool         # --out existed before the run (an abandoned run leaves it as it was)
+    info: dict = None     # the identity: its kind, path, inversion distances
+    retain: dict = None   # {kept person: W+ latent [1, L, C]}
+    retain_photos: dict = None  # {kept person: its photo, in the run folder}
+    sha: str = None       # the generator's weights
+    step: int = 0
+    wall: float = 0.0     # seconds of training so far
+
+
+def claim(cfg, out, writer):
+    """The run's folder, claimed before any work (a second run on the same --out stops here) -> Run."""
+    R = Run(cfg, out, writer, out.exists())
+    if writer and not cfg.resume:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / 'log.jsonl').open('x').close()
+        except FileExistsError:
+            raise SystemExit(f'error: --out {out} was just taken by another run; choose another --out') from None
+        except OSError as e:
+            raise SystemExit(f'error: --out {out}: cannot create it ({e.strerror}); choose another folder') from None
+    return R
+
+
+def abandon(R, msg, code=None):
+    """Stop with msg (exit 1, or code): a run that fails before its first checkpoint leaves nothing behind."""
+    if R.writer and not R.cfg.resume and not (R.out / 'ckpt.pt').exists():
+        shutil.rmtree(R.out, ignore_errors=True)
+        if R.existed:
+            R.out.mkdir()
+    if code:
+        print(msg)
+    raise SystemExit(code or msg)
+
+
+def copy_photos(folder, dest):
+    """The image files of folder, copied into a new folder dest."""
+    dest.mkdir(parents=True)
+    for f in folder.iterdir():
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+            shutil.copy2(f, dest / f.name)
+
+
+def keep_photos(info, retain_photos, out, write=True):
+    """Copy the photos evaluation reads into the run folder (the forgotten person's folder, held-out photos included,
+    and each kept person's; write=False: rank > 0, which only renames) and point the run at them: a run folder
+    copied anywhere evaluates."""
+    for person in people_of(info):
+        if person['kind'] == 'photos':
+            p = Path(person['path'])
+            folder = p if p.is_dir() else p.parent
+            name = person.get('name', folder.name)  # --init's people keep theirs (their photos are in its run)
+            dest = 'photos/forget' + ('' if person is info else f'/{name}')  # several: one folder each
+            if write:
+                copy_photos(folder, out / dest)
+            person.update(source=person.get('source', portable(p)), name=name,
+                          path=dest + ('' if p.is_dir() else f'/{p.name}'))
+        elif person['kind'] == 'latent':
+            person['path'] = portable(person['path'])
+    for name, photo in retain_photos.items():
+        if write:
+            copy_photos(Path(photo).parent, out / 'photos/keep' / name)
+        retain_photos[name] = f'photos/keep/{name}/{Path(photo).name}'
+
+
+def read_checkpoint(out):
+    """--resume: the run folder's ckpt.pt, checked to be a train.py checkpoint of this version; any problem is one line."""
+    if not (out / 'ckpt.pt').exists():
+        raise SystemExit(f'error: {out}/ckpt.pt not found; nothing to resume (pass the --out of a run; a folder '
+                         'without one stopped before its first checkpoint: delete it or choose another --out)')
+    try:
+        ck = load(out / 'ckpt.pt', 'a train.py checkpoint')
+    except CheckpointError as e:
+        raise SystemExit(f'error: {e}')
+    need = {'args': dict, 'step': int, 'wall': (int, float), 'synthesis': dict, 'opt': dict, 'gen': torch.Tensor,
+            'person': dict, 'ws_u': torch.Tensor, 'info': dict, 'retain': dict, 'retain_photos': dict}
+    if not (isinstance(ck, dict) and all(isinstance(ck.get(k), t) for k, t in need.items()) and
+            isinstance(ck['args'].get('device'), str) and
+            all(isinstance(v, torch.Tensor) for v in [*ck['person'].values(), *ck['retain'].values()])):
+        raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
+    if not isinstance(ck['args'].get('identity'), list):
+        raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (one --identity, stored as a string); start '
+                         'a new run with another --out')
+    if set(ck['person']) != {f.name for f in fields(Person)}:
+        raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (another person mode); start a new '
+                         'run with another --out')
+    return ck
+
+
+def restore(S, R, ck, dev):
+    """--resume: the trainable weights, the optimiser, the step and the person as they were -> P; the random stream
+    too on the same kind of device (another one gets a new stream, from the seed and the step)."""
+    if ck['synthesis'].keys() != trainable_state(S.G, R.cfg.adapter == 'full').keys():  # strict=False: kept at init
+        raise CheckpointError(f'{R.out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
+    S.G.synthesis.load_state_dict(ck['synthesis'], strict=False)
+    S.opt.load_state_dict(ck['opt'])
+    if R.cfg.target == 'surrogate':  # found by the run's search, which a resume does not repeat
+        if not isinstance(ck.get('ws_t'), torch.Tensor) or ck['ws_t'].shape != S.ws_u.shape:
+            raise CheckpointError(f"{R.out}/ckpt.pt: holds no targets of its forgotten latents; start a new --out")
+    R.step, R.wall = ck['step'], ck['wall']
+    if torch.device(ck['args']['device']).type == dev.type:
+        S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
+    else:  # a CPU stream cannot continue on a GPU (or back): a new one, from the seed and the step
+        S.gen.manual_seed(R.cfg.seed + R.step)
+        print(f'resuming a {ck["args"]["device"]} run on {dev}: new random stream (seed {R.cfg.seed} + step {R.step})')
+    print(f'resumed {R.out}/ckpt.pt at step {R.step}')
+    return Person(**{k: v.to(dev) for k, v in ck['person'].items()})
+
+
+def save_checkpoint(S, P, R, loss):
+    """ckpt.pt: everything --resume needs to go on exactly as the run would have. Every rank holds the same state
+    (the same random stream, the same averaged gradients); rank 0 writes."""
+    if loss is not None and max_over_ranks(int(not torch.isfinite(loss))):  # never overwrite a good checkpoint with NaNs
+        raise FloatingPointError(f'non-finite loss at step {R.step}')
+    if R.writer:
+        atomic_save({'synthesis': trainable_state(S.G, R.cfg.adapter == 'full'), 'opt': S.opt.state_dict(),
+                     'gen': S.gen.get_state(), 'step': R.step, 'wall': R.wall, 'ws_u': S.ws_u, 'ws_t': S.ws_t,
+                     'info': R.info, 'retain': R.retain, 'retain_photos': R.retain_photos, 'person': vars(P), 'args': stored(R.cfg),
+                     'generator_sha': R.sha}, R.out / 'ckpt.pt')
+
+
+def save_snapshot(S, R):
+    """snapshots/<step>.pt: the trainable weights alone (evaluate.py --curve reads them)."""
+    if R.writer:
+        (R.out / 'snapshots').mkdir(exist_ok=True)
+        atomic_save({'step': R.step, 'synthesis': trainable_state(S.G, R.cfg.adapter == 'full'),
+                     'generator_sha': R.sha}, R.out / 'snapshots' / f'{R.step:06d}.pt')
+
+
+def log_losses(L, R, t0, pbar, log):
+    """Read the losses back (a host sync), show them, append them to log.jsonl (rank 0's share of the batch: sums over
+    samples are scaled to the whole batch)."""
+    rec = {'step': R.step, **{k: v.item() for k, v in L.items()}, 'wall': round(R.wall + time.time() - t0, 2)}
+    if max_over_ranks(int(not all(math.isfinite(v) for v in rec.values()))):
+        raise FloatingPointError(f'non-finite loss at step {R.step}: {rec}')
+    pbar.set_postfix({k: f'{v:.3g}' for k, v in rec.items() if k in ('local', 'adj', 'glob', 'person')})
+    if log:
+        log.write(json.dumps(rec) + '\n')
+        log.flush()
+
+
+def write_results(S, P, R):
+    """adapter.pt (or the fine-tuned synthesis) and before_after.png."""
+    cfg, G = R.cfg, S.G
+    meta = {'identity': R.info, 'ws_u': S.ws_u.cpu(), 'ws_t': S.ws_t.cpu(),
+            'retain_ws': {k: v.cpu() for k, v in R.retain.items()}, 'retain_photos': R.retain_photos,
+            'args': stored(cfg), 'generator_sha': R.sha, 'steps': R.step, 'wall_s': R.wall, 'kind': cfg.adapter,
+            'mined': len(P.pool)}
+    if cfg.adapter == 'full':
+        atomic_save({'generator_config': asdict(G.cfg), 'synthesis': G.synthesis.state_dict(), **meta},
+                    R.out / 'adapter.pt')
+    else:
+        save_adapters(G, R.out / 'adapter.pt', **meta)
+    before_after(S, P, R.retain, R.out / 'before_after.png')
