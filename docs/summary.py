@@ -1,7 +1,8 @@
 """
-Every number the README quotes about training, from the runs docs/make.sh makes: mean +- standard deviation over
-training seeds 0, 1 and 2, and a fresh seed 3 checked against the 95% prediction interval those three give for
-one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the precision shown).
+The spread tables of one person (the paper's method and person mode, the dial, the ablations), from the runs
+docs/make.sh makes: mean +- standard deviation over training seeds 0, 1 and 2, and a fresh seed 3 checked against
+the 95% prediction interval those three give for one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the
+precision shown).
 
     python docs/summary.py runs/docs > docs/numbers.md
 """
@@ -86,12 +87,12 @@ MAIN = [  # label, before (the original generator), how to read it, format
        key('reproject_after', i), num) for i in range(3)],
     ('training time (s, the steps only)', '', key('train_wall_s'), secs),
 ]
-print('# The numbers behind the README\n')
+print('# Spread over training seeds\n')
 print(f'Made by `docs/make.sh` (`python docs/summary.py {R}`). Each number: the mean +- standard deviation over '
       f'training seeds {", ".join(map(str, SPREAD))}, then the fresh seed {FRESH} and whether it lies within the 95% '
       'prediction interval of those runs for one more run, at the precision shown ("in"), or not ("**out**"). 500 '
       'fresh samples, evaluation seed 1; dlib distances (same person < 0.6). Each run\'s own numbers: '
-      '`docs/ablations.md`. Training times depend on what else the machine was doing.\n')
+      f'`{R}/compare.md`. Training times depend on what else the machine was doing.\n')
 print('## The paper\'s method and person mode\n')
 rows = [[label, b, *cells('latent', get, fmt), *cells('person', get, fmt)] for label, b, get, fmt in MAIN]
 print(table(['', 'before', 'paper\'s method (`--forget latent`, 500 steps)', f'seed {FRESH}',
