@@ -13,7 +13,7 @@ time, images/s, achieved FLOP/s against a measured matmul/conv peak. --json writ
 """
 import argparse
 import copy
-import json
+import math
 import os
 import resource
 import statistics
@@ -28,12 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 import person
 import data
 import train
-from helpers import keep_freed_memory
+from helpers import CheckpointError, cli, device, keep_freed_memory, write_json
 from id_net import DlibFaceNet
 from perceptual import IDFeatureDistance
 from losses import describe, image_loss, image_terms, total, trajectory_consistency
 from model import Generator, GeneratorConfig
-from ode_adapter import adapters
+from ode_adapter import MAX_STEPS, adapters
 
 CONFIGS = {
     'baby': GeneratorConfig(img_resolution=64, z_dim=128, w_dim=128, channel_base=4096, channel_max=128,
@@ -124,7 +124,7 @@ def build(G0, idn, args, adapter):
 RSS = """
 import sys, torch
 from model import Generator
-from ode_adapter import adapters, attach_adapters
+from ode_adapter import MAX_STEPS, adapters, attach_adapters
 G = attach_adapters(Generator.from_checkpoint('assets/baby.pt'), 64)
 torch.manual_seed(0)
 for ad in adapters(G).values():
@@ -266,6 +266,34 @@ def main():
     p.add_argument('--big_T', type=float, default=400, help='the large dial setting of the inference-memory measurement')
     p.add_argument('--json', default=None, help='write the results here')
     args = p.parse_args()
+    try:
+        check(args)
+        run(args)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise SystemExit(f'error: {e}')
+
+
+def check(args):
+    """Every flag before any work (the measurements take minutes): the first problem as a ValueError."""
+    device(args.device)
+    for k, lo, hi in (('steps', 1, 1000), ('warmup', 0, 1000), ('batch', 1, 1024)):
+        if not lo <= getattr(args, k) <= hi:
+            raise ValueError(f'--{k} {getattr(args, k)}: must be an integer from {lo} to {hi:,}')
+    if not (math.isfinite(args.big_T) and 0 < args.big_T <= 0.4 * MAX_STEPS):
+        raise ValueError(f'--big_T {args.big_T}: must be a number > 0 and at most {0.4 * MAX_STEPS:g} (h = 0.4)')
+    if args.compile and args.device.startswith('cpu'):
+        raise ValueError('--compile: on a CPU the first step compiles for minutes and runs no faster; use --device cuda')
+    if args.json is not None:
+        out = Path(args.json)
+        if not args.json or out.is_dir() or not out.resolve().parent.is_dir() or \
+                not os.access(out.resolve().parent, os.W_OK):
+            raise ValueError(f'--json {args.json!r}: name a file in a folder you can write to')
+    if args.ckpt:
+        Generator.from_checkpoint(args.ckpt)  # a refused file is one line now, not after the first measurement
+
+
+def run(args):
+    """The measurements, in order, and the JSON."""
     dev = torch.device(args.device)
     keep_freed_memory(dev)  # as train.py does: naive and batched both run with it
     torch.manual_seed(0)
@@ -291,9 +319,8 @@ def main():
           f'-> {mb[args.big_T] / mb[1.6]:.2f}x')
     encoder_vs_invert(G0, args, rep, dev)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rep.res, f, indent=1)
+        write_json(rep.res, args.json)
 
 
 if __name__ == '__main__':
-    main()
+    cli(main)

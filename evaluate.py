@@ -15,6 +15,7 @@ computed on the identity network's 128-d descriptors and named FD_<net>, never F
 import argparse
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, encode, invert, list_photos, load_encoder, load_faces, save_grid
 from ddp import distributed, gather, shard, together, world
-from helpers import CheckpointError, device, in_repo, keep_freed_memory, load, people_of, plot, table, write_json
+from helpers import CheckpointError, cli, device, in_repo, own_line, keep_freed_memory, load, people_of, plot, table, write_json
 from id_net import ID_NETS
 from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, person_name, seeds,
                     stats)
@@ -404,6 +405,11 @@ def check(args):
         raise ValueError(f'--real {args.real}: no such folder of real images or .npz of (mu, sigma)')
     if args.real and str(args.real).endswith('.npz') and not {'mu', 'sigma'} <= set(np.load(args.real).files):
         raise ValueError(f'--real {args.real}: holds no mu and sigma arrays (the .npz of Frechet statistics)')
+    if args.out == '':
+        raise ValueError("--out '': name a file (--curve) or a folder (--compose), or leave --out out")
+    for folder in [] if args.compare else [Path(r) for r in args.runs if Path(r).is_dir()]:
+        if not os.access(folder, os.W_OK):  # its results go there: found now, not after minutes of work
+            raise ValueError(f'{folder}: cannot write its results there; copy the run folder somewhere writable')
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise ValueError(f'--out {args.out}: folder {Path(args.out).parent} does not exist; create it first')
     if args.compose and (len(args.runs) < 2 or not args.out or Path(args.out).is_file() or any(
@@ -425,7 +431,7 @@ def main(argv=None):
     except (CheckpointError, DataError, ValueError, OSError) as e:
         raise SystemExit(f'error: {e}')
     except KeyboardInterrupt:
-        print('interrupted; the files written so far are complete, the rest were not written')
+        print(own_line('interrupted; the files written so far are complete, the rest were not written', sys.stdout))
         raise SystemExit(130) from None
 
 
@@ -467,4 +473,4 @@ def run(args, dev, p):
 
 
 if __name__ == '__main__':
-    main()
+    cli(main)

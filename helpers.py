@@ -46,17 +46,34 @@ def written(path, suffix='.tmp'):
         Path(tmp).unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def owned(folder):
-    """The folder for this process alone while the block runs (an exclusive lock on folder/.lock): a second process
-    on it stops with a ValueError instead of interleaving its checkpoints and logs."""
-    with open(os.path.join(folder, '.lock'), 'w') as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f'{folder}: another process is using it; wait for it to finish or choose another '
-                             'folder') from None
-        yield
+def own_line(text, stream=None):
+    """text to start a line of its own in a log: a progress bar keeps its line open (and clears it with a carriage
+    return), so where the output is a file or a pipe a newline goes first and `grep ^error:` finds it."""
+    return text if (stream or sys.stderr).isatty() else '\n' + text
+
+
+def cli(main):
+    """A script's entry point: an error (SystemExit with a message) printed on a line of its own, exit status 1."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(own_line(e.code), file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
+
+
+def own(folder):
+    """The run folder for this process alone: an exclusive lock on its log.jsonl (made if new), held while the returned
+    file stays open; a second process on the folder gets a ValueError instead of interleaving checkpoints and logs."""
+    f = open(os.path.join(folder, 'log.jsonl'), 'a')
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f'{folder}: another process is using it; wait for it to finish or choose another folder') \
+            from None
+    return f
 
 
 def atomic_save(obj, path):

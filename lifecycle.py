@@ -15,7 +15,7 @@ import torch
 
 from data import IMAGE_EXTS
 from ddp import max_over_ranks
-from helpers import ROOT, CheckpointError, atomic_save, device, in_repo, load, people_of, portable
+from helpers import ROOT, CheckpointError, atomic_save, device, in_repo, load, own, people_of, portable
 from ode_adapter import integrate, save_adapters, trainable_state
 from person import Person, before_after
 
@@ -113,7 +113,7 @@ def check(cfg, out):
         raise SystemExit(f'error: --init {cfg.init}: no adapter.pt there; pass a finished train.py run folder')
     if cfg.init and cfg.adapter == 'full':
         raise SystemExit('error: --init starts from adapters; it does not take --adapter full')
-    names = [f.name for f in folders]  # each person's photos go to photos/forget/<name>
+    names = [safe(f.name) for f in folders]  # each person's photos go to photos/forget/<name>
     if cfg.init and not cfg.resume:
         try:
             names += [p.get('name') for p in people_of(load(Path(cfg.init) / 'adapter.pt', 'a train.py run')['identity'])
@@ -134,6 +134,8 @@ def check(cfg, out):
         device(cfg.device)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
+    if cfg.out == '':
+        raise SystemExit("error: --out '': name a run folder, or leave --out out for runs/<identity>-<adapter>")
     if out.exists() and not out.is_dir():
         raise SystemExit(f'error: --out {out} is a file; choose a folder')
     parent = out
@@ -143,9 +145,15 @@ def check(cfg, out):
         raise SystemExit(f'error: --out {out}: cannot write in {parent}; choose a folder you can write to')
 
 
+def safe(name):
+    """A name for a folder the run makes: characters a shell or a log line would trip on (newlines, tabs, quotes,
+    spaces ...) become _."""
+    return ''.join(c if c.isalnum() or c in '-_.+' else '_' for c in name) or 'identity'
+
+
 def name_of(identity):
-    """--identity -> a folder name: seed:7 -> seed7, photos/obama -> obama, a/w.pt -> w."""
-    return 'seed' + identity[5:] if identity.startswith('seed:') else Path(identity).stem
+    """--identity -> a folder name: seed:7 -> seed7, photos/obama -> obama, a/w.pt -> w (safe)."""
+    return safe('seed' + identity[5:] if identity.startswith('seed:') else Path(identity).stem)
 
 
 def default_out(cfg):
@@ -201,17 +209,23 @@ class Run:
     sha: str = None       # the generator's weights
     step: int = 0
     wall: float = 0.0     # seconds of training so far
+    lock: object = None   # the open log.jsonl whose lock makes the folder this process's (helpers.own)
 
 
 def claim(cfg, out, writer):
-    """The run's folder, claimed before any work (a second run on the same --out stops here) -> Run."""
+    """The run's folder, claimed before any work, for this process alone while it runs (a second run on the same
+    --out, a second --resume too, stops here) -> Run."""
     R = Run(cfg, out, writer, out.exists())
-    if writer and not cfg.resume:
+    if writer:
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / 'log.jsonl').open('x').close()
+            if not cfg.resume:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / 'log.jsonl').open('x').close()
+            R.lock = own(out)
         except FileExistsError:
             raise SystemExit(f'error: --out {out} was just taken by another run; choose another --out') from None
+        except ValueError as e:
+            raise SystemExit(f'error: --out {e}') from None
         except OSError as e:
             raise SystemExit(f'error: --out {out}: cannot create it ({e.strerror}); choose another folder') from None
     return R
@@ -228,11 +242,11 @@ def abandon(R, msg, code=None):
     raise SystemExit(code or msg)
 
 
-def copy_photos(folder, dest):
-    """The image files of folder, copied into a new folder dest."""
+def copy_photos(folder, dest, names=None):
+    """The image files of folder (or only those named), copied into a new folder dest."""
     dest.mkdir(parents=True)
     for f in folder.iterdir():
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTS and (names is None or f.name in names):
             shutil.copy2(f, dest / f.name)
 
 
@@ -244,10 +258,10 @@ def keep_photos(info, retain_photos, out, write=True):
         if person['kind'] == 'photos':
             p = Path(person['path'])
             folder = p if p.is_dir() else p.parent
-            name = person.get('name', folder.name)  # --init's people keep theirs (their photos are in its run)
+            name = person.get('name', safe(folder.name))  # --init's people keep theirs (their photos are in its run)
             dest = 'photos/forget' + ('' if person is info else f'/{name}')  # several: one folder each
-            if write:
-                copy_photos(folder, out / dest)
+            if write:  # one photo: it and its held-out photos (several.held_out_of); a folder: all of it
+                copy_photos(folder, out / dest, None if p.is_dir() else {p.name, *person.get('held_out', ())})
             person.update(source=person.get('source', portable(p)), name=name,
                           path=dest + ('' if p.is_dir() else f'/{p.name}'))
         elif person['kind'] == 'latent':
@@ -265,14 +279,16 @@ def read_checkpoint(out):
                          'without one stopped before its first checkpoint: delete it or choose another --out)')
     try:
         ck = load(out / 'ckpt.pt', 'a train.py checkpoint')
-    except CheckpointError as e:
-        raise SystemExit(f'error: {e}')
+    except CheckpointError as e:  # cut short (a full disk, a copy that stopped) or another file
+        raise SystemExit(f'error: {e}; it cannot be resumed: start the run again with another --out (or delete this '
+                         'one)')
     need = {'args': dict, 'step': int, 'wall': (int, float), 'synthesis': dict, 'opt': dict, 'gen': torch.Tensor,
             'person': dict, 'ws_u': torch.Tensor, 'info': dict, 'retain': dict, 'retain_photos': dict}
     if not (isinstance(ck, dict) and all(isinstance(ck.get(k), t) for k, t in need.items()) and
             isinstance(ck['args'].get('device'), str) and
             all(isinstance(v, torch.Tensor) for v in [*ck['person'].values(), *ck['retain'].values()])):
-        raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a run')
+        raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a train.py run, or start '
+                         'a new run with another --out')
     if not isinstance(ck['args'].get('identity'), list):
         raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (one --identity, stored as a string); start '
                          'a new run with another --out')

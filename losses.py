@@ -143,7 +143,7 @@ def objective(u, s, traj, rows, perceptual, id_distance, wt, known=None, shares=
     both in the order of `rows` (Rows); traj: the adapters' states; wt: Weights. GUIDE: the forgotten latents go to
     G_s(w_t) (local, a mean), their neighbours to G_s(w_t + delta) (adjacency, summed per latent, averaged), random
     latents stay (global, perceptual only, summed); LEGATO: trajectory consistency. Person mode (rows.mined > 0) adds
-    the mined latents towards their targets, images the original generator draws of someone else (train.surrogates),
+    the mined latents towards their targets, images the original generator draws of someone else (person.surrogates),
     so that the person's samples become other faces rather than the same face with another embedding (an adversarial
     example against the identity network); and the kept people held. known = (refs, owner, threshold) of `who`:
     global samples that showed the person leave the global sum. shares: the random rows are one of `shares` equal

@@ -344,13 +344,40 @@ class Generator(nn.Module):
                 msg = f"it holds Python objects{' (' + found[1] + ')' if found else ''}, refused: loading them could " \
                       'run code'
             raise CheckpointError(f'{path}: not a readable StyleGAN2 checkpoint ({msg[:200]})') from None
+        check_config(cfg, path)
         G = cls(cfg)
         try:
             G.load_state_dict(sd, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f'{path}: tensors do not fit the inferred architecture '
                                   f'({str(e).splitlines()[1].strip()[:200] if len(str(e).splitlines()) > 1 else e})') from None
+        bad = next((k for k, v in G.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad:
+            raise CheckpointError(f'{path}: holds NaN or Inf weights ({bad}); a training run that diverged? pass the '
+                                  'generator it started from, or an earlier export')
         return G.eval().requires_grad_(False)
+
+
+def check_config(cfg, path):
+    """A stored config in the range a generator can be built in (our own format states it, so it can be wrong)."""
+    ints = {'img_resolution': (4, 8192), 'z_dim': (1, 8192), 'w_dim': (1, 8192), 'img_channels': (3, 3),
+            'channel_base': (1, 2 ** 24), 'channel_max': (1, 8192), 'mapping_layers': (1, 64), 'num_fp16_res': (0, 12)}
+    for k, (lo, hi) in ints.items():
+        v = getattr(cfg, k)
+        if not isinstance(v, int) or not lo <= v <= hi or (k == 'img_resolution' and v & (v - 1)):
+            raise CheckpointError(f'{path}: config {k} = {v!r} is not a generator\'s ({lo} to {hi}'
+                                  f'{", a power of two" if k == "img_resolution" else ""}); is it the right file?')
+    if min(cfg.channels(r) for r in (4, cfg.img_resolution)) < 1:
+        raise CheckpointError(f'{path}: config channel_base {cfg.channel_base} leaves no channels at '
+                              f'{cfg.img_resolution} px; is it the right file?')
+    if cfg.conv_clamp is not None and not (isinstance(cfg.conv_clamp, (int, float)) and 0 < cfg.conv_clamp < 1e6):
+        raise CheckpointError(f'{path}: config conv_clamp = {cfg.conv_clamp!r} is not None or a number > 0')
+    for k in ('mapping_lr_mul', 'w_avg_beta'):
+        if not isinstance(getattr(cfg, k), (int, float)) or not 0 < getattr(cfg, k) <= 1:
+            raise CheckpointError(f'{path}: config {k} = {getattr(cfg, k)!r} is not in (0, 1]; is it the right file?')
+    framing = np.asarray(cfg.framing if cfg.framing is not None else np.zeros((3, 2)), dtype=object)
+    if framing.shape != (3, 2) or not all(isinstance(v, (int, float)) and -1 <= v <= 2 for v in framing.flat):
+        raise CheckpointError(f'{path}: config framing {cfg.framing!r} is not three (x, y) points in units of the image')
 
 
 # -----------------------------------------------------------------------------

@@ -7,9 +7,9 @@ whose last layer starts at zero, so at initialisation the adapted generator IS t
 adapters train. The integration time T is the forgetting dial: T = 0 is the original generator, larger T
 forgets harder, with no retraining.
 
-Solvers are pure functions of (f, x, grid) over an explicit time grid, returning the final state and
-the states at the grid points. Their arithmetic follows torchdiffeq's fixed-grid steps ('rk4' is
-torchdiffeq's rk4, i.e. Kutta's 3/8 rule). backend='torchdiffeq' / 'adjoint' runs the same methods, or
+Each solver is a step function (f, t0, t1, x) -> the change of x over [t0, t1]; `fixed_grid` runs one over an
+explicit time grid and returns the final state and the states at the grid points. Their arithmetic follows
+torchdiffeq's fixed-grid steps ('rk4' is torchdiffeq's rk4, i.e. Kutta's 3/8 rule). backend='torchdiffeq' / 'adjoint' runs the same methods, or
 adaptive ones such as 'dopri5', through torchdiffeq.odeint / odeint_adjoint.
 """
 import copy
@@ -73,7 +73,7 @@ def rk4(f, t0, t1, x):
 
 
 def fixed_grid(f, x, grid, step, keep=True):
-    """x_{k+1} = x_k + step(f, t_k, t_{k+1}, x_k) over the grid -> (x_N, [x_0, ..., x_N]); keep=False keeps only x_0
+    """x_{k+1} = x_k + step(f, t_k, t_{k+1}, x_k) over the grid (README eq. 2) -> (x_N, [x_0, ..., x_N]); keep=False keeps only x_0
     besides x_N, so that memory stays flat in T without gradients (inference)."""
     xs = [x]
     for t0, t1 in zip(grid[:-1], grid[1:]):
@@ -233,7 +233,7 @@ def param_report(G):
     """(trainable, frozen) parameter counts, printed as one line."""
     trainable = sum(p.numel() for p in G.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in G.parameters() if not p.requires_grad)
-    print(f'parameters: {trainable:,} trainable (adapters), {frozen:,} frozen '
+    print(f'parameters: {trainable:,} trainable ({"adapters" if adapters(G) else "the synthesis network"}), {frozen:,} frozen '
           f'({100 * trainable / max(frozen, 1):.2f}% of the generator)')
     return trainable, frozen
 

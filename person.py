@@ -61,7 +61,7 @@ FAR = 0.9  # a target is at least as far from the face it replaces as this share
 
 @torch.no_grad()
 def surrogate_targets(S, P, ws, emb):
-    """--target surrogate: for each forgotten latent, the nearest searched latent in W+ (ws [n, L, C], emb [n, D]: `mine`)
+    """--target surrogate (README eq. 3): for each forgotten latent, the nearest searched latent in W+ (ws [n, L, C], emb [n, D]: `embed_samples`)
     among the samples not of a kept person (by `who`) that the identity network puts farther from the latent's image
     than FAR of them -> [n_u, L, C]: a face of someone clearly else that the original generator draws (SUGAR's
     surrogate), where GUIDE's extrapolated target is an image off the generator's manifold (on the baby dlib C++ finds

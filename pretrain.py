@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DataError, invert, load_faces, save_grid, to_uint8
-from helpers import CheckpointError, atomic_save, device, load, owned, write_json
+from helpers import CheckpointError, atomic_save, cli, device, load, own, write_json
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, eval_latents
 from lifecycle import Signals
@@ -385,6 +386,8 @@ def check(args):
     for k in ('r1', 'distill', 'rec', 'rec_id'):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number >= 0 (0: the term off)')
+    if not args.out:
+        raise ValueError("--out '': name the run folder of the state")
     if args.report or args.export:
         return
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -405,11 +408,10 @@ def export(n, args, names):
     print(f'exported G_ema at step {n.step} to {args.export}')
 
 
-def train(n, T, photos, names, emb_photos, idn, args, dev):
+def train(n, T, photos, names, emb_photos, idn, log, args, dev):
     """Steps until --iters or Ctrl-C / SIGTERM (then between steps), logging, sampling, checkpointing."""
     t0 = time.time()
-    with Signals() as stop, open(os.path.join(args.out, 'log.jsonl'), 'a') as log, \
-            tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
+    with Signals() as stop, tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
         while n.step < args.iters and not stop.sig:
             loss_d = d_step(n, T, args, dev)
             loss_g, dis, rec, rec_id = g_step(n, T, photos, emb_photos, idn, args, dev)
@@ -435,13 +437,13 @@ def train(n, T, photos, names, emb_photos, idn, args, dev):
 
 
 def start(args, dev):
-    """The teacher, --out's state (or None), the photos (the state's own, aligned when it was begun), the identity
-    network and its descriptors of the photos."""
-    T, ck = load_teacher(args.teacher).to(dev), load_state(args, dev)
+    """--out's state (or None), the photos (the state's own, aligned when it was begun), the identity network and its
+    descriptors of the photos."""
+    ck = load_state(args, dev)
     photos, names = (ck['photos'].to(dev), ck['names']) if ck and 'photos' in ck else load_anchor_photos(args, dev)
     idn = DlibFaceNet().to(dev)
     with torch.no_grad():
-        return T, ck, photos, names, idn, idn.embed(photos)
+        return ck, photos, names, idn, idn.embed(photos)
 
 
 def main(argv=None):
@@ -454,15 +456,22 @@ def main(argv=None):
         if args.report:
             return report(args, dev)
         if args.export:
-            _, ck, photos, names, _, _ = start(args, dev)
+            ck, photos, names, _, _ = start(args, dev)
             return export(build(args, len(photos), dev, ck), args, names)
+        T = load_teacher(args.teacher).to(dev)  # a missing teacher stops here, before the run folder is made
+        made = not os.path.exists(args.out)
         os.makedirs(args.out, exist_ok=True)
-        with owned(args.out):  # one process at a time: the state is read under the lock
-            T, ck, photos, names, idn, emb_photos = start(args, dev)
-            train(build(args, len(photos), dev, ck), T, photos, names, emb_photos, idn, args, dev)
+        with own(args.out) as log:  # one process at a time: the state is read under the lock
+            try:
+                ck, photos, names, idn, emb_photos = start(args, dev)
+            except (CheckpointError, DataError):
+                if made:  # a photo without a face, say: nothing stays behind
+                    shutil.rmtree(args.out, ignore_errors=True)
+                raise
+            train(build(args, len(photos), dev, ck), T, photos, names, emb_photos, idn, log, args, dev)
     except (CheckpointError, DataError, ValueError, OSError, FloatingPointError) as e:
         raise SystemExit(f'error: {e}')
 
 
 if __name__ == '__main__':
-    main()
+    cli(main)

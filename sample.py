@@ -11,6 +11,8 @@ Writes <run>/samples.png (and samples.gif). A --adapter full run has no dial: it
 Several runs: their vector fields summed (ode_adapter.compose); rows the original, each alone, all together.
 """
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, grid, save_grid
-from helpers import CheckpointError, device, written
+from helpers import CheckpointError, cli, device, own_line, written
 from model import generate, seed_latents
 from ode_adapter import check_composable, compose, load_run, run_meta, times
 
@@ -83,11 +85,16 @@ def main(argv=None):
     try:
         dev, seeds = device(args.device), parse_seeds(args.seeds)
         Ts = times(args.T) if args.T else None
-        if not abs(args.psi) <= 10 or args.frames < 2:
-            raise ValueError('--psi must be a number in [-10, 10] and --frames >= 2')
-        if args.out and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or args.out.endswith('/')
-                         or not Path(args.out).resolve().parent.is_dir()):
-            raise ValueError(f'--out {args.out}: name a .png in an existing folder (the GIF goes beside it)')
+        if not abs(args.psi) <= 10 or not 2 <= args.frames <= 1000:
+            raise ValueError('--psi must be a number in [-10, 10] and --frames from 2 to 1,000')
+        if args.out is not None and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or
+                                     args.out.endswith('/') or not Path(args.out).resolve().parent.is_dir()):
+            raise ValueError(f'--out {args.out!r}: name a .png in an existing folder (the GIF goes beside it)')
+        if len({Path(r).resolve() for r in args.run}) < len(args.run):
+            raise ValueError(f'{" ".join(args.run)}: a run given twice would be composed with itself; give each once')
+        folder = Path(args.out).resolve().parent if args.out else Path(args.run[0])
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            raise ValueError(f'{folder}: cannot write there; pass --out a .png in a folder you can write to')
         G_s, G_u, s_kw, meta = load_run(args.run[0], dev, args.ckpt)
         full = meta.get('kind') == 'full'
         if full and Ts:
@@ -114,10 +121,10 @@ def main(argv=None):
     except (CheckpointError, DataError, ValueError, OSError) as e:
         raise SystemExit(f'error: {e}')
     except KeyboardInterrupt:
-        print('interrupted; the files written so far are complete')
+        print(own_line('interrupted; the files written so far are complete', sys.stdout))
         raise SystemExit(130) from None
     return png
 
 
 if __name__ == '__main__':
-    main()
+    cli(main)

@@ -3,6 +3,7 @@ Several people: forgotten together (--identity given more than once), one run ea
 (--init RUN: start from RUN's adapters, its people stay forgotten).
 """
 import shlex
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def who_to_forget(cfg, R, G, idn, dev, init=None, encoder=None):
         if not torch.isfinite(w).all():
             raise DataError(f'{spec}: the latent holds NaN or Inf values; pass a finite latent')
         photos = info.pop('photos', None)  # the training photos of the person (person mode's reference)
+        if photos is not None and Path(info['path']).is_file():  # one photo: which others of its folder are him?
+            info['held_out'] = held_out_of(Path(info['path']), photos.to(dev), G, idn)
         with torch.no_grad():  # the person as the identity network sees them: the photos, or the latent's image
             faces.append(photos.to(dev) if photos is not None else G.synthesis(w))
         ws.append(w)
@@ -45,6 +48,29 @@ def who_to_forget(cfg, R, G, idn, dev, init=None, encoder=None):
             print(f'inverted {len(info["inversion_id_distance"])} photo(s): identity distance '
                   f'{[round(d, 3) for d in info["inversion_id_distance"]]}')
     return ws_u, face, retain_faces
+
+
+@torch.no_grad()
+def held_out_of(photo, face, G, idn):
+    """The other photos of a photo's folder that the identity network calls the same person as it (face: its aligned
+    image): his held-out photos, which the run keeps for evaluation. The rest (someone else, no face, unreadable) stay
+    out of the run, with a warning: a folder of unrelated photos is not his."""
+    keep, ref = [], idn.embed(face)
+    for f in list_photos(photo.parent):
+        if f == photo:
+            continue
+        try:
+            d = idn.distance(idn.embed(load_faces(f, G.cfg.img_resolution, framing=G.cfg.framing)[0].to(face.device)),
+                             ref).min().item()
+        except DataError as e:
+            warnings.warn(f'not kept as a held-out photo: {e}')
+            continue
+        if d < idn.THRESHOLD:
+            keep.append(f.name)
+        else:
+            warnings.warn(f'{f}: not kept as a held-out photo of {photo.name}: the identity network calls it someone '
+                          f'else (distance {d:.2f}, same person below {idn.THRESHOLD})')
+    return keep
 
 
 def start_from(G, init, cfg, n_earlier):

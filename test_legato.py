@@ -2018,6 +2018,7 @@ def bad_files(d):
 
 
 TRAIN_CASES = [  # (flags, what the one line says)
+    (['--out', ''], "--out '': name a run folder"),
     (['--step', '0'], '--step 0.0: must be a finite number > 0'),
     (['--t_end', '-1'], '--t_end -1.0: must be a finite number > 0'),
     (['--t_end', 'nan'], '--t_end nan: must be a finite number > 0'),
@@ -2580,3 +2581,108 @@ def test_train_inverts_with_an_encoder(tmp_path):
         train.main(['--ckpt', str(enc), '--encoder', str(other), '--identity', str(FACES[3].parent), '--retain', 'none',
                     '--out', str(tmp_path / 'run2')])
     assert not (tmp_path / 'run2').exists()
+
+
+# -----------------------------------------------------------------------------
+# every script keeps the contract: one error line, before any work, nothing written
+
+PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
+                  (['--mapping', '-1'], '--mapping -1: must be an integer from 1'),
+                  (['--batch', '0'], '--batch 0: must be an integer from 1'), (['--lr', 'nan'], '--lr nan: must be'),
+                  (['--threads', '-1'], '--threads -1: must be'), (['--faces', 'nowhere'], '--faces nowhere: not a'),
+                  (['--teacher', 'nowhere.whl'], 'nowhere.whl: no teacher weights'), (['--out', ''], "--out ''"),
+                  (['--export', 'g.pt'], 'holds no trained state (step 0)'), (['--iters', '0'], '--iters 0')]
+
+
+@pytest.mark.parametrize('flags,says', PRETRAIN_CASES, ids=[' '.join(f) for f, _ in PRETRAIN_CASES])
+def test_pretrain_bad_flags_say_why_in_one_line(tmp_path, monkeypatch, flags, says):
+    monkeypatch.chdir(tmp_path)
+    random_teacher(tmp_path / 'weights.tar')
+    (tmp_path / 'faces').mkdir()
+    shutil.copytree(ROOT / 'assets/faces/biden', tmp_path / 'faces/biden')
+    before = sorted(tmp_path.rglob('*'))
+    with pytest.raises(SystemExit) as e:
+        pretrain.main(['--teacher', 'weights.tar', '--faces', 'faces', '--out', 'run', '--wdim', '8', '--channels', '8',
+                       '--channel_base', '64', '--dchannels', '4', '--mapping', '1', *flags])
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and '\n' not in msg and says in msg, msg
+    assert sorted(tmp_path.rglob('*')) == before
+
+
+BENCH_CASES = [(['--batch', '0'], '--batch 0'), (['--big_T', 'nan'], '--big_T nan'), (['--big_T', '-5'], '--big_T -5'),
+               (['--json', '.'], "--json '.': name a file"), (['--ckpt', 'notes.txt'], 'notes.txt: not a readable'),
+               (['--steps', '0'], '--steps 0'), (['--device', 'cuda:7'], '--device cuda:7')]
+
+
+@pytest.mark.parametrize('flags,says', BENCH_CASES, ids=[' '.join(f) for f, _ in BENCH_CASES])
+def test_bench_bad_flags_stop_before_any_measurement(tmp_path, monkeypatch, flags, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'notes.txt').write_text('not a checkpoint')
+    monkeypatch.setattr(bench, 'run', lambda args: pytest.fail('measured despite a bad flag'))
+    monkeypatch.setattr(sys, 'argv', ['bench.py', *flags])
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert str(e.value.code).startswith('error: ') and says in str(e.value.code), e.value.code
+
+
+def test_generator_files_with_impossible_configs_or_nan_weights_are_one_line(tmp_path, tiny_ckpt):
+    """Our format states its config, so it can be wrong: a size no generator has, a negative width, NaN weights; each
+    is refused by name (a NaN generator used to be blamed on --lr, after minutes of work)."""
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    cases = {'res': ({'img_resolution': 2 ** 20}, 'img_resolution = 1048576'), 'w': ({'w_dim': -5}, 'w_dim = -5'),
+             'frame': ({'framing': 'tight'}, 'framing')}
+    for name, (change, says) in cases.items():
+        torch.save({**ck, 'config': {**ck['config'], **change}}, tmp_path / f'{name}.pt')
+        with pytest.raises(CheckpointError, match=re.escape(says)):
+            Generator.from_checkpoint(tmp_path / f'{name}.pt')
+    sd = {**ck['state_dict'], 'mapping.fc0.weight': ck['state_dict']['mapping.fc0.weight'] * float('nan')}
+    torch.save({**ck, 'state_dict': sd}, tmp_path / 'nan.pt')
+    with pytest.raises(CheckpointError, match=r'holds NaN or Inf weights \(mapping.fc0.weight\)'):
+        Generator.from_checkpoint(tmp_path / 'nan.pt')
+
+
+def test_sample_refuses_a_run_composed_with_itself(tmp_path, tiny_ckpt):
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '1', '--forget', 'latent')
+    for runs in ([str(out), str(out)], [str(out), str(tmp_path / 'run') + '/']):
+        with pytest.raises(SystemExit, match='a run given twice would be composed with itself'):
+            sample.main(runs)
+    assert not (out / 'samples.png').exists()
+
+
+def test_one_photo_keeps_only_its_person_from_its_folder(tmp_path, tiny_ckpt):
+    """--identity folder/photo.png: the run keeps the photo and the folder's photos of the same person (his held-out
+    photos), not the folder's other people; a folder name with a newline makes no newline in the run's name."""
+    folder = tmp_path / 'mixed\nphotos'
+    folder.mkdir()
+    for f in FACES:  # obama_1..3 with biden, collins and hopper beside them
+        shutil.copy(f, folder / f.name)
+    with pytest.warns(UserWarning, match='not kept as a held-out photo'):
+        out = train.main(['--ckpt', str(BABY), '--identity', str(folder / 'obama_1.png'), '--retain', 'none',
+                          '--forget', 'latent', '--iters', '1', '--invert_steps', '2', '--hidden', '8'])
+    try:
+        assert '\n' not in str(out) and out.name == 'obama_1-ode'
+        assert sorted(p.name for p in (out / 'photos/forget').iterdir()) == ['obama_1.png', 'obama_2.png', 'obama_3.png']
+    finally:
+        shutil.rmtree(out)
+
+
+def test_a_run_folder_belongs_to_one_process(tmp_path, tiny_ckpt):
+    """While one process holds a run folder (its log.jsonl locked), a --resume of it, or pretrain.py on its folder,
+    stops with one line."""
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--forget', 'latent')
+    held = helpers.own(out)
+    try:
+        with pytest.raises(SystemExit, match='another process is using it'):
+            train.main(['--out', str(out), '--resume', '--iters', '3'])
+    finally:
+        held.close()
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['step'] == 2
+
+
+def test_error_lines_start_a_line_in_a_log(tmp_path):
+    """Run as a command with its output in a file (not a terminal), an error line starts a line of its own even after
+    a progress bar, and the exit status is 1."""
+    r = subprocess.run([sys.executable, str(ROOT / 'bench.py'), '--batch', '0'], capture_output=True, text=True)
+    assert r.returncode == 1 and re.search(r'^error: --batch 0', r.stderr, re.M), r.stderr
+    assert helpers.own_line('error: x', open(tmp_path / 'log', 'w')) == '\nerror: x'
+

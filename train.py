@@ -8,7 +8,8 @@ Make a generator forget a person: LEGATO's Neural-ODE adapters trained with GUID
 Read top to bottom: the settings, the step (one batched forward of the trainable generator over [forgotten, adjacent,
 global(, mined, held, kept)] latents, one no-grad forward of the frozen one, one backward; it reads nothing back from
 the device), then the run. Person mode's search is person.py; folders, signals and checkpoints lifecycle.py; several
-people several.py. Writes to --out: adapter.pt, before_after.png, log.jsonl, and ckpt.pt for --resume.
+people several.py. Writes to --out: adapter.pt, before_after.png, log.jsonl, ckpt.pt for --resume, photos/ (what evaluation reads) and
+with --snapshot_every snapshots/.
 """
 import argparse
 import copy
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from data import DataError, load_encoder
 from ddp import distributed, max_over_ranks, together
-from helpers import ROOT, CheckpointError, digest, keep_freed_memory, people_of
+from helpers import ROOT, CheckpointError, cli, digest, keep_freed_memory, own_line, people_of
 from id_net import ID_NETS, load_id_net
 from lifecycle import (MAY_CHANGE_FLAGS, Signals, abandon, check, claim, default_out, launcher, log_losses,
                        read_checkpoint, restore, resumed, save_checkpoint, save_snapshot, write_results)
@@ -51,31 +52,28 @@ def arg(default, help, choices=None):
 class Config:
     """Every setting of a run; the command line is built from it and checkpoints store it as a plain dict."""
     # who to forget, from what, and who to keep
-    identity: list = field(default_factory=lambda: [str(ROOT / 'assets/faces/obama/obama_1.png')], metadata={
-        'choices': None, 'help': 'who to forget: a photo, a folder of photos (all forgotten together), a latent '
-                                 '.pt/.npy, or seed:N; given more than once, several people forgotten in one run'})
+    identity: list = arg(None, 'who to forget: a photo, a folder of photos (all forgotten together), a latent .pt/.npy, '
+                               'or seed:N; given more than once, several people at once (default: assets/faces/obama/'
+                               'obama_1.png)')
     ckpt: str = arg(str(BABY), 'generator: official .pkl, rosinality .pt or ours')
-    retain: str = arg(str(ROOT / 'assets/faces'), "folder of identity folders shown as 'others' in the picture and "
-                                                   "kept in adapter.pt ('none' to skip)")
+    retain: str = arg(str(ROOT / 'assets/faces'), "folder of identity folders: the kept people (each checked not to be "
+                                                   "the person; person mode holds them in the loss) ('none': nobody)")
     out: str = arg(None, 'run folder (default runs/<identity>-<adapter>, numbered if taken)')
     resume: bool = arg(False, 'continue the run in --out from its ckpt.pt')
-    each: bool = arg(False, 'one run per person (--out/<person>): --identity a folder of person folders, or given '
-                            'several times (several.each)')
-    init: str = arg(None, "a finished run: start from its adapters and forget --identity too; its people stay "
-                          'forgotten (several.earlier_people)')
+    each: bool = arg(False, 'one run per person (--out/<person>): --identity a folder of person folders, or several')
+    init: str = arg(None, "a finished run: start from its adapters, forget --identity too; its people stay forgotten")
     # optimisation
     iters: int = arg(None, "optimisation steps (default: the paper's 1000; on the built-in generator 500 with "
                            "--forget latent and 150 with --forget person, docs/person-mode.md)")
-    lr: float = arg(None, "Adam learning rate (default: the official code's 1e-4; 1e-3 with --forget person, which "
-                          "forgets as well in half the steps)")
+    lr: float = arg(None, "Adam learning rate (default: the official code's 1e-4; 1e-3 with --forget person, "
+                          "docs/person-mode.md)")
     # the adapter and its dial
     adapter: str = arg('ode', 'ode: LEGATO; residual: one-step residual adapter x + f(x) (ignores --t_end, --step, '
                               '--solver); full: GUIDE, fine-tune all of synthesis', ADAPTERS)
-    hidden: int = arg(None, "adapter hidden width (default: the generator's channel_max / 2, the paper's 256 on the "
-                            "official StyleGAN2s)")
+    hidden: int = arg(None, "adapter hidden width (default: the generator's channel_max / 2: the paper's 256)")
     solver: str = arg('euler', "the paper's Euler; midpoint | rk4, or any torchdiffeq method with --backend torchdiffeq")
-    backend: str = arg('native', 'ODE solver backend: hand-written, torchdiffeq, or its adjoint (less memory; its '
-                                 'gradients match backprop through the steps only as h -> 0)', BACKENDS)
+    backend: str = arg('native', 'ODE solvers: hand-written, torchdiffeq, or its adjoint (less memory; other gradients)',
+                       BACKENDS)
     step: float = arg(0.4, "ODE step size h (the paper's)")
     t_end: float = arg(1.6, "ODE integration time T, the forgetting dial (the paper's)")
     # GUIDE's objective
@@ -98,21 +96,17 @@ class Config:
     # forgetting the person, not one latent (this project's addition)
     forget: str = arg('person', "person: also forget the person's samples found among random latents, keep the others' "
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
-    mine_n: int = arg(2000, 'random samples searched at the start (psi ~ U(0.5, 1)) for the person and for --target '
-                            'surrogate')
-    n_mine: int = arg(4, 'mined latents of the person per step, each pulled towards a sample of someone else (and as '
-                         'many samples of the kept people, held)')
+    mine_n: int = arg(2000, 'random samples searched at the start for the person (and --target surrogate)')
+    n_mine: int = arg(4, "the person's samples per step, each sent towards someone else (and as many kept ones held)")
     w_person: float = arg(2.0, "weight of the mined latents' image loss towards their targets (person.surrogates)")
     w_keep: float = arg(1.0, "weight of holding the kept people (their latents, their mined samples) to their images")
-    w_pix_person: float = arg(10.0, "pixel MSE weight of person mode's image loss (for w_pix's 0.01): the one term no "
-                                    "network judges, so his samples change as pictures, not only as features")
+    w_pix_person: float = arg(10.0, "pixel MSE weight of person mode's image loss (for w_pix's 0.01): no network judges it")
     # judging networks
     id_net: str = arg('dlib', 'identity network of the loss (dlib works offline)', ID_NETS)
     id_weights: str = arg(None, 'weights file of --id_net (arcface / curricularface)')
     vgg: str = arg(None, 'torchvision VGG16 state dict: use LPIPS-VGG16 as the perceptual distance')
     lpips_lin: str = arg(None, "LPIPS v0.1 linear heads (lpips' weights/v0.1/vgg.pth) for --vgg")
-    encoder: str = arg(None, 'an official e4e or pSp checkpoint: photos are encoded in one pass, then refined by '
-                             '--invert_steps')
+    encoder: str = arg(None, 'an official e4e or pSp checkpoint: photos encoded in one pass, refined by --invert_steps')
     invert_steps: int = arg(None, 'optimisation steps to invert each photo (default 300; 0 with --encoder)')
     # bookkeeping and speed
     log_every: int = arg(50, 'log interval (reads the losses back from the device)')
@@ -128,12 +122,12 @@ def parser(only_given=False):
     """The command line, one flag per Config field (only_given: parse to just the flags on the command line); @FILE
     reads flags from a file, e.g. an experiment of config/ (one or more a line, # comments)."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], fromfile_prefix_chars='@',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog=f"--resume restores the run's settings; only {MAY_CHANGE_FLAGS} may differ "
                                        "(--ckpt: the same weights in another file or folder)",
                                 argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
         h = f.metadata['help'].replace('%', '%%')  # argparse %-formats the help text
+        h += '' if f.default in (None, False) else f' (default: {f.default})'
         if f.type is list:  # --identity, given once per person
             p.add_argument(f'--{f.name}', action='append', help=h)
         elif f.type is bool:
@@ -152,12 +146,12 @@ def config_line(line):
 
 def get_args(argv=None):
     a = vars(parser().parse_args(argv))
-    cfg = Config(**{k: v for k, v in a.items() if v is not None or k != 'identity'})
+    cfg = Config(**{**a, 'identity': a['identity'] or [str(ROOT / 'assets/faces/obama/obama_1.png')]})
     person = cfg.forget == 'person'  # the mode's own defaults, where none was given
     if cfg.lr is None:
         cfg.lr = 1e-3 if person else 1e-4
-    if cfg.iters is None:
-        cfg.iters = 1000 if Path(cfg.ckpt).resolve() != BABY else 150 if person else 500
+    if cfg.iters is None:  # the paper's 1000; on the built-in generator person mode needs 150, the paper's method 500
+        cfg.iters = (150 if person else 500) if Path(cfg.ckpt).resolve() == BABY else 1000
     if cfg.invert_steps is None:
         cfg.invert_steps = 0 if cfg.encoder else 300
     return cfg
@@ -172,12 +166,12 @@ class Step:
     G: Generator         # trainable: adapters on the frozen generator, or the whole synthesis (--adapter full)
     G_s: Generator       # frozen original: G itself at T = 0, or a frozen copy (full)
     s_kw: dict           # how G_s.synthesis is called: {'T': 0} or {}
-    syn: object          # G.synthesis, compiled with --compile
+    syn: object          # G.synthesis (wrapped in DistributedDataParallel under torchrun, compiled with --compile)
     idn: torch.nn.Module  # identity network
     perc: torch.nn.Module  # perceptual distance
     ws_u: torch.Tensor   # [n_u, L, C] latents of the person to forget
-    ws_t: torch.Tensor   # [n_u, L, C] their targets (GUIDE's; --target surrogate: set by `aim` after the search)
-    tgt: Seen            # G_s(ws_t), embedded once: it never changes
+    ws_t: torch.Tensor   # [n_u, L, C] their targets, set by `aim` (GUIDE's in setup; --target surrogate's after the search)
+    tgt: Seen            # G_s(ws_t), embedded once by `aim`: it never changes
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp: object          # autocast context (or a null one)
@@ -248,7 +242,7 @@ def sample_latents(S, cfg, ws_u, ws_t):
 
 def train_step(S, cfg, P=None):
     """One step: sample latents, frozen forward, trainable forward, the objective (README eq. 4), backward. No host
-    sync. With P (--forget person) the person's mined latents and the kept people join the batch and the objective;
+    sync (but fp16's loss scaler). With P (--forget person) the person's mined latents and the kept people join the batch and the objective;
     the batch's groups are losses.Rows, in its order: [w_u | w_u + delta | global | mined | held | kept]."""
     ws_u, ws_t, tgt = forgotten_rows(S, cfg)
     w_adj_u, w_adj_t, w_glob = sample_latents(S, cfg, ws_u, ws_t)
@@ -364,7 +358,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
                                                          if isinstance(e, FloatingPointError) else ''))
     sig = max_over_ranks(stop.sig)  # every rank's: any one's signal stops them all
     if sig:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
-        print(f'interrupted at step {R.step}; continue with: {hint}')
+        print(own_line(f'interrupted at step {R.step}; continue with: {hint}', sys.stdout))
         raise SystemExit(128 + sig)
     with Signals() as stop:  # a signal now waits until both files are written (seconds)
         try:
@@ -376,7 +370,8 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
     if not R.writer:
         return out
     if stop.sig:
-        print(f'interrupted while the results were written; they are complete: {out}/adapter.pt, {out}/before_after.png')
+        print(own_line(f'interrupted while the results were written; they are complete: {out}/adapter.pt, '
+                       f'{out}/before_after.png', sys.stdout))
         raise SystemExit(128 + stop.sig)
     print(f'done in {R.wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
           f'forgotten face and {", ".join(R.retain) or "no others"}; random samples; samples that showed the person)')
@@ -409,4 +404,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    cli(main)
