@@ -176,9 +176,16 @@ def step_costs(S, cfg, args, rep, dev):
     P = person.Person(refs, torch.arange(8, device=dev) % 4, pool, pool[-3:].clone(), torch.randn_like(pool),
                      pool[:16].clone())
     t_person = timeit(lambda: train.train_step(S, cfg, P), dev, args.steps, args.warmup)
-    rep.row('person-mode step (ode)', t_person, n_img + 2 * cfg.n_mine + 3)
+    rows = n_img + 2 * cfg.n_mine + len(P.keep_ws)
+    rep.row('person-mode step (ode)', t_person, rows)
     rep.res['person_step_ratio'] = t_person / t_batched
     print(f'  -> person mode costs {t_person / t_batched:.2f}x the paper\'s step')
+    equal = copy.copy(cfg)
+    equal.n_glob += rows - n_img  # the paper's step with as many batch rows: what person mode costs per row
+    t_equal = timeit(lambda: train.train_step(S, equal), dev, args.steps, args.warmup)
+    rep.row(f'paper step, {rows} rows', t_equal, rows)
+    rep.res['person_row_overhead'] = t_person / t_equal
+    print(f'  -> at equal rows ({rows}) person mode costs {t_person / t_equal:.2f}x: its overhead beyond the rows')
     return t_batched
 
 

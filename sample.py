@@ -89,7 +89,8 @@ def main(argv=None):
             raise ValueError('--psi must be a number in [-10, 10] and --frames from 2 to 1,000')
         if args.out is not None and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or
                                      args.out.endswith('/') or not Path(args.out).resolve().parent.is_dir()):
-            raise ValueError(f'--out {args.out!r}: name a .png in an existing folder (the GIF goes beside it)')
+            raise ValueError(f'--out {args.out or repr(args.out)}: name a .png in an existing folder (the GIF goes beside '
+                             'it)')
         if len({Path(r).resolve() for r in args.run}) < len(args.run):
             raise ValueError(f'{" ".join(args.run)}: a run given twice would be composed with itself; give each once')
         folder = Path(args.out).resolve().parent if args.out else Path(args.run[0])

@@ -1520,7 +1520,8 @@ def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt, capsys):
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
     for crafted in ({**ck, 'args': list(ck['args'])}, {k: v for k, v in ck.items() if k != 'ws_u'}):
         torch.save(crafted, out / 'ckpt.pt')
-        with pytest.raises(SystemExit, match=r'^error: .*ckpt\.pt: not a train\.py checkpoint; pass the --out of a run$'):
+        with pytest.raises(SystemExit, match=r'^error: .*ckpt\.pt: not a train\.py checkpoint; pass the --out of a '
+                                             r'train\.py run, or start a new run with another --out$'):
             train.main(['--out', str(out), '--resume', '--iters', '3'])
     torch.save({**ck, 'args': {**ck['args'], 'device': 'cuda'}}, out / 'ckpt.pt')  # as if trained on a GPU
     if not torch.cuda.is_available():  # the run's own device is restored, and this machine has none
@@ -2389,6 +2390,7 @@ def test_bench_runs(tmp_path, monkeypatch):
     bench.main()
     r = json.load(open(out))
     assert r['batched_speedup'] > 0 and r['adapter_overhead'] > 0 and r['solver_rk4']['ratio'] > 0
+    assert r['person_row_overhead'] > 0 and r['encoder_vs_invert']['ratio'] > 0
     assert r['adapter_ode']['trainable'] == 58048 and r['adapter_full']['trainable'] > 20 * 58048
     assert r['adapter_full']['optimizer_mb'] > r['adapter_ode']['optimizer_mb']
     assert r['inference_mb']['ratio'] < 1.3  # T = 8 keeping its 21 states would hold about 2x the memory of T = 1.6

@@ -338,44 +338,46 @@ def train_loop(S, P, R, stop):
 
 
 def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
-    """The unlearning run: its inputs settled, the loop, the results. Rank 0 writes; hint says how to resume."""
+    """The unlearning run: its inputs settled, the loop, the results. Rank 0 writes, its run folder its own until the
+    run ends, however it ends (lifecycle.claim); hint says how to resume."""
     keep_freed_memory(dev)
     torch.manual_seed(cfg.seed)
     R = claim(cfg, out, rank == 0)
-    with Signals(at_once=True) as early:  # before the first step a signal stops at once, and nothing stays behind
-        try:
-            S, P = prepare(cfg, R, ck, dev, rank, world)
-        except (CheckpointError, DataError, ValueError, OSError) as e:
-            abandon(R, f'error: {e}')
-        except KeyboardInterrupt:
-            abandon(R, 'interrupted before training started; nothing was written', 128 + (early.sig or signal.SIGINT))
-    with Signals() as stop:  # then it stops the run between steps, never inside one
-        try:
-            train_loop(S, P, R, stop)
-        except (FloatingPointError, OSError) as e:
-            kept = f'the last good checkpoint is {out}/ckpt.pt' if (out / 'ckpt.pt').exists() else 'nothing was kept'
-            abandon(R, f'error: {e}; stopped, {kept}' + (' (a lower --lr or smaller loss weights?)'
-                                                         if isinstance(e, FloatingPointError) else ''))
-    sig = max_over_ranks(stop.sig)  # every rank's: any one's signal stops them all
-    if sig:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
-        print(own_line(f'interrupted at step {R.step}; continue with: {hint}', sys.stdout))
-        raise SystemExit(128 + sig)
-    with Signals() as stop:  # a signal now waits until both files are written (seconds)
-        try:
-            if R.writer:
-                write_results(S, P, R)
-        except OSError as e:
-            raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
-    together()  # the other ranks wait for rank 0's files (a failed write exits rank 0, and torchrun stops the rest)
-    if not R.writer:
+    with R.lock or nullcontext():
+        with Signals(at_once=True) as early:  # before the first step a signal stops at once, and nothing stays behind
+            try:
+                S, P = prepare(cfg, R, ck, dev, rank, world)
+            except (CheckpointError, DataError, ValueError, OSError) as e:
+                abandon(R, f'error: {e}')
+            except KeyboardInterrupt:
+                abandon(R, 'interrupted before training started; nothing was written', 128 + (early.sig or signal.SIGINT))
+        with Signals() as stop:  # then it stops the run between steps, never inside one
+            try:
+                train_loop(S, P, R, stop)
+            except (FloatingPointError, OSError) as e:
+                kept = f'the last good checkpoint is {out}/ckpt.pt' if (out / 'ckpt.pt').exists() else 'nothing was kept'
+                abandon(R, f'error: {e}; stopped, {kept}' + (' (a lower --lr or smaller loss weights?)'
+                                                             if isinstance(e, FloatingPointError) else ''))
+        sig = max_over_ranks(stop.sig)  # every rank's: any one's signal stops them all
+        if sig:  # exit 130 / 143 as a shell does, so `train.py && evaluate.py` stops here
+            print(own_line(f'interrupted at step {R.step}; continue with: {hint}', sys.stdout))
+            raise SystemExit(128 + sig)
+        with Signals() as stop:  # a signal now waits until both files are written (seconds)
+            try:
+                if R.writer:
+                    write_results(S, P, R)
+            except OSError as e:
+                raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
+        together()  # the other ranks wait for rank 0's files (a failed write exits rank 0, and torchrun stops the rest)
+        if not R.writer:
+            return out
+        if stop.sig:
+            print(own_line(f'interrupted while the results were written; they are complete: {out}/adapter.pt, '
+                           f'{out}/before_after.png', sys.stdout))
+            raise SystemExit(128 + stop.sig)
+        print(f'done in {R.wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
+              f'forgotten face and {", ".join(R.retain) or "no others"}; random samples; samples that showed the person)')
         return out
-    if stop.sig:
-        print(own_line(f'interrupted while the results were written; they are complete: {out}/adapter.pt, '
-                       f'{out}/before_after.png', sys.stdout))
-        raise SystemExit(128 + stop.sig)
-    print(f'done in {R.wall:.0f} s: {out}/adapter.pt, {out}/before_after.png (pairs before | after; rows: the '
-          f'forgotten face and {", ".join(R.retain) or "no others"}; random samples; samples that showed the person)')
-    return out
 
 
 def start(argv, identity=None):
