@@ -2020,6 +2020,8 @@ def bad_files(d):
 
 TRAIN_CASES = [  # (flags, what the one line says)
     (['--out', ''], "--out '': name a run folder"),
+    (['--encoder', 'notes.txt'], 'notes.txt: not a pSp or e4e checkpoint'),
+    (['--encoder', 'w_avg.pt'], 'w_avg.pt: not a pSp or e4e checkpoint (expected a dict'),
     (['--step', '0'], '--step 0.0: must be a finite number > 0'),
     (['--t_end', '-1'], '--t_end -1.0: must be a finite number > 0'),
     (['--t_end', 'nan'], '--t_end nan: must be a finite number > 0'),
