@@ -11,7 +11,6 @@ vs torchdiffeq for the same steps; --adapter ode vs full (time and optimiser mem
 T = 1.6 vs T = 400 (it must not grow with T); each with median
 time, images/s, achieved FLOP/s against a measured matmul/conv peak. --json writes the numbers.
 """
-import argparse
 import copy
 import math
 import os
@@ -28,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import person
 import data
 import train
-from helpers import CheckpointError, cli, device, keep_freed_memory, write_json
+from helpers import CheckpointError, Parser, cli, device, keep_freed_memory, writable, write_json
 from id_net import DlibFaceNet
 from perceptual import IDFeatureDistance
 from losses import describe, image_loss, image_terms, total, trajectory_consistency
@@ -259,7 +258,7 @@ def encoder_vs_invert(G, args, rep, dev, invert_steps=300):
 
 
 def main():
-    p = argparse.ArgumentParser(description='Benchmark the unlearning step.')
+    p = Parser(description='Benchmark the unlearning step.')
     p.add_argument('--config', default='baby', choices=list(CONFIGS))
     p.add_argument('--ckpt', default=None, help='a real generator instead of --config')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -283,18 +282,17 @@ def main():
 def check(args):
     """Every flag before any work (the measurements take minutes): the first problem as a ValueError."""
     device(args.device)
-    for k, lo, hi in (('steps', 1, 1000), ('warmup', 0, 1000), ('batch', 1, 1024)):
+    for k, lo, hi in (('steps', 1, 100), ('warmup', 0, 100), ('batch', 1, 256)):
         if not lo <= getattr(args, k) <= hi:
             raise ValueError(f'--{k} {getattr(args, k)}: must be an integer from {lo} to {hi:,}')
     if not (math.isfinite(args.big_T) and 0 < args.big_T <= 0.4 * MAX_STEPS):
         raise ValueError(f'--big_T {args.big_T}: must be a number > 0 and at most {0.4 * MAX_STEPS:g} (h = 0.4)')
     if args.compile and args.device.startswith('cpu'):
         raise ValueError('--compile: on a CPU the first step compiles for minutes and runs no faster; use --device cuda')
+    if args.amp == 'fp16' and args.device.startswith('cpu'):
+        raise ValueError('--amp fp16: CPUs have no fast fp16 (a step takes minutes); use --amp bf16 or none here')
     if args.json is not None:
-        out = Path(args.json)
-        if not args.json or out.is_dir() or not out.resolve().parent.is_dir() or \
-                not os.access(out.resolve().parent, os.W_OK):
-            raise ValueError(f'--json {args.json!r}: name a file in a folder you can write to')
+        writable(args.json, '--json')
     if args.ckpt:
         Generator.from_checkpoint(args.ckpt)  # a refused file is one line now, not after the first measurement
 

@@ -214,9 +214,9 @@ def invert(G, images, id_net, steps=300, lr=0.05, w_pix=1.0, w_perc=1.0, w_id=0.
            start=None):
     """Optimisation-based projection of aligned photos into W+, one latent per photo.
 
-    Starts from w_avg (or start, e.g. an encoder's codes); Adam on pixel MSE + identity-network feature distance + identity distance, constant
-    noise. kw picks the generator's dial (default {'T': 0}, the original; {} projects through trained adapters at
-    their own T). Returns (ws [N, num_ws, w_dim], pixel MSE [N], identity distance [N]) of the final latents."""
+    Starts from w_avg (or start, e.g. an encoder's codes); Adam on pixel MSE + identity-network feature distance +
+    identity distance, constant noise. kw picks the generator's dial (default {'T': 0}, the original; {} projects
+    through trained adapters at their own T). Returns (ws [N, num_ws, w_dim], pixel MSE [N], identity distance [N]) of the final latents."""
     kw = {'T': 0} if kw is None else kw
     perceptual = IDFeatureDistance(id_net)
     dev = G.mapping.w_avg.device
@@ -264,6 +264,11 @@ def load_latent(path, G):
         raise DataError(f'{path}: holds a {kind} tensor; '
                         'save a plain (dense, real) latent tensor')
     x = x.float()
+    if not torch.isfinite(x).all():
+        raise DataError(f'{path}: the latent holds NaN or Inf values; pass a finite latent')
+    if x.numel() and x.abs().max() > 1e4:  # W latents lie within a few hundred of w_avg; beyond, norms overflow
+        raise DataError(f'{path}: holds values up to {x.abs().max().item():.3g}, far beyond any W latent; pass a '
+                        'latent the generator\'s mapping network made or an inversion found')
     L, C = G.num_ws, G.cfg.w_dim
     if x.shape == (C,):
         x = x[None, None].repeat(1, L, 1)

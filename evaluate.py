@@ -25,13 +25,14 @@ from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, encode, invert, list_photos, load_encoder, load_faces, save_grid
 from ddp import distributed, gather, shard, together, world
-from helpers import CheckpointError, cli, device, in_repo, own_line, keep_freed_memory, load, people_of, plot, table, write_json
+from helpers import (CheckpointError, Parser, cli, device, in_repo, keep_freed_memory, load, own_line, people_of, plot,
+                     table, write_json)
 from id_net import ID_NETS
 from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, person_name, seeds,
                     stats)
 from model import generate
 from modes import modes
-from ode_adapter import check_composable, compose, load_run, run_meta, times, trainable_state
+from ode_adapter import check_composable, compose, load_run, run_meta, time_grid, times, trainable_state
 from scale import scale
 
 
@@ -208,7 +209,7 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     files = held_out_photos(meta)
     if ident.get('kind') == 'photos':
         photos_u, names = load_faces(ident['path'], res, framing=G_s.cfg.framing)
-        held_out = {f: held_out_face(f, res, G_s.cfg.framing) for f in files}  # a photo without a usable face is left out, with a warning
+        held_out = {f: held_out_face(f, res, G_s.cfg.framing) for f in files}  # no usable face: left out, with a warning
         files = [f for f in files if held_out[f] is not None]
         hp = torch.cat([photos_u[:0]] + [held_out[f] for f in files]).to(device)
         if files:
@@ -262,6 +263,8 @@ def sweep(run, args, device):
                          'without --sweep, per person)')
     T_train = meta['adapter']['T']
     Ts = times(args.T) if args.T else [round(x, 4) for x in np.linspace(0, 2 * T_train, 9)]
+    for T in Ts:  # every dial setting checked before the first is evaluated (minutes each)
+        time_grid(T, meta['adapter']['h'])
     J = Judge(args, device, G_s.cfg.framing)
     photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution, framing=G_s.cfg.framing)[0] \
         if meta['identity'].get('kind') == 'photos' else None
@@ -357,7 +360,7 @@ def compare(runs):
 
 def parser():
     """The command line: run folders and what to measure of them."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('runs', nargs='*', help='run folders written by train.py')
     p.add_argument('--sweep', action='store_true', help='evaluate the adapters over integration times T')
     p.add_argument('--T', default=None, help='comma-separated T values for --sweep (default 0..2x the trained T, 9 points)')
@@ -394,6 +397,15 @@ def check(args):
     """Every flag checked before any work: the first problem, as a ValueError."""
     device(args.device)
     seeds(args), args.T and times(args.T)
+    modes = [f for f in ('sweep', 'curve', 'compare', 'scale', 'modes', 'compose') if getattr(args, f)]
+    if len(modes) > 1:
+        raise ValueError(f'--{" --".join(modes)}: one of them at a time (each is its own measurement)')
+    if args.T and len(times(args.T)) > 64:
+        raise ValueError(f'--T: {len(times(args.T))} integration times; at most 64 (each is a full evaluation)')
+    if args.invert_steps is not None and args.invert_steps > 10 ** 5:
+        raise ValueError(f'--invert_steps {args.invert_steps}: at most 100,000')
+    if args.encoder and args.encoder != 'none':
+        load_encoder(args.encoder)
     if args.T and not args.sweep:  # the metrics are at the trained T: a --T that does nothing would mislead
         raise ValueError(f'--T {args.T} is read by --sweep only; add --sweep to evaluate over T (the metrics '
                          'are at the trained T)')
@@ -405,13 +417,18 @@ def check(args):
         raise ValueError(f'--real {args.real}: no such folder of real images or .npz of (mu, sigma)')
     if args.real and str(args.real).endswith('.npz') and not {'mu', 'sigma'} <= set(np.load(args.real).files):
         raise ValueError(f'--real {args.real}: holds no mu and sigma arrays (the .npz of Frechet statistics)')
+    if args.real and Path(args.real).is_dir():
+        list_photos(args.real)  # a folder without photos: now, not after the leak's minutes
+    elif args.real and not str(args.real).endswith('.npz'):
+        raise ValueError(f'--real {args.real}: pass a folder of real photos or an .npz of (mu, sigma)')
     if args.out == '':
         raise ValueError("--out '': name a file (--curve) or a folder (--compose), or leave --out out")
     for folder in [] if args.compare else [Path(r) for r in args.runs if Path(r).is_dir()]:
         if not os.access(folder, os.W_OK):  # its results go there: found now, not after minutes of work
             raise ValueError(f'{folder}: cannot write its results there; copy the run folder somewhere writable')
     if args.out and not Path(args.out).resolve().parent.is_dir():
-        raise ValueError(f'--out {args.out}: folder {Path(args.out).parent} does not exist; create it first')
+        raise ValueError(f'--out {args.out}: folder {Path(args.out).parent} does not exist; create it first' if not
+                         Path(args.out).parent.exists() else f'--out {args.out}: {Path(args.out).parent} is a file')
     if args.compose and (len(args.runs) < 2 or not args.out or Path(args.out).is_file() or any(
             getattr(args, f) for f in ('sweep', 'modes', 'curve', 'compare', 'scale'))):
         raise ValueError('--compose takes two or more runs and --out FOLDER for their metrics.json, and no '

@@ -2,12 +2,14 @@
 Small generic helpers any file may import: safe loading, atomic writes, portable paths, weight files, the CPU
 allocator.
 """
+import argparse
 import contextlib
 import ctypes
 import fcntl
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -44,6 +46,33 @@ def written(path, suffix='.tmp'):
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors (a bad number, an unknown flag, an unreadable @file) are one `error:` line, as every other
+    bad input is, instead of the usage block and exit status 2."""
+
+    def error(self, message):
+        raise SystemExit(f'error: {self.prog}: {message} (see {self.prog} --help)')
+
+    def _read_args_from_files(self, args):
+        try:
+            return super()._read_args_from_files(args)
+        except (ValueError, UnicodeDecodeError) as e:  # shlex's unclosed quote, a binary file
+            self.error(f'an @file of flags could not be read ({type(e).__name__}: {e}); write flags as shell words')
+
+
+def writable(path, what):
+    """Check, before any work, that a file can be written at path (a file beside it is made and removed)."""
+    p = Path(path)
+    if not str(path) or p.is_dir() or str(path).endswith('/'):
+        raise ValueError(f'{what} {str(path)!r}: name a file, not a folder')
+    try:
+        Path(f'{p}.tmp').open('w').close()
+        Path(f'{p}.tmp').unlink()
+    except OSError as e:
+        raise ValueError(f'{what} {path}: cannot be written there ({e.strerror or type(e).__name__}); choose another '
+                         'place') from None
 
 
 def own_line(text, stream=None):
@@ -86,9 +115,19 @@ def atomic_save(obj, path):
 
 
 def write_json(obj, path):
-    """JSON report written atomically: a reader never sees half a file."""
+    """JSON report written atomically (a reader never sees half a file); a number that is not one (NaN, Inf: no sample
+    to measure, say) is written as null, standard JSON, never as a NaN a strict reader refuses or a mean swallows."""
     with written(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=1))
+        Path(tmp).write_text(json.dumps(finite(obj), indent=1, allow_nan=False))
+
+
+def finite(obj):
+    """obj with every non-finite float replaced by None, through dicts and lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    return [finite(v) for v in obj] if isinstance(obj, (list, tuple)) else obj
 
 
 def portable(path):

@@ -227,7 +227,7 @@ def crop_grid(box, size, dtype, device):
     Python numbers on every call would copy them from the host, which stalls a GPU."""
     l, t, r, b = box
     theta = torch.tensor([[[r - l, 0, l + r - 1], [0, b - t, t + b - 1]]], dtype=dtype, device=device)
-    return F.affine_grid(theta, [1, 3, size, size], align_corners=False)
+    return F.affine_grid(theta, [1, 3, size, size], align_corners=False).to(dtype)  # autocast would cache its own
 
 
 def ffhq_crop(images, box, size):

@@ -85,9 +85,12 @@ def check_numbers(cfg):
     for k in ('n_adj', 'n_glob', 'snapshot_every'):
         if getattr(cfg, k) < 0:
             bad(cfg, k, '>= 0 (0: none)')
-    for k, limit in (('hidden', 8192), ('n_adj', 1024), ('n_glob', 1024), ('n_mine', 1024), ('mine_n', 10 ** 6)):
+    for k, limit in (('hidden', 8192), ('n_adj', 1024), ('n_glob', 1024), ('n_mine', 1024), ('mine_n', 10 ** 6),
+                     ('iters', 10 ** 7), ('invert_steps', 10 ** 5)):
         if (getattr(cfg, k) or 0) > limit:  # sizes that cannot fit, refused before any work (the paper's: 256, 2, 2)
             bad(cfg, k, f'at most {limit:,}')
+    if cfg.amp == 'fp16' and cfg.device.startswith('cpu'):
+        raise SystemExit('error: --amp fp16: CPUs have no fast fp16 (a step takes minutes); use --amp bf16 or none here')
     if cfg.compile and cfg.device.startswith('cpu'):
         raise SystemExit('error: --compile: on a CPU the first step compiles for minutes and runs no faster; use it '
                          'with --device cuda')

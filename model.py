@@ -343,6 +343,8 @@ class Generator(nn.Module):
                 found = re.search(r'(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)', str(e))
                 msg = f"it holds Python objects{' (' + found[1] + ')' if found else ''}, refused: loading them could " \
                       'run code'
+            elif 'PytorchStreamReader' in msg or isinstance(e, (pickle.UnpicklingError, EOFError)) or msg.isdigit():
+                msg = 'cut short, or not a PyTorch / pickle file at all; download or export it again'
             raise CheckpointError(f'{path}: not a readable StyleGAN2 checkpoint ({msg[:200]})') from None
         check_config(cfg, path)
         G = cls(cfg)

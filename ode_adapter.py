@@ -277,6 +277,9 @@ def run_meta(run):
     meta = load(path, 'an adapter file written by train.py')
     if not isinstance(meta, dict) or 'args' not in meta:
         raise CheckpointError(f'{path}: not an adapter file written by train.py')
+    weights = meta.get('state_dict') or meta.get('synthesis') or {}
+    if any(isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all() for v in weights.values()):
+        raise CheckpointError(f'{path}: its trained weights hold NaN or Inf (a run that diverged); train it again')
     photos = [person for person in people_of(meta['identity']) if person.get('kind') == 'photos']
     for person in photos:  # relative: inside the run folder (absolute in runs from before they were)
         person['path'] = str(run / person['path'])

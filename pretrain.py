@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DataError, invert, load_faces, save_grid, to_uint8
-from helpers import CheckpointError, atomic_save, cli, device, load, own, write_json
+from helpers import CheckpointError, Parser, atomic_save, cli, device, load, own, writable, write_json
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, eval_latents
 from lifecycle import Signals
@@ -98,7 +98,7 @@ class Discriminator(nn.Module):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--teacher', default=None, help='the gan-face-generate 1.1.1 wheel or its weights.tar (default: .whl/)')
     p.add_argument('--faces', default='assets/faces', help='folder of identity folders: the photos G must also draw')
     p.add_argument('--out', default='runs/pretrain', help='run folder: checkpoint, samples, log')
@@ -194,8 +194,11 @@ def build(args, P, dev, ck=None):
             torch.randn(32, Z_DIM, generator=torch.Generator().manual_seed(2000 + args.seed)).to(dev),
             torch.Generator(device=dev).manual_seed(args.seed))
     if ck is not None:
-        if GeneratorConfig(**ck['config']) != cfg:
-            raise ValueError(f'{path} was trained with another config; use another --out')
+        diff = [f'{k} {v} (now {getattr(cfg, k)})' for k, v in GeneratorConfig(**ck['config']).__dict__.items()
+                if v != getattr(cfg, k)]
+        if diff:
+            raise ValueError(f'{path} was trained with another config: {", ".join(diff)}; give the same flags or '
+                             'another --out')
         for k in ('G', 'G_ema', 'D', 'optG', 'optD'):
             getattr(n, k).load_state_dict(ck[k])
         n.gen.set_state(ck['gen'].cpu())  # generator states are CPU byte tensors, CUDA ones too
@@ -388,7 +391,17 @@ def check(args):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number >= 0 (0: the term off)')
     if not args.out:
         raise ValueError("--out '': name the run folder of the state")
-    if args.report or args.export:
+    if args.report is not None and args.export is not None:
+        raise ValueError('--report and --export are two commands; give one')
+    if args.report is None and (args.baby or args.faceres):
+        raise ValueError('--baby and --faceres are read by --report only; add --report GENERATOR or drop them')
+    if args.report == '':
+        raise ValueError("--report '': name the exported generator to measure")
+    if args.export is not None:
+        if os.path.abspath(args.export) == os.path.abspath(os.path.join(args.out, 'ckpt.pt')):
+            raise ValueError(f'--export {args.export}: that is the training state itself; export to another file')
+        writable(args.export, '--export')
+    if args.report is not None or args.export is not None:
         return
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f'--out {args.out}: is a file; choose a folder')
@@ -453,9 +466,9 @@ def main(argv=None):
         if args.threads:
             torch.set_num_threads(args.threads)
         dev = torch.device(args.device)
-        if args.report:
+        if args.report is not None:
             return report(args, dev)
-        if args.export:
+        if args.export is not None:
             ck, photos, names, _, _ = start(args, dev)
             return export(build(args, len(photos), dev, ck), args, names)
         T = load_teacher(args.teacher).to(dev)  # a missing teacher stops here, before the run folder is made

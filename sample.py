@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, grid, save_grid
-from helpers import CheckpointError, cli, device, own_line, written
+from helpers import CheckpointError, Parser, cli, device, own_line, written
 from model import generate, seed_latents
 from ode_adapter import check_composable, compose, load_run, run_meta, times
 
@@ -70,7 +70,7 @@ def composed(args, G, meta, Ts, ws):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('run', nargs='+', help='a run folder written by train.py; several: their adapters composed')
     p.add_argument('--T', default=None, help='comma-separated integration times (default: 0 and the trained T); with '
                                              'several runs, one dial per run (default: each its trained T)')
@@ -91,6 +91,9 @@ def main(argv=None):
                                      args.out.endswith('/') or not Path(args.out).resolve().parent.is_dir()):
             raise ValueError(f'--out {args.out or repr(args.out)}: name a .png in an existing folder (the GIF goes beside '
                              'it)')
+        if len(Ts or ()) * len(seeds) > 16384 or (args.gif and args.frames * len(seeds) > 65536):
+            raise ValueError(f'{len(Ts or ())} rows / {args.frames} frames of {len(seeds)} seeds: more images than a '
+                             'picture holds (16,384 a grid, 65,536 a GIF); ask for fewer')
         if len({Path(r).resolve() for r in args.run}) < len(args.run):
             raise ValueError(f'{" ".join(args.run)}: a run given twice would be composed with itself; give each once')
         folder = Path(args.out).resolve().parent if args.out else Path(args.run[0])

@@ -2690,3 +2690,54 @@ def test_error_lines_start_a_line_in_a_log(tmp_path):
     assert r.returncode == 1 and re.search(r'^error: --batch 0', r.stderr, re.M), r.stderr
     assert helpers.own_line('error: x', open(tmp_path / 'log', 'w')) == '\nerror: x'
 
+
+
+@pytest.mark.parametrize('script,argv,says', [
+    ('train', ['--iters', 'nan'], "argument --iters: invalid int value: 'nan'"),
+    ('train', ['@notes.txt'], 'unrecognized arguments: not a checkpoint'),
+    ('train', ['@quote.txt'], 'an @file of flags could not be read (ValueError: No closing quotation)'),
+    ('train', ['@binary.pt'], 'an @file of flags could not be read (UnicodeDecodeError'),
+    ('evaluate', ['--sweep', '--compare', 'x'], '--sweep --compare: one of them at a time'),
+    ('bench', ['--config', 'ffhq9999'], "argument --config: invalid choice: 'ffhq9999'"),
+    ('bench', ['--amp', 'fp16'], '--amp fp16: CPUs have no fast fp16'),
+    ('pretrain', ['--out', 'run', '--export', 'run/ckpt.pt'], 'that is the training state itself'),
+    ('pretrain', ['--export', 'g.pt', '--report', 'g.pt'], '--report and --export are two commands'),
+    ('pretrain', ['--export', ''], "--export '': name a file, not a folder")])
+def test_argument_errors_of_every_script_are_one_line(tmp_path, monkeypatch, script, argv, says):
+    """argparse's own errors (a bad number, an unknown flag, an unreadable @file of flags) and mixed commands end as
+    every other bad input does: one error line, before any work."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'notes.txt').write_text('not a checkpoint')
+    (tmp_path / 'quote.txt').write_text('--iters "2')
+    torch.save(torch.zeros(3), tmp_path / 'binary.pt')
+    monkeypatch.setattr(sys, 'argv', [f'{script}.py', *argv])
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main(*([argv] if script != 'bench' else []))
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and '\n' not in msg and says in msg, msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['binary.pt', 'notes.txt', 'quote.txt']
+
+
+def test_a_run_whose_adapters_hold_nan_is_refused_by_every_reader(tmp_path, tiny_ckpt):
+    """Adapters that diverged are named when a run is read (sample, evaluate, --init), not drawn as a black row or
+    blamed on a Frechet distance or on --lr."""
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '1', '--forget', 'latent')
+    meta = torch.load(out / 'adapter.pt', weights_only=True)
+    meta['state_dict'] = {k: v * float('nan') for k, v in meta['state_dict'].items()}
+    torch.save(meta, out / 'adapter.pt')
+    for call in (lambda: sample.main([str(out)]), lambda: evaluate.main([str(out), '--samples', '2']),
+                 lambda: run_train(tiny_ckpt, tmp_path / 'more', '--init', str(out), '--identity', 'seed:5')):
+        with pytest.raises(SystemExit, match='its trained weights hold NaN or Inf'):
+            call()
+    assert not (tmp_path / 'more').exists() and not (out / 'samples.png').exists()
+
+
+def test_the_crop_grid_keeps_its_dtype_under_autocast():
+    """A crop made first under bf16 autocast (the step's) must not hand a bf16 grid to a float32 crop later (the cache
+    is keyed by dtype): --amp bf16 with a seed identity crashed on it."""
+    crop = id_net.crop_grid((0.1, 0.2, 0.9, 0.95), 12, torch.float32, torch.device('cpu'))
+    id_net.crop_grid.cache_clear()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        id_net.crop_grid((0.1, 0.2, 0.9, 0.95), 12, torch.float32, torch.device('cpu'))
+    again = id_net.crop_grid((0.1, 0.2, 0.9, 0.95), 12, torch.float32, torch.device('cpu'))
+    assert again.dtype == torch.float32 and torch.allclose(again, crop, atol=1e-2)

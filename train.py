@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data import DataError, load_encoder
 from ddp import distributed, max_over_ranks, together
-from helpers import ROOT, CheckpointError, cli, digest, keep_freed_memory, own_line, people_of
+from helpers import ROOT, CheckpointError, Parser, cli, digest, keep_freed_memory, own_line, people_of
 from id_net import ID_NETS, load_id_net
 from lifecycle import (MAY_CHANGE_FLAGS, Signals, abandon, check, claim, default_out, launcher, log_losses,
                        read_checkpoint, restore, resumed, save_checkpoint, save_snapshot, write_results)
@@ -121,7 +121,7 @@ class Config:
 def parser(only_given=False):
     """The command line, one flag per Config field (only_given: parse to just the flags on the command line); @FILE
     reads flags from a file, e.g. an experiment of config/ (one or more a line, # comments)."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], fromfile_prefix_chars='@',
+    p = Parser(description=__doc__.split('\n\n')[0], fromfile_prefix_chars='@',
                                 epilog=f"--resume restores the run's settings; only {MAY_CHANGE_FLAGS} may differ "
                                        "(--ckpt: the same weights in another file or folder)",
                                 argument_default=argparse.SUPPRESS if only_given else None)
@@ -402,7 +402,8 @@ def main(argv=None):
         return each(argv, get_args(argv), start, run)
     cfg, out, ck = start(argv)
     rank, world, dev = distributed(cfg.device)
-    return run(cfg, out, ck, dev, rank, world, f'{launcher()} --out {shlex.quote(str(out))} --resume')
+    flag = '--out=' if str(out).startswith('-') else '--out '  # a folder named -x would read as a flag
+    return run(cfg, out, ck, dev, rank, world, f'{launcher()} {flag}{shlex.quote(str(out))} --resume')
 
 
 if __name__ == '__main__':
