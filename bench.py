@@ -259,7 +259,7 @@ def encoder_vs_invert(G, args, rep, dev, invert_steps=300):
 
 def main():
     p = Parser(description='Benchmark the unlearning step.')
-    p.add_argument('--config', default='baby', choices=list(CONFIGS))
+    p.add_argument('--config', default=None, choices=list(CONFIGS), help='a generator layout, random weights (default baby)')
     p.add_argument('--ckpt', default=None, help='a real generator instead of --config')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--amp', default='none', choices=list(train.AMP))
@@ -293,6 +293,11 @@ def check(args):
         raise ValueError('--amp fp16: CPUs have no fast fp16 (a step takes minutes); use --amp bf16 or none here')
     if args.json is not None:
         writable(args.json, '--json')
+    if args.ckpt and args.config:
+        raise ValueError('--ckpt and --config are two generators; give one')
+    if args.ckpt and args.json and Path(args.json).resolve() == Path(args.ckpt).resolve():
+        raise ValueError(f'--json {args.json}: that is the --ckpt generator; name another file for the numbers')
+    args.config = args.config or 'baby'
     if args.ckpt:
         Generator.from_checkpoint(args.ckpt)  # a refused file is one line now, not after the first measurement
 

@@ -423,6 +423,10 @@ def check(args):
         raise ValueError(f'--real {args.real}: pass a folder of real photos or an .npz of (mu, sigma)')
     if args.out == '':
         raise ValueError("--out '': name a file (--curve) or a folder (--compose), or leave --out out")
+    if args.out and not (args.curve or args.compose):
+        raise ValueError(f'--out {args.out}: read by --curve and --compose only (the others write beside the runs)')
+    if args.compose and args.out and any(Path(args.out).resolve() == Path(r).resolve() for r in args.runs):
+        raise ValueError(f'--out {args.out}: one of the composed runs; name a new folder for their metrics.json')
     for folder in [] if args.compare else [Path(r) for r in args.runs if Path(r).is_dir()]:
         if not os.access(folder, os.W_OK):  # its results go there: found now, not after minutes of work
             raise ValueError(f'{folder}: cannot write its results there; copy the run folder somewhere writable')

@@ -90,6 +90,9 @@ def cli(main):
             print(own_line(e.code), file=sys.stderr)
             raise SystemExit(1) from None
         raise
+    except KeyboardInterrupt:  # Ctrl-C where a script does not stop on its own: a line, no traceback, exit 130
+        print(own_line('interrupted; the files written so far are complete'), file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def own(folder):

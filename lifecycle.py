@@ -4,6 +4,7 @@ A run's lifecycle around the method: its settings checked and stored, its folder
 """
 import math
 import json
+import sys
 import os
 import shutil
 import signal
@@ -11,11 +12,12 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data import IMAGE_EXTS
 from ddp import max_over_ranks
-from helpers import ROOT, CheckpointError, atomic_save, device, in_repo, load, own, people_of, portable
+from helpers import ROOT, CheckpointError, atomic_save, device, in_repo, load, own, own_line, people_of, portable
 from ode_adapter import integrate, save_adapters, trainable_state
 from person import Person, before_after
 
@@ -43,7 +45,11 @@ def spelled(k, v):
 
 def resumed(cfg, given, ck, path):
     """--resume: the run's own settings from its checkpoint; a given flag outside RESUMABLE must agree with them."""
-    known = {f.name for f in fields(cfg)}
+    known = {f.name: f.type for f in fields(cfg)}
+    for k, v in ck['args'].items():  # what the checkpoint says must be a setting of that kind
+        if k in known and v is not None and not isinstance(v, {float: (int, float)}.get(known[k], known[k])):
+            raise SystemExit(f'error: {path}: its stored --{k} {v!r} is not a {known[k].__name__}; the file was '
+                             'edited or is not a train.py checkpoint: start a new run with another --out')
     run = type(cfg)(**{k: each_path(in_repo, v) if k in PATHS else v for k, v in ck['args'].items() if k in known})
     for k in sorted(given - set(RESUMABLE)):
         if spelled(k, getattr(cfg, k)) != spelled(k, getattr(run, k)):
@@ -108,7 +114,9 @@ def check(cfg, out):
         raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
     folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in cfg.identity  # photos: one folder a person
                if not p.startswith('seed:') and Path(p).suffix.lower() not in ('.pt', '.pth', '.npy')]
-    if len(set(cfg.identity)) < len(cfg.identity) or len(set(map(portable, folders))) < len(folders):
+    seeds = [int(p[5:]) for p in cfg.identity if p.startswith('seed:') and p[5:].strip().isdigit()]  # seed:03 is seed:3
+    if len(set(cfg.identity)) < len(cfg.identity) or len(set(map(portable, folders))) < len(folders) or \
+            len(set(seeds)) < len(seeds):
         raise SystemExit(f'error: --identity {" --identity ".join(cfg.identity)}: a person given twice (two photos '
                          'of one folder are one person: give the folder once)')
     check_numbers(cfg)
@@ -130,6 +138,13 @@ def check(cfg, out):
         raise SystemExit('error: --lpips_lin needs --vgg (the VGG16 weights its linear heads sit on)')
     if cfg.retain != 'none' and not Path(cfg.retain).is_dir():
         raise SystemExit(f'error: --retain {cfg.retain}: no such folder; pass a folder of identity folders, or none')
+    for p in [] if cfg.init else [p for p in cfg.identity if Path(p).suffix.lower() in ('.pt', '.pth', '.npy')]:
+        try:  # a latent file is read now, not after the photos' inversions
+            x = load(p, 'a latent file') if not p.endswith('.npy') else np.load(p, allow_pickle=False)
+        except (CheckpointError, OSError, ValueError) as e:
+            raise SystemExit(f'error: --identity {p}: not a readable latent ({e})') from None
+        if not (isinstance(x, (torch.Tensor, np.ndarray)) or isinstance(x, dict) and ('ws' in x or 'w_u' in x)):
+            raise SystemExit(f'error: --identity {p}: holds no latent tensor (expected a tensor or a dict with "ws")')
     if cfg.retain != 'none' and not any(p.is_dir() for p in Path(cfg.retain).iterdir()):
         raise SystemExit(f'error: --retain {cfg.retain}: holds no person folders (one folder of photos per person); '
                          'pass their parent folder, or none')
@@ -241,15 +256,17 @@ def abandon(R, msg, code=None):
         if R.existed:
             R.out.mkdir()
     if code:
-        print(msg)
+        print(own_line(msg, sys.stdout))
     raise SystemExit(code or msg)
 
 
 def copy_photos(folder, dest, names=None):
-    """The image files of folder (or only those named), copied into a new folder dest."""
+    """The image files of folder (or only those named; never hidden ones, which training skipped too), copied into a
+    new folder dest."""
     dest.mkdir(parents=True)
     for f in folder.iterdir():
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTS and (names is None or f.name in names):
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith('.') and (names is None or
+                                                                                              f.name in names):
             shutil.copy2(f, dest / f.name)
 
 
@@ -298,6 +315,10 @@ def read_checkpoint(out):
     if set(ck['person']) != {f.name for f in fields(Person)}:
         raise SystemExit(f'error: {out}/ckpt.pt: written by an older train.py (another person mode); start a new '
                          'run with another --out')
+    tensors = [ck['ws_u'], *ck['synthesis'].values(), *ck['person'].values(), *ck['retain'].values()]
+    if ck['step'] < 0 or not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+        raise SystemExit(f'error: {out}/ckpt.pt: holds NaN or Inf (or a negative step); it cannot be resumed: start '
+                         'the run again with another --out')
     return ck
 
 

@@ -425,6 +425,9 @@ def parse_torch_checkpoint(ckpt, path):
         avg = ckpt.get('latent_avg')  # [n_styles, w_dim] or [w_dim]: the generator's mean latent, repeated
         return from_rosinality({'g_ema': g, **({'latent_avg': avg.reshape(-1, avg.shape[-1])[0]}
                                               if isinstance(avg, torch.Tensor) and avg.ndim else {})}, path)
+    if 'G_ema' in ckpt and 'optG' in ckpt:
+        raise CheckpointError(f'{path}: a pretrain.py training state, not a generator; write its generator with '
+                              'pretrain.py --out FOLDER --export FILE and pass that')
     raise CheckpointError(f'{path}: no generator found (expected keys config+state_dict, or g_ema)')
 
 

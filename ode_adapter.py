@@ -13,6 +13,7 @@ torchdiffeq's fixed-grid steps ('rk4' is torchdiffeq's rk4, i.e. Kutta's 3/8 rul
 adaptive ones such as 'dopri5', through torchdiffeq.odeint / odeint_adjoint.
 """
 import copy
+import fcntl
 import functools
 import math
 from dataclasses import asdict
@@ -265,18 +266,44 @@ def load_adapters(G, path, ck=None):
     return ck
 
 
+def busy(run):
+    """Whether a process holds the run folder (train.py locks its log.jsonl while it runs)."""
+    log = Path(run) / 'log.jsonl'
+    if not log.exists():
+        return False
+    with open(log) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def run_meta(run):
     """A train.py run folder -> its adapter.pt dict, the photos' paths pointing into the run folder (checked)."""
     run, path = Path(run), Path(run) / 'adapter.pt'
+    if run.is_file():
+        raise CheckpointError(f'{run}: a file; pass the run folder it is in ({run.parent})')
     if not run.is_dir():
         raise CheckpointError(f'{run}: no such run folder')
+    if busy(run):
+        raise CheckpointError(f'{run}: a train.py process is still running it; wait for it to finish')
     if not path.exists() and not (run / 'ckpt.pt').exists():
         raise CheckpointError(f'{run}: not a run folder (no adapter.pt, no ckpt.pt); pass a folder train.py wrote')
     if not path.exists():
         raise CheckpointError(f'{run}: no adapter.pt (the run did not finish; resume it with train.py --resume)')
     meta = load(path, 'an adapter file written by train.py')
-    if not isinstance(meta, dict) or 'args' not in meta:
-        raise CheckpointError(f'{path}: not an adapter file written by train.py')
+    if not isinstance(meta, dict) or not isinstance(meta.get('args'), dict) or not isinstance(meta.get('identity'), dict) \
+            or not isinstance(meta['args'].get('ckpt'), str) or not isinstance(meta.get('ws_u'), torch.Tensor):
+        raise CheckpointError(f'{path}: not an adapter file written by train.py (or one edited since)')
+    if meta.get('kind') != 'full':
+        try:  # the dial it was trained at, checked now: a bad one is the file's fault, not a flag's
+            time_grid(meta['adapter']['T'], meta['adapter']['h'])
+            if meta['adapter']['solver'] not in SOLVERS and meta['adapter'].get('backend') == 'native':
+                raise ValueError(f"solver {meta['adapter']['solver']!r}")
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f'{path}: its adapter settings are not a dial train.py trains ({e})') from None
     weights = meta.get('state_dict') or meta.get('synthesis') or {}
     if any(isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all() for v in weights.values()):
         raise CheckpointError(f'{path}: its trained weights hold NaN or Inf (a run that diverged); train it again')
@@ -301,11 +328,15 @@ def load_run(run, device, ckpt=None):
     G = Generator.from_checkpoint(gen)
     if meta.get('generator_sha', digest(G)) != digest(G):
         raise CheckpointError(f'{gen}: other weights than the generator {run} was trained on; pass that one with --ckpt')
-    if meta.get('kind') == 'full':  # GUIDE's fine-tune: the whole synthesis network was saved
-        G_u = copy.deepcopy(G)
-        G_u.synthesis.load_state_dict(meta['synthesis'])
-        return G.to(device), G_u.to(device), {}, meta
-    load_adapters(G, Path(run) / 'adapter.pt', meta)  # read once, by run_meta
+    try:
+        if meta.get('kind') == 'full':  # GUIDE's fine-tune: the whole synthesis network was saved
+            G_u = copy.deepcopy(G)
+            G_u.synthesis.load_state_dict(meta['synthesis'])
+            return G.to(device), G_u.to(device), {}, meta
+        load_adapters(G, Path(run) / 'adapter.pt', meta)  # read once, by run_meta
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f'{run}/adapter.pt: its weights do not fit this generator '
+                              f'({str(e).splitlines()[-1].strip()[:150]})') from None
     return G.to(device), G.to(device), {'T': 0}, meta
 
 

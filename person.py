@@ -116,8 +116,9 @@ def invert_others(cfg, G, idn, person=None, forgotten_names=(), encoder=None):
     if cfg.retain == 'none' or not Path(cfg.retain).is_dir():
         return {}, {}, {}
     forgotten = {q for i in cfg.identity for q in (Path(i).resolve(), Path(i).resolve().parent)}
-    photos = {p.name: str(list_photos(p)[0]) for p in sorted(Path(cfg.retain).iterdir())
-              if p.is_dir() and p.resolve() not in forgotten and p.name not in forgotten_names}
+    photos = {p.name: str(list_photos(p)[0]) for p in sorted(Path(cfg.retain).iterdir())  # hidden folders: no one's
+              if p.is_dir() and not p.name.startswith('.') and p.resolve() not in forgotten and
+              p.name not in forgotten_names}
     if not photos:
         return {}, {}, {}
     faces = torch.cat([load_faces(f, G.cfg.img_resolution, align=False, framing=G.cfg.framing)[0] for f in photos.values()])

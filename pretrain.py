@@ -290,6 +290,8 @@ def pair_stats(emb, dist, thresholds):
     """All pairs of the samples with a face (NaN rows: none found): their distance's mean, 5th and 1st percentiles, and
     the share under each threshold (called one person)."""
     e = emb[emb[:, 0].isfinite()]
+    if len(e) < 2:
+        return {'faces': len(e), 'pairs': 0}
     i, j = torch.triu_indices(len(e), len(e), 1)
     d = dist(e[i], e[j]).double()
     return {'faces': len(e), 'pairs': len(d), 'mean': d.mean().item(), 'p5': d.quantile(0.05).item(),
@@ -301,6 +303,9 @@ def fmr_threshold(emb, dist):
     almost only different people at random, so this is the judge's false-match rate on its own faces; dlib's 0.6 was
     set on real photos and calls 15% of the teacher's random pairs one person."""
     e = emb[emb[:, 0].isfinite()]
+    if len(e) < 2:
+        raise ValueError(f'the generator drew {len(e)} face(s) the detector finds in {len(emb)} samples: no threshold '
+                         'can be set on it (an export that is not yet trained?)')
     i, j = torch.triu_indices(len(e), len(e), 1)
     return round(dist(e[i], e[j]).double().quantile(FMR).item(), 3)
 
@@ -401,6 +406,15 @@ def check(args):
         if os.path.abspath(args.export) == os.path.abspath(os.path.join(args.out, 'ckpt.pt')):
             raise ValueError(f'--export {args.export}: that is the training state itself; export to another file')
         writable(args.export, '--export')
+    if args.baby:
+        Generator.from_checkpoint(args.baby)  # read now, not after the minutes of the report before it
+    if args.init:
+        init = Generator.from_checkpoint(args.init)
+        if (init.cfg.w_dim, init.cfg.channel_base, init.cfg.channel_max, init.cfg.img_resolution) != \
+                (args.wdim, args.channel_base, args.channels, 64):
+            raise ValueError(f'--init {args.init}: its synthesis ({init.cfg.img_resolution} px, w {init.cfg.w_dim}, '
+                             f'channels {init.cfg.channel_base} / {init.cfg.channel_max}) is not this one\'s; give the '
+                             'same --wdim, --channel_base and --channels')
     if args.report is not None or args.export is not None:
         return
     if os.path.exists(args.out) and not os.path.isdir(args.out):

@@ -97,6 +97,9 @@ def main(argv=None):
         if len({Path(r).resolve() for r in args.run}) < len(args.run):
             raise ValueError(f'{" ".join(args.run)}: a run given twice would be composed with itself; give each once')
         folder = Path(args.out).resolve().parent if args.out else Path(args.run[0])
+        if args.gif and Path(args.out or Path(args.run[0]) / 'samples.png').with_suffix('.gif').is_dir():
+            raise ValueError(f'{Path(args.out or Path(args.run[0]) / "samples.png").with_suffix(".gif")}: a folder where '
+                             'the GIF goes; pass another --out')
         if folder.is_dir() and not os.access(folder, os.W_OK):
             raise ValueError(f'{folder}: cannot write there; pass --out a .png in a folder you can write to')
         G_s, G_u, s_kw, meta = load_run(args.run[0], dev, args.ckpt)

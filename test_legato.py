@@ -2741,3 +2741,45 @@ def test_the_crop_grid_keeps_its_dtype_under_autocast():
         id_net.crop_grid((0.1, 0.2, 0.9, 0.95), 12, torch.float32, torch.device('cpu'))
     again = id_net.crop_grid((0.1, 0.2, 0.9, 0.95), 12, torch.float32, torch.device('cpu'))
     assert again.dtype == torch.float32 and torch.allclose(again, crop, atol=1e-2)
+
+
+def test_tampered_run_files_and_a_busy_run_are_one_line(tmp_path, tiny_ckpt):
+    """A run's files edited by hand (a bad dial, a setting of the wrong kind, NaN latents, a negative step) and a run a
+    training process still holds are named in one line by every reader, never a traceback."""
+    out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--forget', 'latent')
+    meta, ck = (torch.load(out / f, weights_only=True) for f in ('adapter.pt', 'ckpt.pt'))
+    torch.save({**meta, 'adapter': {**meta['adapter'], 'T': float('nan')}}, out / 'adapter.pt')
+    with pytest.raises(SystemExit, match='its adapter settings are not a dial train.py trains'):
+        sample.main([str(out)])
+    torch.save({k: v for k, v in meta.items() if k != 'identity'}, out / 'adapter.pt')
+    with pytest.raises(SystemExit, match='not an adapter file written by train.py'):
+        evaluate.main([str(out), '--samples', '2'])
+    torch.save(meta, out / 'adapter.pt')
+    for bad, says in (({'args': {**ck['args'], 't_end': 'abc'}}, "its stored --t_end 'abc' is not a float"),
+                      ({'ws_u': ck['ws_u'] * float('nan')}, 'holds NaN or Inf'), ({'step': -5}, 'holds NaN or Inf')):
+        torch.save({**ck, **bad}, out / 'ckpt.pt')
+        with pytest.raises(SystemExit, match=re.escape(says)):
+            train.main(['--out', str(out), '--resume', '--iters', '4'])
+    held = helpers.own(out)  # as train.py holds it while it runs
+    try:
+        with pytest.raises(SystemExit, match='a train.py process is still running it'):
+            sample.main([str(out)])
+    finally:
+        held.close()
+    with pytest.raises(SystemExit, match='a file; pass the run folder it is in'):
+        sample.main([str(out / 'adapter.pt')])
+    with pytest.raises(SystemExit, match='read by --curve and --compose only'):
+        evaluate.main([str(out), '--out', str(tmp_path / 'm.json')])
+
+
+def test_the_same_seed_spelled_twice_is_one_person(tmp_path, tiny_ckpt):
+    with pytest.raises(SystemExit, match='a person given twice'):
+        run_train(tiny_ckpt, tmp_path / 'run', '--identity', 'seed:03')  # run_train gives seed:3 already
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_pretrain_state_is_not_a_generator(tmp_path, tiny_ckpt):
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    torch.save({'config': ck['config'], 'G': ck['state_dict'], 'G_ema': ck['state_dict'], 'optG': {}}, tmp_path / 's.pt')
+    with pytest.raises(CheckpointError, match='a pretrain.py training state, not a generator; write its generator'):
+        Generator.from_checkpoint(tmp_path / 's.pt')
