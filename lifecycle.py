@@ -221,6 +221,7 @@ class Run:
     out: Path
     writer: bool          # rank 0: the process that writes
     existed: bool         # --out existed before the run (an abandoned run leaves it as it was)
+    made: Path = None     # the highest folder the run made (--out deep/x/y: deep), removed if abandoned while empty
     info: dict = None     # the identity: its kind, path, inversion distances
     retain: dict = None   # {kept person: W+ latent [1, L, C]}
     retain_photos: dict = None  # {kept person: its photo, in the run folder}
@@ -234,6 +235,8 @@ def claim(cfg, out, writer):
     """The run's folder, claimed before any work, for this process alone while it runs (a second run on the same
     --out, a second --resume too, stops here) -> Run."""
     R = Run(cfg, out, writer, out.exists())
+    if writer and not out.exists():
+        R.made = next(p for p in [*reversed(out.resolve().parents), out.resolve()] if not p.exists())
     if writer:
         try:
             if not cfg.resume:
@@ -253,6 +256,10 @@ def abandon(R, msg, code=None):
     """Stop with msg (exit 1, or code): a run that fails before its first checkpoint leaves nothing behind."""
     if R.writer and not R.cfg.resume and not (R.out / 'ckpt.pt').exists():
         shutil.rmtree(R.out, ignore_errors=True)
+        for p in R.out.resolve().parents if R.made else ():  # the folders above it that it made, while empty
+            if not p.is_relative_to(R.made) or any(p.iterdir()):
+                break
+            p.rmdir()
         if R.existed:
             R.out.mkdir()
     if code:

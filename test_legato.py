@@ -2783,3 +2783,12 @@ def test_a_pretrain_state_is_not_a_generator(tmp_path, tiny_ckpt):
     torch.save({'config': ck['config'], 'G': ck['state_dict'], 'G_ema': ck['state_dict'], 'optG': {}}, tmp_path / 's.pt')
     with pytest.raises(CheckpointError, match='a pretrain.py training state, not a generator; write its generator'):
         Generator.from_checkpoint(tmp_path / 's.pt')
+
+
+def test_an_abandoned_run_removes_the_folders_it_made(tmp_path, tiny_ckpt):
+    """--out deep/x/y: a run that stops before its first checkpoint leaves no empty deep/x behind either."""
+    Image.new('RGB', (256, 256), (128, 128, 128)).save(tmp_path / 'grey.png')  # a photo with no face
+    with pytest.raises(SystemExit, match='no face found'):
+        run_train(tiny_ckpt, tmp_path / 'deep/x/y', '--identity', str(tmp_path / 'grey.png'), '--forget', 'latent')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['grey.png']
+
