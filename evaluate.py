@@ -13,6 +13,7 @@ ArcFace with --id_net/--id_weights (1 - cosine). Without FID Inception weights t
 computed on the identity network's 128-d descriptors and named FD_<net>, never FID.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -124,9 +125,16 @@ def run_encoder(meta, args, G, device):
     path = getattr(args, 'encoder', None) or in_repo(meta['args'].get('encoder'))
     if not path or path == 'none':
         return None
-    enc = load_encoder(path).to(device)
+    enc = encoder_file(path).to(device)
     enc.check_fits(G)
     return enc
+
+
+@functools.lru_cache(maxsize=2)
+def encoder_file(path):
+    """load_encoder, once per file and process: check() reads --encoder before any work, the held-out photos use it
+    (the official files are about 1 GB)."""
+    return load_encoder(path)
 
 
 def held_steps(args, enc):
@@ -405,7 +413,7 @@ def check(args):
     if args.invert_steps is not None and args.invert_steps > 10 ** 5:
         raise ValueError(f'--invert_steps {args.invert_steps}: at most 100,000')
     if args.encoder and args.encoder != 'none':
-        load_encoder(args.encoder)
+        encoder_file(args.encoder)
     if args.T and not args.sweep:  # the metrics are at the trained T: a --T that does nothing would mislead
         raise ValueError(f'--T {args.T} is read by --sweep only; add --sweep to evaluate over T (the metrics '
                          'are at the trained T)')

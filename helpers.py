@@ -108,6 +108,20 @@ def own(folder):
     return f
 
 
+def busy(run):
+    """Whether a process holds the run folder (own's lock on its log.jsonl, which train.py keeps while it runs)."""
+    log = Path(run) / 'log.jsonl'
+    if not log.exists():
+        return False
+    with open(log) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def atomic_save(obj, path):
     """torch.save, written atomically; a failed write (torch raises RuntimeError for a full disk) is an OSError."""
     with written(path) as tmp:

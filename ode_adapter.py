@@ -13,7 +13,6 @@ torchdiffeq's fixed-grid steps ('rk4' is torchdiffeq's rk4, i.e. Kutta's 3/8 rul
 adaptive ones such as 'dopri5', through torchdiffeq.odeint / odeint_adjoint.
 """
 import copy
-import fcntl
 import functools
 import math
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helpers import CheckpointError, atomic_save, digest, in_repo, load, people_of
+from helpers import CheckpointError, atomic_save, busy, digest, in_repo, load, people_of
 from model import Generator
 
 
@@ -264,20 +263,6 @@ def load_adapters(G, path, ck=None):
     for k, ad in adapters(G).items():
         ad.load_state_dict({n[len(k) + 1:]: v for n, v in sd.items() if n.startswith(k + '.')})
     return ck
-
-
-def busy(run):
-    """Whether a process holds the run folder (train.py locks its log.jsonl while it runs)."""
-    log = Path(run) / 'log.jsonl'
-    if not log.exists():
-        return False
-    with open(log) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
 
 
 def run_meta(run):

@@ -286,15 +286,20 @@ def snapshot(n, T, photos, args):
 FMR = 1e-3  # a judge's same-person threshold for a generator: the distance 1 in 1,000 pairs of its random samples fall under
 
 
-def pair_stats(emb, dist, thresholds):
-    """All pairs of the samples with a face (NaN rows: none found): their distance's mean, 5th and 1st percentiles, and
-    the share under each threshold (called one person)."""
+def pair_distances(emb, dist):
+    """The distances of all pairs of the samples with a face (NaN rows: none found) -> (faces, distances)."""
     e = emb[emb[:, 0].isfinite()]
-    if len(e) < 2:
-        return {'faces': len(e), 'pairs': 0}
     i, j = torch.triu_indices(len(e), len(e), 1)
-    d = dist(e[i], e[j]).double()
-    return {'faces': len(e), 'pairs': len(d), 'mean': d.mean().item(), 'p5': d.quantile(0.05).item(),
+    return len(e), dist(e[i], e[j]).double()
+
+
+def pair_stats(emb, dist, thresholds):
+    """All pairs of the samples with a face: their distance's mean, 5th and 1st percentiles, and the share under each
+    threshold (called one person)."""
+    faces, d = pair_distances(emb, dist)
+    if faces < 2:
+        return {'faces': faces, 'pairs': 0}
+    return {'faces': faces, 'pairs': len(d), 'mean': d.mean().item(), 'p5': d.quantile(0.05).item(),
             'p1': d.quantile(0.01).item(), **{f'same_{t:g}': (d < t).double().mean().item() for t in thresholds}}
 
 
@@ -302,12 +307,11 @@ def fmr_threshold(emb, dist):
     """The rule: the distance under which FMR of all pairs of random samples fall. A generator of many people draws
     almost only different people at random, so this is the judge's false-match rate on its own faces; dlib's 0.6 was
     set on real photos and calls 15% of the teacher's random pairs one person."""
-    e = emb[emb[:, 0].isfinite()]
-    if len(e) < 2:
-        raise ValueError(f'the generator drew {len(e)} face(s) the detector finds in {len(emb)} samples: no threshold '
+    faces, d = pair_distances(emb, dist)
+    if faces < 2:
+        raise ValueError(f'the generator drew {faces} face(s) the detector finds in {len(emb)} samples: no threshold '
                          'can be set on it (an export that is not yet trained?)')
-    i, j = torch.triu_indices(len(e), len(e), 1)
-    return round(dist(e[i], e[j]).double().quantile(FMR).item(), 3)
+    return round(d.quantile(FMR).item(), 3)
 
 
 def judged(imgs, cpp, faceres, desc):
