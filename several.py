@@ -2,6 +2,7 @@
 Several people: forgotten together (--identity given more than once), one run each (--each), or one after another
 (--init RUN: start from RUN's adapters, its people stay forgotten).
 """
+import hashlib
 import shlex
 import warnings
 from dataclasses import replace
@@ -106,12 +107,35 @@ def load_init(cfg, sha):
     if meta.get('kind') != cfg.adapter or meta['adapter']['hidden'] != cfg.hidden:
         raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {meta['adapter']['hidden']}) are "
                          f'not this run\'s ({cfg.adapter}, hidden {cfg.hidden}); pass the same --adapter and --hidden')
+    forgotten_already(meta, cfg)
     mine = {'T': cfg.t_end, 'h': cfg.step, 'solver': cfg.solver, 'backend': cfg.backend}
     if cfg.adapter == 'ode' and any(meta['adapter'][k] != v for k, v in mine.items()):  # its people were forgotten there
         theirs = ', '.join(f'{k} {meta["adapter"][k]}' for k in mine)
         raise ValueError(f'--init {cfg.init}: its adapters were trained at {theirs}; pass the same --t_end, --step, '
                          '--solver and --backend (its forgetting is at its dial)')
     return meta
+
+
+def _contents(path):
+    """The digests of a file's bytes, or of a folder's files': the same photo or latent under any name."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.iterdir()) if p.is_dir() else []
+    return {hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+
+
+def forgotten_already(meta, cfg):
+    """--init RUN refused when this run's --identity is someone RUN forgot: the same seed, latent file, or
+    one of his photos (his held-out photos included), under any name."""
+    earlier = people_of(meta['identity'])
+    seeds = {p.get('seed') for p in earlier if p.get('kind') == 'seed'}
+    paths = [Path(p['path']) for p in earlier if isinstance(p.get('path'), str)]
+    paths += [Path(p['path']).parent / h for p in earlier for h in p.get('held_out', [])]  # his other photos too
+    files = set().union(*map(_contents, paths))
+    for spec in cfg.identity:
+        seed = int(spec[5:]) if spec.startswith('seed:') and spec[5:].strip().isdigit() else None
+        if seed in seeds or (seed is None and _contents(spec) & files):
+            raise ValueError(f'--init {cfg.init}: it forgot --identity {spec} already; --init starts the next person '
+                             '(pass another --identity); to train a stopped run on, use --resume')
 
 
 def each(argv, cfg, start, run):

@@ -1259,6 +1259,13 @@ def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path, capsys)
         train.main(['--out', str(tmp_path / 'e'), '--init', str(first), '--identity', str(faces / 'obama'), *base])
     with pytest.raises(SystemExit, match='trained at T 1.6, h 0.4.*pass the same --t_end'):
         train.main(['--out', str(tmp_path / 'e'), '--init', str(first), '--t_end', '0.8', *then[2:]])
+    (tmp_path / 'renamed').mkdir()  # his photo under another name, his held-out photo, his seed: the same person
+    shutil.copy(faces / 'obama/obama_1.png', tmp_path / 'renamed/x.png')
+    shutil.copy(faces / 'obama/obama_3.png', tmp_path / 'renamed/y.png')
+    for who, run in ((tmp_path / 'renamed/x.png', first), (tmp_path / 'renamed/y.png', first), ('seed:3', then[1])):
+        with pytest.raises(SystemExit, match='it forgot --identity .* already'):
+            train.main(['--out', str(tmp_path / 'e'), '--init', str(run), '--identity', str(who), *base])
+        assert not (tmp_path / 'e').exists()
 
 
 def test_composed_adapters_integrate_the_summed_field(tmp_path, tiny_ckpt):
