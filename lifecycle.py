@@ -326,6 +326,13 @@ def read_checkpoint(out):
     if ck['step'] < 0 or not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
         raise SystemExit(f'error: {out}/ckpt.pt: holds NaN or Inf (or a negative step); it cannot be resumed: start '
                          'the run again with another --out')
+    people = [p for p in people_of(ck['info']) if p.get('kind') == 'photos' and isinstance(p.get('path'), str)]
+    photos = [out / p['path'] for p in people] + [out / v for v in ck['retain_photos'].values() if isinstance(v, str)]
+    photos += [(out / p['path']).parent / h for p in people for h in p.get('held_out', []) if isinstance(h, str)]
+    for f in photos:  # evaluation reads them from the run: a resumed run without them could not be evaluated
+        if not f.is_file():
+            raise SystemExit(f'error: {out}: photo {f} is missing; a run folder is kept whole (photos/ included): '
+                             'copy it back, or start the run again with another --out')
     return ck
 
 

@@ -1530,6 +1530,11 @@ def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt, capsys):
         with pytest.raises(SystemExit, match=r'^error: .*ckpt\.pt: not a train\.py checkpoint; pass the --out of a '
                                              r'train\.py run, or start a new run with another --out$'):
             train.main(['--out', str(out), '--resume', '--iters', '3'])
+    for info in ({'kind': 'photos', 'path': 'photos/forget/x.png'}, {'kind': 'many', 'people': [ck['info'], {
+            'kind': 'photos', 'path': str(FACES[0]), 'held_out': ['x.png']}]}):  # a photo deleted since
+        torch.save({**ck, 'info': info}, out / 'ckpt.pt')
+        with pytest.raises(SystemExit, match=r'photo .*x\.png is missing; a run folder is kept whole'):
+            train.main(['--out', str(out), '--resume', '--iters', '3'])
     torch.save({**ck, 'args': {**ck['args'], 'device': 'cuda'}}, out / 'ckpt.pt')  # as if trained on a GPU
     if not torch.cuda.is_available():  # the run's own device is restored, and this machine has none
         with pytest.raises(SystemExit, match='--device cuda: this machine has no CUDA GPU'):
