@@ -241,11 +241,31 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     return m
 
 
+FD_DIMS = {'dlib': 128, 'arcface': 512, 'curricularface': 512, 'inception': 2048}  # the features' sizes
+
+
+def real_stats(path, dim=None):
+    """--real's .npz -> (mu [d], sigma [d, d]) as float64, checked finite and d == dim; a ValueError names the file."""
+    hint = f'--real {path}: not Frechet statistics (an .npz of finite float arrays mu [d] and sigma [d, d]'
+    try:
+        with np.load(path, allow_pickle=False) as f:  # never unpickles: an object array is refused
+            mu, sig = np.asarray(f['mu'], np.float64), np.asarray(f['sigma'], np.float64)
+    except (KeyError, ValueError, TypeError, OSError, EOFError, AttributeError) as e:
+        why = 'not an .npz of arrays, or one holding Python objects' if 'pickle' in str(e) else str(e).splitlines()[0]
+        raise ValueError(f'{hint}): {why or type(e).__name__}') from None
+    if mu.ndim != 1 or sig.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sig).all()):
+        raise ValueError(f'{hint}): mu {list(mu.shape)}, sigma {list(sig.shape)}'
+                         f'{"" if np.isfinite(mu).all() and np.isfinite(sig).all() else ", not finite"}')
+    if dim is not None and len(mu) != dim:
+        raise ValueError(f'{hint[:hint.index(":")]}: statistics of {len(mu)}-d features, and this evaluation\'s '
+                         f'features are {dim}-d; pass the .npz made with the same features (--inception, --id_net)')
+    return mu, sig
+
+
 def real_fd(G_s, G_u, s_kw, J, real, device):
     """dFD_real = FD(real, G_u) - FD(real, G_s) against a folder of real images or a .npz of (mu, sigma)."""
     if str(real).endswith('.npz'):
-        f = np.load(real)
-        mu, sig = f['mu'], f['sigma']
+        mu, sig = real_stats(real)
     else:
         imgs = torch.cat([load_faces(p, G_s.cfg.img_resolution, align=False, framing=G_s.cfg.framing)[0]
                           for p in shard(list_photos(real))])
@@ -423,8 +443,8 @@ def check(args):
         raise ValueError(f'--samples {args.n}: at most 100,000')
     if args.real and not Path(args.real).exists():
         raise ValueError(f'--real {args.real}: no such folder of real images or .npz of (mu, sigma)')
-    if args.real and str(args.real).endswith('.npz') and not {'mu', 'sigma'} <= set(np.load(args.real).files):
-        raise ValueError(f'--real {args.real}: holds no mu and sigma arrays (the .npz of Frechet statistics)')
+    if args.real and str(args.real).endswith('.npz'):
+        real_stats(args.real, FD_DIMS['inception' if args.inception else args.id_net])
     if args.real and Path(args.real).is_dir():
         list_photos(args.real)  # a folder without photos: now, not after the leak's minutes
     elif args.real and not str(args.real).endswith('.npz'):

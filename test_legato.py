@@ -2191,6 +2191,10 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--samples', '1'], '--samples must be >= 2'),
     ('evaluate', ['RUN', '--seed', str(2 ** 64 - 1)], 'evaluation seeds are integers 0 <= N < 2**40'),
     ('evaluate', ['RUN', '--real', 'missing'], '--real missing: no such folder of real images'),
+    ('evaluate', ['RUN', '--real', 'text.npz'], 'not an .npz of arrays, or one holding Python objects'),
+    ('evaluate', ['RUN', '--real', 'object.npz'], 'not an .npz of arrays, or one holding Python objects'),
+    ('evaluate', ['RUN', '--real', 'nan.npz'], 'sigma [d, d]): mu [128], sigma [128, 128], not finite'),
+    ('evaluate', ['RUN', '--real', 'd64.npz'], 'statistics of 64-d features, and this evaluation\'s features are 128-d'),
     ('evaluate', ['RUN', '--curve', '--out', 'missing/c.png'], 'folder missing does not exist; create it first'),
     ('evaluate', ['NOPHOTOS'], 'is missing; a run folder is copied whole (photos/ included)'),
     ('evaluate', ['--compare', 'BADMETRICS'], 'metrics.json: not a metrics file'),
@@ -2222,6 +2226,10 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     shutil.copytree(tiny_run, tmp_path / 'badmetrics')
     (tmp_path / 'badmetrics/metrics.json').write_text('[1, 2]')
     (tmp_path / 'dir.png').mkdir()  # a folder with a picture's name
+    (tmp_path / 'text.npz').write_text('mu sigma')  # --real statistics that are not
+    np.savez(tmp_path / 'object.npz', mu=np.array([{}], dtype=object), sigma=np.eye(1))
+    np.savez(tmp_path / 'nan.npz', mu=np.full(128, np.nan), sigma=np.eye(128))
+    np.savez(tmp_path / 'd64.npz', mu=np.zeros(64), sigma=np.eye(64))
     names = {'RUN': 'run', 'TRUNCATED': 'truncated', 'OTHER': 'other.pt', 'NOPHOTOS': 'nophotos',
              'BADMETRICS': 'badmetrics'}
     before = sorted(tmp_path.rglob('*'))
