@@ -15,6 +15,7 @@ computed on the identity network's 128-d descriptors and named FD_<net>, never F
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import warnings
@@ -368,8 +369,8 @@ def compare(runs):
         p = Path(run) / 'metrics.json'
         if not p.exists():
             raise SystemExit(f'error: {run}: no metrics.json; run python evaluate.py {run} first')
-        try:
-            m = json.loads(p.read_text())
+        try:  # evaluate.py writes a number that is not finite as null: NaN or Infinity means an edited file
+            m = json.loads(p.read_text(), parse_constant=lambda c: float('nan'))
         except (ValueError, OSError) as err:
             raise ValueError(f'{p}: not a metrics file ({type(err).__name__}); run python evaluate.py {run} again') from None
         if not isinstance(m, dict):
@@ -380,6 +381,13 @@ def compare(runs):
     keys += sorted({k for r in rows for k in r if k.startswith(('leak_', 'showed_', 'floor_', 'share_', 'FD_', 'dFD_',
                                                                  'FID', 'dFID', 'faceres_'))})
     keys += ['trainable_params', 'adapter_file_mb', 'train_wall_s']
+    for r in rows:  # the table's numbers: finite numbers or null (not measured), as evaluate.py wrote them
+        bad = [k for k in keys[2:] if k in r and not (r[k] is None or isinstance(r[k], (int, float)) and
+                                                   not isinstance(r[k], bool) and math.isfinite(r[k]))]
+        what = f'{bad[0]} is not a finite number or null' if bad else 'kind is not a word'
+        if bad or not isinstance(r.get('kind', ''), str):
+            raise ValueError(f'{Path(r["run"]) / "metrics.json"}: {what}, as evaluate.py writes it; run python '
+                             f'evaluate.py {r["run"]} again')
     print(table(rows, keys))
 
 

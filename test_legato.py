@@ -2198,6 +2198,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--curve', '--out', 'missing/c.png'], 'folder missing does not exist; create it first'),
     ('evaluate', ['NOPHOTOS'], 'is missing; a run folder is copied whole (photos/ included)'),
     ('evaluate', ['--compare', 'BADMETRICS'], 'metrics.json: not a metrics file'),
+    ('evaluate', ['--compare', 'NANMETRICS'], 'metrics.json: ID is not a finite number or null, as evaluate.py writes'),
     ('sample', ['RUN', '--psi', '1e308'], '--psi must be a number in [-10, 10]'),
     ('sample', ['RUN', '--seeds', '0-100000'], '--seeds 0-100000: more than 1024 images in one grid'),
     ('sample', ['RUN', '--seeds', '0-9223372036854775806'], 'more than 1024 images in one grid'),  # never built
@@ -2225,13 +2226,15 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     torch.save({**meta, 'retain_photos': {'x': 'photos/keep/x/x.png'}}, tmp_path / 'nophotos/adapter.pt')
     shutil.copytree(tiny_run, tmp_path / 'badmetrics')
     (tmp_path / 'badmetrics/metrics.json').write_text('[1, 2]')
+    shutil.copytree(tiny_run, tmp_path / 'nanmetrics')
+    (tmp_path / 'nanmetrics/metrics.json').write_text('{"kind": "seed", "ID": NaN}')  # evaluate.py writes null
     (tmp_path / 'dir.png').mkdir()  # a folder with a picture's name
     (tmp_path / 'text.npz').write_text('mu sigma')  # --real statistics that are not
     np.savez(tmp_path / 'object.npz', mu=np.array([{}], dtype=object), sigma=np.eye(1))
     np.savez(tmp_path / 'nan.npz', mu=np.full(128, np.nan), sigma=np.eye(128))
     np.savez(tmp_path / 'd64.npz', mu=np.zeros(64), sigma=np.eye(64))
     names = {'RUN': 'run', 'TRUNCATED': 'truncated', 'OTHER': 'other.pt', 'NOPHOTOS': 'nophotos',
-             'BADMETRICS': 'badmetrics'}
+             'BADMETRICS': 'badmetrics', 'NANMETRICS': 'nanmetrics'}
     before = sorted(tmp_path.rglob('*'))
     with pytest.raises(SystemExit) as e:
         {'evaluate': evaluate, 'sample': sample}[script].main([names.get(f, f) for f in flags])
