@@ -324,31 +324,43 @@ def sweep(run, args, device):
     return rows
 
 
+def snapshots(run, G_u, meta, device):
+    """RUN's adapter snapshots -> [(step, weights)], every one checked before the first is measured: a foreign, broken
+    or non-finite file is found now, not minutes in."""
+    files = sorted((Path(run) / 'snapshots').glob('*.pt'))
+    if not files:
+        raise SystemExit(f'error: {run}: no snapshots; train with --snapshot_every K')
+    mine, out = trainable_state(G_u, meta.get('kind') == 'full'), []
+    for s in files:
+        ck = load(s, 'an adapter snapshot written by train.py', device)
+        if not isinstance(ck, dict) or not {'step', 'synthesis'} <= ck.keys() or not isinstance(ck['synthesis'], dict):
+            raise CheckpointError(f'{s}: not an adapter snapshot written by train.py')
+        if ck.get('generator_sha', meta.get('generator_sha')) != meta.get('generator_sha'):
+            raise CheckpointError(f'{s}: a snapshot of a run on another generator; keep only {run}\'s own snapshots')
+        sd = ck['synthesis']  # strict=False in curve() would quietly keep the weights a foreign file lacks
+        if sd.keys() != mine.keys() or any(not isinstance(v, torch.Tensor) or v.shape != mine[k].shape
+                                           for k, v in sd.items()):
+            raise CheckpointError(f'{s}: its weights are not this run\'s adapters (another --hidden or generator); '
+                                  f'keep only {run}\'s own snapshots')
+        if not isinstance(ck['step'], int) or not all(torch.isfinite(v).all() for v in sd.values()):
+            raise CheckpointError(f'{s}: its step or weights are not finite numbers; delete it or train the run again')
+        out.append((ck['step'], sd))
+    return out
+
+
 def curve(runs, args, device):
     """ID and retention over training steps from the adapter snapshots of one or several runs."""
-    all_series, xs_all = {}, None
-    for run in runs:
+    all_series, xs_all, loaded = {}, None, []
+    for run in runs:  # every run's snapshots checked before the first is measured
         G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
+        loaded.append((run, G_s, G_u, s_kw, meta, snapshots(run, G_u, meta, device)))
+    for run, G_s, G_u, s_kw, meta, snaps in loaded:
         J = Judge(args, device, G_s.cfg.framing)
-        snaps = sorted((Path(run) / 'snapshots').glob('*.pt'))
-        if not snaps:
-            raise SystemExit(f'error: {run}: no snapshots; train with --snapshot_every K')
         ids, rets, xs = [], [], []
-        for s in tqdm(snaps, desc=str(run)):
-            ck = load(s, 'an adapter snapshot written by train.py', device)
-            if not isinstance(ck, dict) or not {'step', 'synthesis'} <= ck.keys() or not isinstance(ck['synthesis'], dict):
-                raise CheckpointError(f'{s}: not an adapter snapshot written by train.py')
-            if ck.get('generator_sha', meta.get('generator_sha')) != meta.get('generator_sha'):
-                raise CheckpointError(f'{s}: a snapshot of a run on another generator; keep only {run}\'s own snapshots')
-            if ck['synthesis'].keys() != trainable_state(G_u, meta.get('kind') == 'full').keys():  # strict=False below would quietly keep the weights a foreign file lacks
-                raise CheckpointError(f'{s}: its weights are not this run\'s adapters; keep only {run}\'s own snapshots')
-            try:
-                G_u.synthesis.load_state_dict(ck['synthesis'], strict=False)
-            except RuntimeError:
-                raise CheckpointError(f'{s}: its weights do not fit this run\'s adapters (another --hidden or generator); '
-                                      f'keep only {run}\'s own snapshots') from None
+        for step, sd in tqdm(snaps, desc=str(run)):
+            G_u.synthesis.load_state_dict(sd, strict=False)
             m = measure(G_s, G_u, s_kw, {}, meta, J, fd=False)
-            xs.append(ck['step'])
+            xs.append(step)
             ids.append(m['ID'])
             rets.append(m.get('retain_people', m['retain_random']))
         name = Path(run).name
@@ -459,6 +471,8 @@ def check(args):
         raise ValueError(f'--real {args.real}: pass a folder of real photos or an .npz of (mu, sigma)')
     if args.out == '':
         raise ValueError("--out '': name a file (--curve) or a folder (--compose), or leave --out out")
+    if args.curve and args.out and Path(args.out).suffix.lower() != '.png':
+        raise ValueError(f'--out {args.out}: name a .png for --curve (its numbers go beside it as .json)')
     if args.out and not (args.curve or args.compose):
         raise ValueError(f'--out {args.out}: read by --curve and --compose only (the others write beside the runs)')
     if args.compose and args.out and any(Path(args.out).resolve() == Path(r).resolve() for r in args.runs):

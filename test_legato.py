@@ -1933,19 +1933,23 @@ def test_retained_photos_are_recorded_and_evaluated(tmp_path, tiny_ckpt, facenet
     assert ck['retain_photos'] == meta['retain_photos']  # a resumed run keeps them
 
 
-def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt):
+def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt, monkeypatch):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2', '--snapshot_every', '1', '--lr', '1e-2')
     assert sorted(p.name for p in (out / 'snapshots').iterdir()) == ['000000.pt', '000001.pt', '000002.pt']
     args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, inception=None, out=None, ckpt=None)
     evaluate.curve([out], args, torch.device('cpu'))
     c = json.load(open(out / 'curve.json'))
     assert c['steps'] == [0, 1, 2] and c['run: forgotten'][0] == 0 and c['run: forgotten'][2] > 0
-    # a foreign snapshot among the run's: another generator's, or one missing adapter weights, is refused by name
+    # a foreign snapshot among the run's: another generator's, one missing adapter weights, one with NaN: refused by
+    # name before any snapshot is measured
     snap = torch.load(out / 'snapshots/000002.pt', weights_only=True)
-    for name, bad in (('other_gen', {**snap, 'generator_sha': 'f' * 16}),
-                      ('partial', {**snap, 'synthesis': dict(list(snap['synthesis'].items())[:1])})):
+    monkeypatch.setattr(evaluate, 'measure', lambda *a, **k: pytest.fail('measured before every snapshot was checked'))
+    nan = {k: v * float('nan') for k, v in snap['synthesis'].items()}
+    for bad, says in (({**snap, 'generator_sha': 'f' * 16}, 'keep only .*own snapshots'),
+                      ({**snap, 'synthesis': dict(list(snap['synthesis'].items())[:1])}, 'keep only .*own snapshots'),
+                      ({**snap, 'synthesis': nan}, 'not finite numbers; delete it')):
         torch.save(bad, out / 'snapshots/000003.pt')
-        with pytest.raises(CheckpointError, match=r'000003\.pt: .*keep only .*own snapshots'):
+        with pytest.raises(CheckpointError, match=r'000003\.pt: .*' + says):
             evaluate.curve([out], args, torch.device('cpu'))
 
 
@@ -2196,6 +2200,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--real', 'nan.npz'], 'sigma [d, d]): mu [128], sigma [128, 128], not finite'),
     ('evaluate', ['RUN', '--real', 'd64.npz'], 'statistics of 64-d features, and this evaluation\'s features are 128-d'),
     ('evaluate', ['RUN', '--curve', '--out', 'missing/c.png'], 'folder missing does not exist; create it first'),
+    ('evaluate', ['RUN', '--curve', '--out', 'curveout'], '--out curveout: name a .png for --curve'),
     ('evaluate', ['NOPHOTOS'], 'is missing; a run folder is copied whole (photos/ included)'),
     ('evaluate', ['--compare', 'BADMETRICS'], 'metrics.json: not a metrics file'),
     ('evaluate', ['--compare', 'NANMETRICS'], 'metrics.json: ID is not a finite number or null, as evaluate.py writes'),
