@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, encode, invert, list_photos, load_encoder, load_faces, save_grid
 from ddp import distributed, gather, shard, together, world
-from helpers import (CheckpointError, Parser, cli, device, in_repo, keep_freed_memory, load, own_line, people_of, plot,
-                     table, write_json)
+from helpers import (CheckpointError, Parser, cli, device, in_repo, keep_freed_memory, load, own_line, people_of,
+                     person_name, plot, table, write_json)
 from id_net import ID_NETS
-from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, person_name, seeds,
+from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
                     stats)
 from model import generate
 from modes import modes
@@ -162,9 +162,6 @@ def load_composed(runs, device, ckpt=None):
     compose(G_u, [m['state_dict'] for m in metas], [m['adapter']['T'] for m in metas])
     people = [{'rows': len(m['ws_u']), **p} for m in metas for p in people_of(m['identity'])]  # several: their own rows
     gone = {person_name(p) for p in people}
-    if len(gone) < len(people):
-        raise ValueError(f'{", ".join(map(str, runs))}: a person forgotten by two of these runs; compose runs of different '
-                         'people')
     kept = lambda key: {k: v for m in metas for k, v in (m.get(key) or {}).items() if k not in gone}  # noqa: E731
     meta = {**metas[0], 'identity': {'kind': 'many', 'people': people}, 'ws_u': torch.cat([m['ws_u'] for m in metas]),
             'retain_ws': kept('retain_ws'), 'retain_photos': kept('retain_photos'),

@@ -169,6 +169,14 @@ def people_of(identity):
     return identity['people'] if identity.get('kind') == 'many' else [identity]
 
 
+def person_name(ident):
+    """A forgotten person's name: the photos' folder, seed<N>, or the latent file's stem."""
+    if ident.get('kind') == 'photos':
+        p = Path(ident['path'])
+        return ident.get('name') or (p if p.is_dir() else p.parent).name
+    return f"seed{ident['seed']}" if ident.get('kind') == 'seed' else Path(ident.get('path', 'latent')).stem
+
+
 def device(name):
     """--device -> torch.device; a ValueError naming the fix when this machine has no such device."""
     try:

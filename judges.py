@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from data import dlib_available, load_faces, to_uint8
 from ddp import gather, reduce_sum, shard
+from helpers import person_name
 from id_net import DlibCpp, FaceRes, load_id_net
 from losses import who
 from model import generate
@@ -82,14 +83,6 @@ def seeds(args):
     if not all(0 <= s < 2 ** 40 for s in out):
         raise ValueError(f'--seed {args.seed}: evaluation seeds are integers 0 <= N < 2**40')
     return out
-
-
-def person_name(ident):
-    """A forgotten person's name: the photos' folder, seed<N>, or the latent file's stem."""
-    if ident.get('kind') == 'photos':
-        p = Path(ident['path'])
-        return ident.get('name') or (p if p.is_dir() else p.parent).name
-    return f"seed{ident['seed']}" if ident.get('kind') == 'seed' else Path(ident.get('path', 'latent')).stem
 
 
 def known_people(meta, G_s, s_kw, size=256):

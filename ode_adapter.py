@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from helpers import CheckpointError, atomic_save, busy, digest, in_repo, load, people_of
+from helpers import CheckpointError, atomic_save, busy, digest, in_repo, load, people_of, person_name
 from model import Generator
 
 
@@ -212,7 +212,7 @@ def compose(G, state_dicts, Ts):
 
 def check_composable(runs, metas):
     """Refuse runs whose adapters cannot be summed: each must be an --adapter ode run of the first one's generator,
-    with its solver, step and backend (metas: their adapter.pt dicts)."""
+    with its solver, step and backend, and no person forgotten by two of them (metas: their adapter.pt dicts)."""
     first = metas[0]
     for r, m in zip(runs, metas):
         if not isinstance(m, dict) or m.get('kind') != 'ode' or not m.get('generator_sha') or \
@@ -222,6 +222,10 @@ def check_composable(runs, metas):
         if any(m['adapter'][k] != first['adapter'][k] for k in ('h', 'solver', 'backend')):
             raise ValueError(f"{r}: its solver or step differs from {runs[0]}'s; compose runs trained with the same "
                              '--solver, --step and --backend')
+    names = [person_name(p) for m in metas for p in people_of(m['identity'])]
+    if len(set(names)) < len(names):  # his two runs' adapters summed: twice his forgetting, not two people's
+        raise ValueError(f'{", ".join(map(str, runs))}: {min(n for n in names if names.count(n) > 1)} is forgotten by two '
+                         'of these runs; compose runs of different people')
 
 
 def trainable_state(G, full=False):

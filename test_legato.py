@@ -1272,7 +1272,9 @@ def test_composed_adapters_integrate_the_summed_field(tmp_path, tiny_ckpt):
     """compose(): one adapter per block whose Euler steps are those of dx/ds = T1 f1(x) + T2 f2(x) over s in [0, 1]
     (checked against the solver on the summed field); one run alone at its T is that run; sample.py draws the
     original, each alone and both together, and refuses a dial count that is not one per run."""
-    runs = [run_train(tiny_ckpt, tmp_path / n, '--iters', '2', '--lr', '1e-2') for n in ('a', 'b')]
+    runs = [train.main(['--ckpt', str(tiny_ckpt), '--out', str(tmp_path / n), '--identity', who, '--retain', 'none',
+                        '--hidden', '16', '--mine_n', '64', '--iters', '2', '--lr', '1e-2'])
+            for n, who in (('a', 'seed:3'), ('b', 'seed:4'))]  # two people: one person's runs are not composed
     metas = [torch.load(r / 'adapter.pt', weights_only=True) for r in runs]
     sds = [m['state_dict'] for m in metas]
     G = Generator.from_checkpoint(tiny_ckpt)
@@ -1460,8 +1462,10 @@ def test_composed_runs_are_evaluated_as_one_run_of_all_their_people(tmp_path):
             evaluate.main([str(ob), str(other), '--compose', '--out', str(tmp_path / 'x'), '--samples', '2'])
     with pytest.raises(SystemExit, match='--out FOLDER'):
         evaluate.main([str(ob), str(bi), '--compose', '--samples', '2'])
-    with pytest.raises(SystemExit, match='a person forgotten by two of these runs'):
-        evaluate.main([str(ob), str(ob), '--compose', '--out', str(tmp_path / 'x'), '--samples', '2'])
+    shutil.copytree(ob, tmp_path / 'obama_again')  # his forgetting twice is not two people's: both scripts refuse
+    for script, flags in ((evaluate, ['--compose', '--out', str(tmp_path / 'x'), '--samples', '2']), (sample, [])):
+        with pytest.raises(SystemExit, match='obama is forgotten by two of these runs; compose runs of different'):
+            script.main([str(ob), str(tmp_path / 'obama_again'), *flags])
 
 
 def test_a_signal_while_the_results_are_written_waits_for_them(tmp_path, tiny_ckpt, monkeypatch, capsys):
