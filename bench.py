@@ -299,7 +299,9 @@ def check(args):
         raise ValueError(f'--json {args.json}: that is the --ckpt generator; name another file for the numbers')
     args.config = args.config or 'baby'
     if args.ckpt:
-        Generator.from_checkpoint(args.ckpt)  # a refused file is one line now, not after the first measurement
+        if Generator.from_checkpoint(args.ckpt).cfg.img_resolution < 8:  # a refused file: one line now, not later
+            raise ValueError(f'--ckpt {args.ckpt}: a 4 px generator has no block after b4 for an adapter; pass one of '
+                             '8 px or more')
 
 
 def run(args):

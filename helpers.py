@@ -31,9 +31,20 @@ def load(path, what, map_location='cpu'):
     except FileNotFoundError:
         raise CheckpointError(f'{path}: no such file; pass the path of {what}') from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        code = re.search(r'unsupported GLOBAL ([\w.]+)', str(e))  # torch's text goes on to say how to load it unsafely
-        why = f'it holds Python objects ({code[1]}), refused: loading them could run code' if code else type(e).__name__
-        raise CheckpointError(f'{path}: not {what} ({why})') from None
+        raise CheckpointError(f'{path}: not {what} ({unreadable(e)})') from None
+
+
+def unreadable(e):
+    """Why torch.load(weights_only=True) failed, in a few words (torch's own text goes on to say how to load unsafely)."""
+    s = str(e)
+    code = re.search(r'(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)', s)
+    if code or 'Weights only load failed' in s and 'Unsupported operand' not in s:
+        return f'it holds Python objects{f" ({code[1]})" if code else ""}, refused: loading them could run code'
+    if 'Unsupported operand' in s:  # the first byte is no pickle opcode torch writes: text, JSON, a raw pickle
+        return 'not a file torch.save wrote: a text, JSON or raw pickle file?'
+    if 'PytorchStreamReader' in s or isinstance(e, EOFError) or not s.strip() or s.strip().isdigit():
+        return 'cut short, or not a PyTorch file at all; download or export it again'
+    return s.strip().splitlines()[0][:200]
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import CheckpointError, atomic_save
+from helpers import CheckpointError, atomic_save, unreadable
 
 
 # -----------------------------------------------------------------------------
@@ -338,14 +338,7 @@ class Generator(nn.Module):
             raise CheckpointError(f'{path}: no such file; pass the path of a StyleGAN2 checkpoint') from None
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError,
                 AttributeError, IndexError, OSError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if 'Weights only load failed' in str(e):  # torch's text goes on to explain how to load it unsafely
-                found = re.search(r'(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)', str(e))
-                msg = f"it holds Python objects{' (' + found[1] + ')' if found else ''}, refused: loading them could " \
-                      'run code'
-            elif 'PytorchStreamReader' in msg or isinstance(e, (pickle.UnpicklingError, EOFError)) or msg.isdigit():
-                msg = 'cut short, or not a PyTorch / pickle file at all; download or export it again'
-            raise CheckpointError(f'{path}: not a readable StyleGAN2 checkpoint ({msg[:200]})') from None
+            raise CheckpointError(f'{path}: not a readable StyleGAN2 checkpoint ({unreadable(e)})') from None
         check_config(cfg, path)
         G = cls(cfg)
         try:

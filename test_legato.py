@@ -2034,6 +2034,9 @@ def bad_files(d):
         (d / 'twice' / name).mkdir(parents=True)
         shutil.copy(ROOT / 'assets/faces' / src, d / 'twice' / name)
     (d / 'ghost' / 'nobody').mkdir(parents=True)  # a kept person whose only photo shows no face
+    (d / 'g.json').write_text('{"img_resolution": 32}')  # a JSON file under a checkpoint's name
+    shutil.copy(d / 'g.json', d / 'json.pt')
+    Generator(tiny_cfg(img_resolution=4)).save(d / 'g4.pt')  # one block: nowhere for an adapter
     Image.new('RGB', (256, 256), (128, 128, 128)).save(d / 'ghost' / 'nobody' / 'grey.png')
     return d
 
@@ -2069,6 +2072,8 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--device', 'meta'], '--device meta: not supported; use cpu or cuda'),
     (['--ckpt', 'text.pkl'], "text.pkl: not a readable network pickle (invalid load key, 'n'.); pass NVIDIA's"),
     (['--ckpt', 'missing.pt'], 'missing.pt: no such file'),
+    (['--ckpt', 'json.pt'], 'json.pt: not a readable StyleGAN2 checkpoint (not a file torch.save wrote: a text, JSON'),
+    (['--ckpt', 'g4.pt'], 'g4.pt: a 4 px generator has no block after b4 for an adapter; pass one of 8 px or more'),
     (['--out', 'notes.txt'], 'notes.txt is a file'),
     (['--out', 'notes.txt/run'], 'cannot write in'),
     (['--identity', 'seed:abc'], 'seed:abc: write seed:N with an integer'),
@@ -2647,13 +2652,14 @@ def test_pretrain_bad_flags_say_why_in_one_line(tmp_path, monkeypatch, flags, sa
 
 BENCH_CASES = [(['--batch', '0'], '--batch 0'), (['--big_T', 'nan'], '--big_T nan'), (['--big_T', '-5'], '--big_T -5'),
                (['--json', '.'], "--json '.': name a file"), (['--ckpt', 'notes.txt'], 'notes.txt: not a readable'),
-               (['--steps', '0'], '--steps 0'), (['--device', 'cuda:7'], '--device cuda:7')]
+               (['--steps', '0'], '--steps 0'), (['--device', 'cuda:7'], '--device cuda:7'),
+               (['--ckpt', 'g4.pt'], '--ckpt g4.pt: a 4 px generator has no block after b4')]
 
 
 @pytest.mark.parametrize('flags,says', BENCH_CASES, ids=[' '.join(f) for f, _ in BENCH_CASES])
 def test_bench_bad_flags_stop_before_any_measurement(tmp_path, monkeypatch, flags, says):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / 'notes.txt').write_text('not a checkpoint')
+    bad_files(tmp_path)
     monkeypatch.setattr(bench, 'run', lambda args: pytest.fail('measured despite a bad flag'))
     monkeypatch.setattr(sys, 'argv', ['bench.py', *flags])
     with pytest.raises(SystemExit) as e:

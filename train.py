@@ -277,6 +277,9 @@ def load_networks(cfg, R, ck, dev):
     G = G.to(dev)
     cfg.hidden = cfg.hidden or G.cfg.channel_max // 2  # stored as a number: a resume may name it
     blocks = [f'b{b.resolution}' for b in G.synthesis.blocks()[1:]]  # the adapted blocks
+    if not blocks and cfg.adapter != 'full':
+        raise CheckpointError(f'{cfg.ckpt}: a 4 px generator has no block after b4 for an adapter; pass one of 8 px or '
+                              'more')
     if cfg.tc_blocks and set(cfg.tc_blocks.split(',')) - set(blocks):
         raise ValueError(f'--tc_blocks {cfg.tc_blocks}: this generator has adapters on {",".join(blocks)} only')
     idn = load_id_net(cfg.id_net, cfg.id_weights, G.cfg.framing).to(dev)
