@@ -298,10 +298,13 @@ def check(args):
     if args.ckpt and args.json and Path(args.json).resolve() == Path(args.ckpt).resolve():
         raise ValueError(f'--json {args.json}: that is the --ckpt generator; name another file for the numbers')
     args.config = args.config or 'baby'
-    if args.ckpt:
-        if Generator.from_checkpoint(args.ckpt).cfg.img_resolution < 8:  # a refused file: one line now, not later
-            raise ValueError(f'--ckpt {args.ckpt}: a 4 px generator has no block after b4 for an adapter; pass one of '
-                             '8 px or more')
+    res = Generator.from_checkpoint(args.ckpt).cfg.img_resolution if args.ckpt else CONFIGS[args.config].img_resolution
+    if res < 8:  # a refused --ckpt file is one line now, not after the first measurement
+        raise ValueError(f'--ckpt {args.ckpt}: a 4 px generator has no block after b4 for an adapter; pass one of '
+                         '8 px or more')
+    if res > 256 and args.device.startswith("cpu"):  # 4x ffhq256's pixels a step, and 300 inversion steps at ffhq256 took 13 min
+        raise ValueError(f'{args.ckpt or "--config " + args.config}: {res} px on a CPU takes hours (each measurement '
+                         'times several steps); use --device cuda, or --config ffhq256 for a CPU')
 
 
 def run(args):

@@ -2653,7 +2653,8 @@ def test_pretrain_bad_flags_say_why_in_one_line(tmp_path, monkeypatch, flags, sa
 BENCH_CASES = [(['--batch', '0'], '--batch 0'), (['--big_T', 'nan'], '--big_T nan'), (['--big_T', '-5'], '--big_T -5'),
                (['--json', '.'], "--json '.': name a file"), (['--ckpt', 'notes.txt'], 'notes.txt: not a readable'),
                (['--steps', '0'], '--steps 0'), (['--device', 'cuda:7'], '--device cuda:7'),
-               (['--ckpt', 'g4.pt'], '--ckpt g4.pt: a 4 px generator has no block after b4')]
+               (['--ckpt', 'g4.pt'], '--ckpt g4.pt: a 4 px generator has no block after b4'),
+               (['--config', 'ffhq1024', '--device', 'cpu'], '--config ffhq1024: 1024 px on a CPU takes hours')]
 
 
 @pytest.mark.parametrize('flags,says', BENCH_CASES, ids=[' '.join(f) for f, _ in BENCH_CASES])
