@@ -302,7 +302,7 @@ def check(args):
     if res < 8:  # a refused --ckpt file is one line now, not after the first measurement
         raise ValueError(f'--ckpt {args.ckpt}: a 4 px generator has no block after b4 for an adapter; pass one of '
                          '8 px or more')
-    if res > 256 and args.device.startswith("cpu"):  # 4x ffhq256's pixels a step, and 300 inversion steps at ffhq256 took 13 min
+    if res > 256 and args.device.startswith('cpu'):  # 4x ffhq256's pixels a step (its 300 inversion steps: 13 min)
         raise ValueError(f'{args.ckpt or "--config " + args.config}: {res} px on a CPU takes hours (each measurement '
                          'times several steps); use --device cuda, or --config ffhq256 for a CPU')
 
