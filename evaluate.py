@@ -12,7 +12,6 @@ Identity numbers use dlib's network by default (Euclidean distance; same person 
 ArcFace with --id_net/--id_weights (1 - cosine). Without FID Inception weights the Frechet distance is
 computed on the identity network's 128-d descriptors and named FD_<net>, never FID.
 """
-import argparse
 import functools
 import json
 import math
@@ -27,8 +26,8 @@ from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, encode, invert, list_photos, load_encoder, load_faces, save_grid
 from ddp import distributed, gather, shard, together, world
-from helpers import (CheckpointError, Parser, cli, device, in_repo, keep_freed_memory, load, own_line, people_of,
-                     person_name, plot, table, write_json)
+from helpers import (CheckpointError, Defaults, Parser, cli, device, in_repo, keep_freed_memory, load, own_line,
+                     people_of, person_name, plot, table, write_json)
 from id_net import ID_NETS
 from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
                     stats)
@@ -405,7 +404,7 @@ def compare(runs):
 
 def parser():
     """The command line: run folders and what to measure of them."""
-    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=Defaults)
     p.add_argument('runs', nargs='*', help='run folders written by train.py')
     p.add_argument('--sweep', action='store_true', help='evaluate the adapters over integration times T')
     p.add_argument('--T', default=None, help='comma-separated T values for --sweep (default 0..2x the trained T, 9 points)')

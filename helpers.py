@@ -59,6 +59,15 @@ def written(path, suffix='.tmp'):
         Path(tmp).unlink(missing_ok=True)
 
 
+class Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, unless it is None or switched off, or the help text says it already."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or 'default' in (action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose errors (a bad number, an unknown flag, an unreadable @file) are one `error:` line, as every other
     bad input is, instead of the usage block and exit status 2."""

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DataError, invert, load_faces, save_grid, to_uint8
-from helpers import CheckpointError, Parser, atomic_save, cli, device, load, own, writable, write_json
+from helpers import CheckpointError, Defaults, Parser, atomic_save, cli, device, load, own, writable, write_json
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, eval_latents
 from lifecycle import Signals
@@ -98,7 +98,7 @@ class Discriminator(nn.Module):
 
 
 def parser():
-    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=Defaults)
     p.add_argument('--teacher', default=None, help='the gan-face-generate 1.1.1 wheel or its weights.tar (default: .whl/)')
     p.add_argument('--faces', default='assets/faces', help='folder of identity folders: the photos G must also draw')
     p.add_argument('--out', default='runs/pretrain', help='run folder: checkpoint, samples, log')

@@ -10,7 +10,6 @@ Seed N draws z from torch seed N, as train.py's --identity seed:N does (that ide
 Writes <run>/samples.png (and samples.gif). A --adapter full run has no dial: its rows are before and after.
 Several runs: their vector fields summed (ode_adapter.compose); rows the original, each alone, all together.
 """
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, grid, save_grid
-from helpers import CheckpointError, Parser, cli, device, own_line, written
+from helpers import CheckpointError, Defaults, Parser, cli, device, own_line, written
 from model import generate, seed_latents
 from ode_adapter import check_composable, compose, load_run, run_meta, times
 
@@ -70,7 +69,7 @@ def composed(args, G, meta, Ts, ws):
 
 
 def main(argv=None):
-    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split('\n\n')[0], formatter_class=Defaults)
     p.add_argument('run', nargs='+', help='a run folder written by train.py; several: their adapters composed')
     p.add_argument('--T', default=None, help='comma-separated integration times (default: 0 and the trained T); with '
                                              'several runs, one dial per run (default: each its trained T)')
