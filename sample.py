@@ -10,7 +10,6 @@ Seed N draws z from torch seed N, as train.py's --identity seed:N does (that ide
 Writes <run>/samples.png (and samples.gif). A --adapter full run has no dial: its rows are before and after.
 Several runs: their vector fields summed (ode_adapter.compose); rows the original, each alone, all together.
 """
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, grid, save_grid
-from helpers import CheckpointError, Defaults, Parser, cli, device, own_line, written
+from helpers import CheckpointError, Defaults, Parser, cli, device, own_line, writable, written
 from model import generate, seed_latents
 from ode_adapter import check_composable, compose, load_run, run_meta, times
 
@@ -86,27 +85,21 @@ def main(argv=None):
         Ts = times(args.T) if args.T else None
         if not abs(args.psi) <= 10 or not 2 <= args.frames <= 1000:
             raise ValueError('--psi must be a number in [-10, 10] and --frames from 2 to 1,000')
-        if args.out is not None and (Path(args.out).suffix.lower() != '.png' or Path(args.out).is_dir() or
-                                     args.out.endswith('/') or not Path(args.out).resolve().parent.is_dir()):
-            raise ValueError(f'--out {args.out or repr(args.out)}: name a .png in an existing folder (the GIF goes beside '
-                             'it)')
+        if args.out is not None and (Path(args.out).suffix.lower() != '.png' or args.out.endswith('/')):
+            raise ValueError(f'--out {args.out or repr(args.out)}: name a .png (the GIF goes beside it)')
+        png = Path(args.out or Path(args.run[0]) / 'samples.png')
         if len(Ts or ()) * len(seeds) > 16384 or (args.gif and args.frames * len(seeds) > 65536):
             raise ValueError(f'{len(Ts or ())} rows / {args.frames} frames of {len(seeds)} seeds: more images than a '
                              'picture holds (16,384 a grid, 65,536 a GIF); ask for fewer')
         if len({Path(r).resolve() for r in args.run}) < len(args.run):
             raise ValueError(f'{" ".join(args.run)}: a run given twice would be composed with itself; give each once')
-        folder = Path(args.out).resolve().parent if args.out else Path(args.run[0])
-        if args.gif and Path(args.out or Path(args.run[0]) / 'samples.png').with_suffix('.gif').is_dir():
-            raise ValueError(f'{Path(args.out or Path(args.run[0]) / "samples.png").with_suffix(".gif")}: a folder where '
-                             'the GIF goes; pass another --out')
-        if folder.is_dir() and not os.access(folder, os.W_OK):
-            raise ValueError(f'{folder}: cannot write there; pass --out a .png in a folder you can write to')
+        for f in [png, png.with_suffix('.gif')][:1 + args.gif] if args.out or Path(args.run[0]).is_dir() else []:
+            writable(f, '--out')  # found now, not after the grid is drawn
         G_s, G_u, s_kw, meta = load_run(args.run[0], dev, args.ckpt)
         full = meta.get('kind') == 'full'
         if full and Ts:
             raise ValueError(f'{args.run[0]}: a full fine-tune has no dial; drop --T (its rows are before and after)')
         ws = seed_latents(G_s, seeds, args.psi)
-        png = Path(args.out or Path(args.run[0]) / 'samples.png')
         if len(args.run) > 1:
             rows, Ts, top = composed(args, G_u, meta, Ts, ws)
         elif full:

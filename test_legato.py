@@ -2217,11 +2217,13 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('sample', ['RUN', '--seeds', '0-100000'], '--seeds 0-100000: more than 1024 images in one grid'),
     ('sample', ['RUN', '--seeds', '0-9223372036854775806'], 'more than 1024 images in one grid'),  # never built
     ('sample', ['RUN', '--seeds', '0-9223372036854775808'], 'seeds are integers 0 <= N < 2**63'),
-    ('sample', ['RUN', '--out', 'run'], '--out run: name a .png in an existing folder'),
-    ('sample', ['RUN', '--out', 'dir.png'], '--out dir.png: name a .png in an existing folder'),
-    ('sample', ['RUN', '--out', 'new.png/'], '--out new.png/: name a .png in an existing folder'),
+    ('sample', ['RUN', '--out', 'run'], '--out run: name a .png (the GIF goes beside it)'),
+    ('sample', ['RUN', '--out', 'dir.png'], "--out 'dir.png': name a file, not a folder"),
+    ('sample', ['RUN', '--out', 'new.png/'], '--out new.png/: name a .png (the GIF goes beside it)'),
+    ('sample', ['RUN', '--out', 'missing/s.png'], '--out missing/s.png: cannot be written there (No such file'),
+    ('sample', ['RUN', '--gif', '--out', 'g.png'], "--out 'g.gif': name a file, not a folder"),
     ('evaluate', ['dir.png'], 'dir.png: not a run folder (no adapter.pt, no ckpt.pt); pass a folder train.py wrote'),
-    ('sample', ['RUN', '--out', 'x.gif'], '--out x.gif: name a .png in an existing folder'),
+    ('sample', ['RUN', '--out', 'x.gif'], '--out x.gif: name a .png (the GIF goes beside it)'),
     ('sample', ['RUN', '--T', '1e308'], 'more than 10,000; use a larger step or a smaller T'),
 ]
 
@@ -2243,6 +2245,7 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     shutil.copytree(tiny_run, tmp_path / 'nanmetrics')
     (tmp_path / 'nanmetrics/metrics.json').write_text('{"kind": "seed", "ID": NaN}')  # evaluate.py writes null
     (tmp_path / 'dir.png').mkdir()  # a folder with a picture's name
+    (tmp_path / 'g.gif').mkdir()  # ... and where sample.py's GIF would go
     (tmp_path / 'text.npz').write_text('mu sigma')  # --real statistics that are not
     np.savez(tmp_path / 'object.npz', mu=np.array([{}], dtype=object), sigma=np.eye(1))
     np.savez(tmp_path / 'nan.npz', mu=np.full(128, np.nan), sigma=np.eye(128))
