@@ -76,10 +76,26 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(f'error: {self.prog}: {message} (see {self.prog} --help)')
 
     def _read_args_from_files(self, args):
-        try:
-            return super()._read_args_from_files(args)
-        except (ValueError, UnicodeDecodeError) as e:  # shlex's unclosed quote, a binary file
-            self.error(f'an @file of flags could not be read ({type(e).__name__}: {e}); write flags as shell words')
+        """@FILE -> its flags, line by line: a small text file (a byte-order mark and CRLF are fine), one level deep."""
+        out = []
+        for a in args:
+            if not (a.startswith(tuple(self.fromfile_prefix_chars)) and len(a) > 1):
+                out.append(a)
+                continue
+            p = Path(a[1:])
+            try:
+                if not p.exists():
+                    self.error(f'{a}: no such file of flags; check the name (ls config/)')
+                if not p.is_file() or p.stat().st_size > 1 << 16:
+                    self.error(f'{a}: not a text file of flags (at most 64 KB); name a file such as config/paper.txt')
+                words = [w for line in p.read_text(encoding='utf-8-sig').splitlines()
+                         for w in self.convert_arg_line_to_args(line)]
+            except (OSError, ValueError) as e:  # unreadable, a binary file, shlex's unclosed quote
+                self.error(f'{a}: could not be read ({type(e).__name__}: {e}); write flags as shell words')
+            if any(w.startswith(tuple(self.fromfile_prefix_chars)) for w in words):
+                self.error(f'{a}: names another @file; an @file holds flags only (give both on the command line)')
+            out += words
+        return out
 
 
 def writable(path, what):

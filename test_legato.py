@@ -2737,8 +2737,11 @@ def test_error_lines_start_a_line_in_a_log(tmp_path):
 @pytest.mark.parametrize('script,argv,says', [
     ('train', ['--iters', 'nan'], "argument --iters: invalid int value: 'nan'"),
     ('train', ['@notes.txt'], 'unrecognized arguments: not a checkpoint'),
-    ('train', ['@quote.txt'], 'an @file of flags could not be read (ValueError: No closing quotation)'),
-    ('train', ['@binary.pt'], 'an @file of flags could not be read (UnicodeDecodeError'),
+    ('train', ['@quote.txt'], '@quote.txt: could not be read (ValueError: No closing quotation)'),
+    ('train', ['@binary.pt'], '@binary.pt: could not be read (UnicodeDecodeError'),
+    ('train', ['@loop.txt'], '@loop.txt: names another @file; an @file holds flags only'),
+    ('train', ['@/dev/zero'], '@/dev/zero: not a text file of flags (at most 64 KB)'),
+    ('train', ['@config/guid.txt'], '@config/guid.txt: no such file of flags'),
     ('evaluate', ['--sweep', '--compare', 'x'], '--sweep --compare: one of them at a time'),
     ('bench', ['--config', 'ffhq9999'], "argument --config: invalid choice: 'ffhq9999'"),
     ('bench', ['--amp', 'fp16'], '--amp fp16: CPUs have no fast fp16'),
@@ -2752,12 +2755,19 @@ def test_argument_errors_of_every_script_are_one_line(tmp_path, monkeypatch, scr
     (tmp_path / 'notes.txt').write_text('not a checkpoint')
     (tmp_path / 'quote.txt').write_text('--iters "2')
     torch.save(torch.zeros(3), tmp_path / 'binary.pt')
+    (tmp_path / 'loop.txt').write_text('@loop.txt\n')
     monkeypatch.setattr(sys, 'argv', [f'{script}.py', *argv])
     with pytest.raises(SystemExit) as e:
         importlib.import_module(script).main(*([argv] if script != 'bench' else []))
     msg = str(e.value.code)
     assert msg.startswith('error: ') and '\n' not in msg and says in msg, msg
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['binary.pt', 'notes.txt', 'quote.txt']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['binary.pt', 'loop.txt', 'notes.txt', 'quote.txt']
+
+
+def test_an_at_file_saved_by_a_windows_editor_reads(tmp_path):
+    (tmp_path / 'bom.txt').write_bytes('\ufeff--forget latent  # a comment\r\n--n_glob 1\r\n'.encode())
+    cfg = train.get_args([f'@{tmp_path / "bom.txt"}'])
+    assert cfg.forget == 'latent' and cfg.n_glob == 1
 
 
 def test_a_run_whose_adapters_hold_nan_is_refused_by_every_reader(tmp_path, tiny_ckpt):
