@@ -51,6 +51,8 @@ def unreadable(e):
 def written(path, suffix='.tmp'):
     """A temp path beside `path`, renamed to it when the block ends well and removed otherwise: a crash (or a full
     disk) never leaves a half-written file. The suffix keeps the extension a writer reads the format from."""
+    if Path(path).exists() and not Path(path).is_file():  # a device such as /dev/null: a rename would replace it
+        raise OSError(f'{path}: not a regular file; name a file to write')
     tmp = f'{path}{suffix}'
     try:
         yield tmp
@@ -103,12 +105,32 @@ def writable(path, what):
     p = Path(path)
     if not str(path) or p.is_dir() or str(path).endswith('/'):
         raise ValueError(f'{what} {str(path)!r}: name a file, not a folder')
+    if p.exists() and not p.is_file():
+        raise ValueError(f'{what} {path}: not a regular file (a device or a pipe); name a file to write')
     try:
         Path(f'{p}.tmp').open('w').close()
         Path(f'{p}.tmp').unlink()
     except OSError as e:
         raise ValueError(f'{what} {path}: cannot be written there ({e.strerror or type(e).__name__}); choose another '
                          'place') from None
+
+
+def out_folder(path, flag='--out'):
+    """A folder a script will write into, checked before any work: not a symbolic link (a loop, a dangling one, or one
+    a failed run could not clean up), not a file, a usable name, inside a folder this process can write to."""
+    p = Path(path)
+    try:
+        if p.is_symlink():
+            raise ValueError(f'{flag} {path}: a symbolic link; pass the folder it points to, or another {flag}')
+        if p.exists() and not p.is_dir():
+            raise ValueError(f'{flag} {path} is a file; choose a folder')
+        parent = p
+        while not parent.exists():
+            parent = parent.parent
+    except OSError as e:  # a name too long, a loop higher up
+        raise ValueError(f'{flag} {path}: not a usable folder name ({e.strerror or e}); choose another') from None
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f'{flag} {path}: cannot write in {parent}; choose a folder you can write to')
 
 
 def own_line(text, stream=None):

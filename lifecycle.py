@@ -154,13 +154,6 @@ def check(cfg, out):
         raise SystemExit(f'error: {e}')
     if cfg.out == '':
         raise SystemExit("error: --out '': name a run folder, or leave --out out for runs/<identity>-<adapter>")
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f'error: --out {out} is a file; choose a folder')
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise SystemExit(f'error: --out {out}: cannot write in {parent}; choose a folder you can write to')
 
 
 def safe(name):

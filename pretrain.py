@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DataError, invert, load_faces, save_grid, to_uint8
-from helpers import CheckpointError, Defaults, Parser, atomic_save, cli, device, load, own, writable, write_json
+from helpers import (CheckpointError, Defaults, Parser, atomic_save, cli, device, load, out_folder, own, writable,
+                     write_json)
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, eval_latents
 from lifecycle import Signals
@@ -419,12 +420,12 @@ def check(args):
             raise ValueError(f'--init {args.init}: its synthesis ({init.cfg.img_resolution} px, w {init.cfg.w_dim}, '
                              f'channels {init.cfg.channel_base} / {init.cfg.channel_max}) is not this one\'s; give the '
                              'same --wdim, --channel_base and --channels')
-    if args.report is not None or args.export is not None:
+    if args.export is not None:
         return
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f'--out {args.out}: is a file; choose a folder')
     if not any(os.path.isdir(os.path.join(args.faces, d)) for d in (os.listdir(args.faces) if os.path.isdir(args.faces) else ())):
         raise ValueError(f'--faces {args.faces}: not a folder of identity folders (one folder of photos per person)')
+    if args.report is None:
+        out_folder(args.out)
 
 
 def export(n, args, names):

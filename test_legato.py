@@ -2030,6 +2030,7 @@ def bad_files(d):
     frames[0].save(d / 'anim.gif', save_all=True, append_images=frames[1:])  # an animation, not one photo
     shutil.copy(d / 'anim.gif', d / 'anim.png')  # the same under a photo's name
     os.mkfifo(d / 'pipe')  # what <(cat photo.png) passes: read once, never a run's photo
+    (d / 'loop').symlink_to(d / 'loop')
     for name, src in (('obama', 'obama/obama_2.png'), ('biden', 'biden/biden_1.png')):  # the person also kept
         (d / 'twice' / name).mkdir(parents=True)
         shutil.copy(ROOT / 'assets/faces' / src, d / 'twice' / name)
@@ -2076,6 +2077,8 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--ckpt', 'g4.pt'], 'g4.pt: a 4 px generator has no block after b4 for an adapter; pass one of 8 px or more'),
     (['--out', 'notes.txt'], 'notes.txt is a file'),
     (['--out', 'notes.txt/run'], 'cannot write in'),
+    (['--out', 'loop'], '--out loop: a symbolic link; pass the folder it points to'),
+    (['--out', 'x' * 300], 'not a usable folder name (File name too long)'),
     (['--identity', 'seed:abc'], 'seed:abc: write seed:N with an integer'),
     (['--identity', 'seed:99999999999999999999'], 'write seed:N with an integer 0 <= N < 2**63'),
     (['--identity', 'nowhere.png'], 'nowhere.png: no such file or folder'),
@@ -2635,7 +2638,10 @@ PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
                   (['--batch', '0'], '--batch 0: must be an integer from 1'), (['--lr', 'nan'], '--lr nan: must be'),
                   (['--threads', '-1'], '--threads -1: must be'), (['--faces', 'nowhere'], '--faces nowhere: not a'),
                   (['--teacher', 'nowhere.whl'], 'nowhere.whl: no teacher weights'), (['--out', ''], "--out ''"),
-                  (['--export', 'g.pt'], 'holds no trained state (step 0)'), (['--iters', '0'], '--iters 0')]
+                  (['--export', 'g.pt'], 'holds no trained state (step 0)'), (['--iters', '0'], '--iters 0'),
+                  (['--export', 'pipe'], '--export pipe: not a regular file (a device or a pipe)'),  # as /dev/null
+                  (['--out', 'link'], '--out link: a symbolic link; pass the folder it points to'),
+                  (['--report', 'g.pt', '--faces', 'nowhere'], '--faces nowhere: not a folder of identity folders')]
 
 
 @pytest.mark.parametrize('flags,says', PRETRAIN_CASES, ids=[' '.join(f) for f, _ in PRETRAIN_CASES])
@@ -2644,6 +2650,8 @@ def test_pretrain_bad_flags_say_why_in_one_line(tmp_path, monkeypatch, flags, sa
     random_teacher(tmp_path / 'weights.tar')
     (tmp_path / 'faces').mkdir()
     shutil.copytree(ROOT / 'assets/faces/biden', tmp_path / 'faces/biden')
+    os.mkfifo(tmp_path / 'pipe')
+    (tmp_path / 'link').symlink_to(tmp_path / 'link')  # a loop
     before = sorted(tmp_path.rglob('*'))
     with pytest.raises(SystemExit) as e:
         pretrain.main(['--teacher', 'weights.tar', '--faces', 'faces', '--out', 'run', '--wdim', '8', '--channels', '8',
@@ -2657,7 +2665,8 @@ BENCH_CASES = [(['--batch', '0'], '--batch 0'), (['--big_T', 'nan'], '--big_T na
                (['--json', '.'], "--json '.': name a file"), (['--ckpt', 'notes.txt'], 'notes.txt: not a readable'),
                (['--steps', '0'], '--steps 0'), (['--device', 'cuda:7'], '--device cuda:7'),
                (['--ckpt', 'g4.pt'], '--ckpt g4.pt: a 4 px generator has no block after b4'),
-               (['--config', 'ffhq1024', '--device', 'cpu'], '--config ffhq1024: 1024 px on a CPU takes hours')]
+               (['--config', 'ffhq1024', '--device', 'cpu'], '--config ffhq1024: 1024 px on a CPU takes hours'),
+               (['--json', 'pipe'], '--json pipe: not a regular file (a device or a pipe)')]
 
 
 @pytest.mark.parametrize('flags,says', BENCH_CASES, ids=[' '.join(f) for f, _ in BENCH_CASES])

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data import DataError, load_encoder
 from ddp import distributed, max_over_ranks, together
-from helpers import ROOT, CheckpointError, Parser, cli, digest, keep_freed_memory, own_line, people_of
+from helpers import ROOT, CheckpointError, Parser, cli, digest, keep_freed_memory, out_folder, own_line, people_of
 from id_net import ID_NETS, load_id_net
 from lifecycle import (MAY_CHANGE_FLAGS, Signals, abandon, check, claim, default_out, launcher, log_losses,
                        read_checkpoint, restore, resumed, save_checkpoint, save_snapshot, write_results)
@@ -389,6 +389,10 @@ def start(argv, identity=None):
     cfg, given = get_args(argv), set(vars(parser(only_given=True).parse_args(argv)))
     cfg.identity = identity or cfg.identity
     out, ck = Path(cfg.out) if cfg.out else default_out(cfg), None
+    try:
+        out_folder(out)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}') from None
     if cfg.resume:
         ck = read_checkpoint(out)
         cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
