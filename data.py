@@ -263,6 +263,8 @@ def load_latent(path, G):
             str(x.layout).split('.')[-1]
         raise DataError(f'{path}: holds a {kind} tensor; '
                         'save a plain (dense, real) latent tensor')
+    if not x.is_floating_point():  # an integer or bool tensor is not a latent, whatever its shape
+        raise DataError(f'{path}: holds a {str(x.dtype).split(".")[-1]} tensor; save the float latent itself')
     x = x.float()
     if not torch.isfinite(x).all():
         raise DataError(f'{path}: the latent holds NaN or Inf values; pass a finite latent')
@@ -276,7 +278,22 @@ def load_latent(path, G):
         x = x[None]
     if x.ndim != 3 or x.shape[1:] != (L, C) or len(x) == 0:
         raise DataError(f'{path}: latent of shape {tuple(x.shape)} does not fit this generator (W+ is [N, {L}, {C}])')
+    if len(x) > MAX_ROWS:  # every row is drawn, searched around and kept at every step
+        raise DataError(f'{path}: {len(x):,} latents; one person is at most {MAX_ROWS:,} (his photos\' inversions)')
     return x
+
+
+MAX_ROWS = 1024  # latents of one forgotten person
+
+
+def seed_of(spec):
+    """--identity seed:N -> N (ASCII digits, 0 <= N < 2**63); None for an identity that is not a seed."""
+    if not str(spec).startswith('seed:'):
+        return None
+    n = str(spec)[5:]
+    if not (n.isascii() and n.isdigit() and int(n) < 2 ** 63):
+        raise DataError(f'{spec}: write seed:N with an integer 0 <= N < 2**63')
+    return int(n)
 
 
 def resolve_identity(spec, G, id_net, steps=300, encoder=None):
@@ -287,13 +304,8 @@ def resolve_identity(spec, G, id_net, steps=300, encoder=None):
     (a random in-domain identity: z from torch seed N through the mapping network, psi 1)."""
     dev = G.mapping.w_avg.device
     spec = str(spec)
-    if spec.startswith('seed:'):
-        try:
-            seed = int(spec[5:])
-        except ValueError:
-            seed = -1
-        if not 0 <= seed < 2 ** 63:
-            raise DataError(f'{spec}: write seed:N with an integer 0 <= N < 2**63') from None
+    seed = seed_of(spec)
+    if seed is not None:
         return seed_latents(G, [seed]), {'kind': 'seed', 'seed': seed}
     if Path(spec).is_file() and Path(spec).suffix.lower() in ('.pt', '.pth', '.npy'):
         return load_latent(spec, G).to(dev), {'kind': 'latent', 'path': spec}

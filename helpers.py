@@ -221,6 +221,13 @@ def in_repo(path):
     return str(ROOT / path)
 
 
+def contents(path):
+    """The digests of a file's bytes, or of a folder's files': the same photo or latent under any name."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.iterdir()) if p.is_dir() else []
+    return {hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+
+
 def people_of(identity):
     """The forgotten people of a run's identity record, one record each (a run forgets one person, or several with
     kind 'many'); each of several holds 'rows', its number of latents in ws_u, in order."""

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import IMAGE_EXTS
+from data import IMAGE_EXTS, DataError, seed_of
 from ddp import max_over_ranks
-from helpers import ROOT, CheckpointError, atomic_save, device, in_repo, load, own, own_line, people_of, portable
+from helpers import (ROOT, CheckpointError, atomic_save, contents, device, in_repo, load, own, own_line, people_of,
+                     portable)
 from ode_adapter import integrate, save_adapters, trainable_state
 from person import Person, before_after
 
@@ -107,18 +108,34 @@ def check_numbers(cfg):
         raise SystemExit(f'error: --solver {cfg.solver} --backend {cfg.backend}: {e}')
 
 
+def check_people(identity):
+    """--identity, every one, before any work: a seed:N, a latent file or photos that exist, and nobody twice (a seed
+    however written, one folder's photos, the same photo or latent bytes under another name) -> the photo folders."""
+    if not all(identity):
+        raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
+    keys, folders = [], []
+    for p in identity:
+        try:
+            seed = seed_of(p)
+        except DataError as e:
+            raise SystemExit(f'error: --identity {e}') from None
+        if seed is None and not Path(p).exists():
+            raise SystemExit(f'error: --identity {p}: no such file or folder; pass a photo, a folder of photos, a '
+                             'latent or seed:N')
+        latent = Path(p).suffix.lower() in ('.pt', '.pth', '.npy')
+        folder = None if seed is not None or latent else Path(p) if Path(p).is_dir() else Path(p).parent
+        keys.append({seed} if seed is not None else contents(p) | ({portable(folder)} if folder else set()))
+        folders += [folder] if folder else []
+    if any(keys[i] & keys[j] for i in range(len(keys)) for j in range(i)):
+        raise SystemExit(f'error: --identity {" --identity ".join(identity)}: a person given twice (two photos of '
+                         'one folder, or the same photo or latent under another name, are one person: give him once)')
+    return folders
+
+
 def check(cfg, out):
     """Every setting that can be wrong, checked before any expensive work (the numbers by check_numbers, then the
     people, files and folders): the first problem, as one line."""
-    if not all(cfg.identity):
-        raise SystemExit('error: --identity is empty; pass a photo, a folder of photos, a latent or seed:N')
-    folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in cfg.identity  # photos: one folder a person
-               if not p.startswith('seed:') and Path(p).suffix.lower() not in ('.pt', '.pth', '.npy')]
-    seeds = [int(p[5:]) for p in cfg.identity if p.startswith('seed:') and p[5:].strip().isdigit()]  # seed:03 is seed:3
-    if len(set(cfg.identity)) < len(cfg.identity) or len(set(map(portable, folders))) < len(folders) or \
-            len(set(seeds)) < len(seeds):
-        raise SystemExit(f'error: --identity {" --identity ".join(cfg.identity)}: a person given twice (two photos '
-                         'of one folder are one person: give the folder once)')
+    folders = check_people(cfg.identity)
     check_numbers(cfg)
     if cfg.init and not cfg.resume and not (Path(cfg.init) / 'adapter.pt').is_file():  # a resume needs it no more
         raise SystemExit(f'error: --init {cfg.init}: no adapter.pt there; pass a finished train.py run folder')

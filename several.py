@@ -2,7 +2,6 @@
 Several people: forgotten together (--identity given more than once), one run each (--each), or one after another
 (--init RUN: start from RUN's adapters, its people stay forgotten).
 """
-import hashlib
 import shlex
 import warnings
 from dataclasses import replace
@@ -10,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from data import DataError, list_photos, load_faces, resolve_identity
+from data import DataError, list_photos, load_faces, load_latent, resolve_identity, seed_of
 from ddp import distributed, from_rank0
-from helpers import CheckpointError, device, people_of
-from lifecycle import default_out, keep_photos, launcher, name_of
+from helpers import CheckpointError, contents, device, people_of
+from lifecycle import check_people, default_out, keep_photos, launcher, name_of
+from model import Generator
 from ode_adapter import run_meta, trainable_state
 from person import invert_others
 
@@ -116,13 +116,6 @@ def load_init(cfg, sha):
     return meta
 
 
-def _contents(path):
-    """The digests of a file's bytes, or of a folder's files': the same photo or latent under any name."""
-    p = Path(path)
-    files = [p] if p.is_file() else sorted(p.iterdir()) if p.is_dir() else []
-    return {hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
-
-
 def forgotten_already(meta, cfg):
     """--init RUN refused when this run's --identity is someone RUN forgot: the same seed, latent file, or
     one of his photos (his held-out photos included), under any name."""
@@ -130,10 +123,10 @@ def forgotten_already(meta, cfg):
     seeds = {p.get('seed') for p in earlier if p.get('kind') == 'seed'}
     paths = [Path(p['path']) for p in earlier if isinstance(p.get('path'), str)]
     paths += [Path(p['path']).parent / h for p in earlier for h in p.get('held_out', [])]  # his other photos too
-    files = set().union(*map(_contents, paths))
+    files = set().union(*map(contents, paths))
     for spec in cfg.identity:
-        seed = int(spec[5:]) if spec.startswith('seed:') and spec[5:].strip().isdigit() else None
-        if seed in seeds or (seed is None and _contents(spec) & files):
+        seed = seed_of(spec)
+        if seed in seeds or (seed is None and contents(spec) & files):
             raise ValueError(f'--init {cfg.init}: it forgot --identity {spec} already; --init starts the next person '
                              '(pass another --identity); to train a stopped run on, use --resume')
 
@@ -161,11 +154,15 @@ def each(argv, cfg, start, run):
         device(cfg.device)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
-    for name, p in people:  # every person's photos, before the first run: a faceless folder fails now, not hours in
-        if p.startswith('seed:') or Path(p).suffix.lower() in ('.pt', '.pth', '.npy'):
-            continue
+    check_people([p for _, p in people])  # nobody twice, each there: before the first run, not hours in
+    G = Generator.from_checkpoint(cfg.ckpt) if any(Path(p).suffix.lower() in ('.pt', '.pth', '.npy')
+                                                   for _, p in people) else None
+    for name, p in people:  # every person's photos and latents, before the first run: a faceless folder fails now
         try:
-            load_faces(list_photos(p)[0], 64)  # the first photo: the kept person's latent in the others' runs
+            if Path(p).suffix.lower() in ('.pt', '.pth', '.npy'):
+                load_latent(p, G)
+            elif seed_of(p) is None:
+                load_faces(list_photos(p)[0], 64)  # the first photo: the kept person's latent in the others' runs
         except DataError as e:
             raise SystemExit(f'error: --identity {p}: person {name}: {e}') from None
     rank, world, dev = distributed(cfg.device, group=False)  # the runs are independent: no process group

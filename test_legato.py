@@ -2031,6 +2031,11 @@ def bad_files(d):
     shutil.copy(d / 'anim.gif', d / 'anim.png')  # the same under a photo's name
     os.mkfifo(d / 'pipe')  # what <(cat photo.png) passes: read once, never a run's photo
     (d / 'loop').symlink_to(d / 'loop')
+    torch.save(torch.zeros(1, 8, 32, dtype=torch.long), d / 'int.pt')  # latents that are not: integers, bools
+    torch.save(torch.ones(1, 8, 32, dtype=torch.bool), d / 'bool.pt')
+    torch.save(torch.randn(1025, 8, 32) * 0.1, d / 'many.pt')  # more rows than one person has
+    torch.save(torch.zeros(1, 8, 33), d / 'wide.pt')
+    shutil.copytree(ROOT / 'assets/faces/biden', d / 'biden_again')  # his photo under another folder's name
     for name, src in (('obama', 'obama/obama_2.png'), ('biden', 'biden/biden_1.png')):  # the person also kept
         (d / 'twice' / name).mkdir(parents=True)
         shutil.copy(ROOT / 'assets/faces' / src, d / 'twice' / name)
@@ -2087,6 +2092,15 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--identity', 'w_avg.pt'], "w_avg.pt: a latent equals the generator's average latent"),
     (['--identity', 'empty.pt'], 'empty.pt: latent of shape (0, 8, 32) does not fit'),
     (['--identity', ''], '--identity is empty'),
+    (['--identity', 'seed:\u00b2'], 'seed:\u00b2: write seed:N with an integer'),  # isdigit() but not int()
+    (['--identity', 'seed:+3'], 'seed:+3: write seed:N with an integer'),
+    (['--identity', 'int.pt'], 'int.pt: holds a int64 tensor; save the float latent itself'),
+    (['--identity', 'bool.pt'], 'bool.pt: holds a bool tensor'),
+    (['--identity', 'many.pt'], 'many.pt: 1,025 latents; one person is at most 1,024'),
+    (['--identity', 'nowhere', '--identity', 'flat'], '--identity nowhere: no such file or folder'),
+    (['--identity', 'flat', '--identity', 'biden_again'], 'a person given twice'),
+    (['--each', '--identity', 'seed:03'], 'a person given twice'),
+    (['--each', '--identity', 'wide.pt'], 'wide.pt: latent of shape (1, 8, 33) does not fit'),
     (['--seed', str(2 ** 64)], f'--seed {2 ** 64}: must be an integer in'),
     (['--t_end', '1e308'], 'more than 10,000; use a larger step or a smaller T'),
     (['--step', '1e-7'], 'more than 10,000; use a larger step or a smaller T'),
