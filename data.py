@@ -34,6 +34,8 @@ def load_image(path):
     """Any JPEG/PNG/WebP -> [H, W, 3] uint8 RGB, EXIF orientation applied."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # PIL only warns up to twice this, after decoding it
+                raise Image.DecompressionBombError
             if getattr(im, 'n_frames', 1) > 1:  # an animation (GIF, APNG, WebP) under any name: which frame is meant?
                 raise DataError(f'{path}: an animated image ({im.n_frames} frames); save the frame you mean as a .png')
             im = ImageOps.exif_transpose(im)
