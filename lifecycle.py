@@ -351,15 +351,19 @@ def restore(S, R, ck, dev):
     too on the same kind of device (another one gets a new stream, from the seed and the step)."""
     if ck['synthesis'].keys() != trainable_state(S.G, R.cfg.adapter == 'full').keys():  # strict=False: kept at init
         raise CheckpointError(f'{R.out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
-    S.G.synthesis.load_state_dict(ck['synthesis'], strict=False)
-    S.opt.load_state_dict(ck['opt'])
+    try:  # a state edited by hand, or another version's: one line, not torch's text about parameter groups
+        S.G.synthesis.load_state_dict(ck['synthesis'], strict=False)
+        S.opt.load_state_dict(ck['opt'])
+        if torch.device(ck['args']['device']).type == dev.type:
+            S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f'{R.out}/ckpt.pt: its optimiser or random state does not fit this run ('
+                              f'{str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); start a new --out') from None
     if R.cfg.target == 'surrogate':  # found by the run's search, which a resume does not repeat
         if not isinstance(ck.get('ws_t'), torch.Tensor) or ck['ws_t'].shape != S.ws_u.shape:
             raise CheckpointError(f"{R.out}/ckpt.pt: holds no targets of its forgotten latents; start a new --out")
     R.step, R.wall = ck['step'], ck['wall']
-    if torch.device(ck['args']['device']).type == dev.type:
-        S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
-    else:  # a CPU stream cannot continue on a GPU (or back): a new one, from the seed and the step
+    if torch.device(ck['args']['device']).type != dev.type:  # a CPU stream cannot go on on a GPU: a new one
         S.gen.manual_seed(R.cfg.seed + R.step)
         print(f'resuming a {ck["args"]["device"]} run on {dev}: new random stream (seed {R.cfg.seed} + step {R.step})')
     print(f'resumed {R.out}/ckpt.pt at step {R.step}')

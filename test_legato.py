@@ -1534,6 +1534,10 @@ def test_resume_refuses_contradicting_settings(tmp_path, tiny_ckpt, capsys):
         with pytest.raises(SystemExit, match=r'^error: .*ckpt\.pt: not a train\.py checkpoint; pass the --out of a '
                                              r'train\.py run, or start a new run with another --out$'):
             train.main(['--out', str(out), '--resume', '--iters', '3'])
+    for edit in ({'opt': {'state': {}, 'param_groups': []}}, {'gen': torch.zeros(3, dtype=torch.uint8)}):
+        torch.save({**ck, **edit}, out / 'ckpt.pt')
+        with pytest.raises(SystemExit, match=r'ckpt\.pt: its optimiser or random state does not fit this run'):
+            train.main(['--out', str(out), '--resume', '--iters', '3'])
     for info in ({'kind': 'photos', 'path': 'photos/forget/x.png'}, {'kind': 'many', 'people': [ck['info'], {
             'kind': 'photos', 'path': str(FACES[0]), 'held_out': ['x.png']}]}):  # a photo deleted since
         torch.save({**ck, 'info': info}, out / 'ckpt.pt')
