@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from data import DataError, IMAGE_EXTS, encode, invert, list_photos, load_encoder, load_faces, save_grid
 from ddp import distributed, gather, shard, together, world
-from helpers import (CheckpointError, Defaults, Parser, cli, device, in_repo, keep_freed_memory, load, own_line,
-                     people_of, person_name, plot, table, write_json)
+from helpers import (CheckpointError, Defaults, Parser, cli, device, in_repo, keep_freed_memory, load, out_folder,
+                     own_line, people_of, person_name, plot, table, write_json)
 from id_net import ID_NETS
 from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
                     stats)
@@ -462,7 +463,11 @@ def check(args):
     if args.real and str(args.real).endswith('.npz'):
         real_stats(args.real, FD_DIMS['inception' if args.inception else args.id_net])
     if args.real and Path(args.real).is_dir():
-        list_photos(args.real)  # a folder without photos: now, not after the leak's minutes
+        for f in list_photos(args.real):  # a folder without photos, or an unreadable one: now, not after the minutes
+            try:
+                Image.open(f).close()  # the header only: the pixels are read when the statistics are taken
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise ValueError(f'--real {f}: not a readable image ({type(e).__name__}); remove it or replace it')
     elif args.real and not str(args.real).endswith('.npz'):
         raise ValueError(f'--real {args.real}: pass a folder of real photos or an .npz of (mu, sigma)')
     if args.out == '':
@@ -471,8 +476,14 @@ def check(args):
         raise ValueError(f'--out {args.out}: name a .png for --curve (its numbers go beside it as .json)')
     if args.out and not (args.curve or args.compose):
         raise ValueError(f'--out {args.out}: read by --curve and --compose only (the others write beside the runs)')
-    if args.compose and args.out and any(Path(args.out).resolve() == Path(r).resolve() for r in args.runs):
-        raise ValueError(f'--out {args.out}: one of the composed runs; name a new folder for their metrics.json')
+    if args.compose and args.out and any((Path(args.out) / f).exists() for f in ('adapter.pt', 'ckpt.pt')):
+        raise ValueError(f'--out {args.out}: a train.py run folder (its metrics.json would be replaced); name a new '
+                         'folder for the composed runs\' metrics.json')
+    if args.compose and args.out:
+        out_folder(args.out)  # writable: found now, not after the evaluation
+    if args.curve and args.out and Path(args.out).exists() and not Path(args.out).with_suffix('.json').exists():
+        raise ValueError(f'--out {args.out}: exists and is not an earlier --curve picture (no .json beside it); name '
+                         'a new file')
     for folder in [] if args.compare else [Path(r) for r in args.runs if Path(r).is_dir()]:
         if not os.access(folder, os.W_OK):  # its results go there: found now, not after minutes of work
             raise ValueError(f'{folder}: cannot write its results there; copy the run folder somewhere writable')

@@ -82,6 +82,8 @@ def seeds(args):
         raise ValueError(f'--seed {args.seed}: write integers separated by commas, e.g. 1,2,3') from None
     if not all(0 <= s < 2 ** 40 for s in out):
         raise ValueError(f'--seed {args.seed}: evaluation seeds are integers 0 <= N < 2**40')
+    if len(set(out)) < len(out):  # one seed counted twice would report a spread of 0 between two identical counts
+        raise ValueError(f'--seed {args.seed}: a seed given twice; give each once')
     return out
 
 

@@ -2207,6 +2207,10 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--sweep', '--T', 'nan'], '--T nan: each integration time must be a finite number >= 0'),
     ('evaluate', ['RUN', '--T', '0'], '--T 0 is read by --sweep only; add --sweep'),
     ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
+    ('evaluate', ['RUN', '--seed', '1,1,1'], '--seed 1,1,1: a seed given twice; give each once'),
+    ('evaluate', ['RUN', '--real', 'realbad'], '--real realbad/zero.png: not a readable image'),
+    ('evaluate', ['RUN', 'BADMETRICS', '--compose', '--out', 'nophotos'], '--out nophotos: a train.py run folder'),
+    ('evaluate', ['RUN', '--curve', '--out', 'run/before_after.png'], 'exists and is not an earlier --curve picture'),
     ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
     ('evaluate', ['RUN', '--samples', '1000000000'], '--samples 1000000000: at most 100,000'),
     ('evaluate', ['RUN', '--device', 'banana'], '--device banana: not a device'),
@@ -2268,6 +2272,8 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     (tmp_path / 'nanmetrics/metrics.json').write_text('{"kind": "seed", "ID": NaN}')  # evaluate.py writes null
     (tmp_path / 'dir.png').mkdir()  # a folder with a picture's name
     (tmp_path / 'g.gif').mkdir()  # ... and where sample.py's GIF would go
+    (tmp_path / 'realbad').mkdir()
+    (tmp_path / 'realbad/zero.png').write_bytes(b'')  # a real photo that is not
     (tmp_path / 'text.npz').write_text('mu sigma')  # --real statistics that are not
     np.savez(tmp_path / 'object.npz', mu=np.array([{}], dtype=object), sigma=np.eye(1))
     np.savez(tmp_path / 'nan.npz', mu=np.full(128, np.nan), sigma=np.eye(128))
