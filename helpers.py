@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -140,17 +141,24 @@ def own_line(text, stream=None):
 
 
 def cli(main):
-    """A script's entry point: an error (SystemExit with a message) printed on a line of its own, exit status 1."""
+    """A script's entry point: an error (SystemExit with a message) printed on a line of its own, exit status 1; Ctrl-C
+    or SIGTERM where a script does not stop on its own: a line, the temp files removed, exit 130 / 143."""
+    terminated = []
+
+    def term(sig, _):
+        terminated.append(sig)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, term)
     try:
         main()
     except SystemExit as e:
         if isinstance(e.code, str):
             print(own_line(e.code), file=sys.stderr)
             raise SystemExit(1) from None
-        raise
-    except KeyboardInterrupt:  # Ctrl-C where a script does not stop on its own: a line, no traceback, exit 130
+        raise SystemExit(143 if terminated and e.code == 130 else e.code) from None
+    except KeyboardInterrupt:
         print(own_line('interrupted; the files written so far are complete'), file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(143 if terminated else 130) from None
 
 
 def own(folder):

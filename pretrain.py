@@ -466,6 +466,8 @@ def train(n, T, photos, names, emb_photos, idn, log, args, dev):
     n.wall += time.time() - t0
     save(n, args, photos, names)
     print(f'saved {os.path.join(args.out, "ckpt.pt")} at step {n.step}' + (' (interrupted)' if stop.sig else ''))
+    if stop.sig:  # exit 130 / 143 as a shell does, so `pretrain.py && ...` stops here
+        raise SystemExit(128 + stop.sig)
 
 
 def start(args, dev):

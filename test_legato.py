@@ -1838,7 +1838,7 @@ def random_teacher(path):
     return path
 
 
-def test_pretrain_runs_resumes_and_exports(tmp_path):
+def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
     common = ['--out', str(tmp_path / 'run'), '--teacher', str(random_teacher(tmp_path / 'weights.tar')), '--wdim', '16',
               '--channels', '16', '--channel_base', '256', '--dchannels', '8', '--mapping', '2', '--batch', '2',
               '--sample_every', '2', '--ckpt_every', '100']
@@ -1853,6 +1853,15 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
     assert G.cfg.framing == teacher.FRAMING
     with pytest.raises(SystemExit, match='another config'):
         pretrain.main(common[:-8] + ['--channels', '8', '--iters', '4'])
+    real_ema = pretrain.ema  # Ctrl-C during step 4: the state saved at the step it reached, then exit 130
+
+    def ema_then_ctrl_c(*a):
+        real_ema(*a)
+        signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(pretrain, 'ema', ema_then_ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        pretrain.main(common + ['--iters', '10'])
+    assert e.value.code == 130 and torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)['step'] == 4
 
 
 def test_teacher_description_matches_its_weights():
@@ -2796,6 +2805,24 @@ def test_argument_errors_of_every_script_are_one_line(tmp_path, monkeypatch, scr
     msg = str(e.value.code)
     assert msg.startswith('error: ') and '\n' not in msg and says in msg, msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ['binary.pt', 'loop.txt', 'notes.txt', 'quote.txt']
+
+
+def test_sigterm_through_cli_cleans_up_and_exits_143(tmp_path, capsys):
+    """SIGTERM where a script has no handler of its own (sample.py drawing its GIF, evaluate.py measuring): the temp file
+    is removed, an 'interrupted' line, exit 143; Ctrl-C the same with 130."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+            def main():
+                with helpers.written(tmp_path / 'x.gif', '.tmp.gif') as tmp:
+                    Path(tmp).write_bytes(b'half a GIF')
+                    signal.raise_signal(sig)
+            with pytest.raises(SystemExit) as e:
+                helpers.cli(main)
+            assert e.value.code == code and list(tmp_path.iterdir()) == []
+            assert 'interrupted' in capsys.readouterr().err
+    finally:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def test_an_at_file_saved_by_a_windows_editor_reads(tmp_path):
