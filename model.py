@@ -350,6 +350,9 @@ class Generator(nn.Module):
         if bad:
             raise CheckpointError(f'{path}: holds NaN or Inf weights ({bad}); a training run that diverged? pass the '
                                   'generator it started from, or an earlier export')
+        if G.mapping.w_avg.abs().max() > 1e4:  # as data.load_latent: W latents lie within a few hundred of zero
+            raise CheckpointError(f'{path}: its mapping.w_avg holds values up to {G.mapping.w_avg.abs().max():.3g}, '
+                                  'far beyond any W latent; is it the right file?')
         return G.eval().requires_grad_(False)
 
 

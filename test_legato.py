@@ -2720,6 +2720,9 @@ def test_generator_files_with_impossible_configs_or_nan_weights_are_one_line(tmp
     ck = torch.load(tiny_ckpt, weights_only=True)
     cases = {'res': ({'img_resolution': 2 ** 20}, 'img_resolution = 1048576'), 'w': ({'w_dim': -5}, 'w_dim = -5'),
              'frame': ({'framing': 'tight'}, 'framing')}
+    torch.save({**ck, 'state_dict': {**ck['state_dict'], 'mapping.w_avg': torch.full((32,), 1e30)}}, tmp_path / 'avg.pt')
+    with pytest.raises(CheckpointError, match=r'avg\.pt: its mapping\.w_avg holds values up to 1e\+30'):
+        Generator.from_checkpoint(tmp_path / 'avg.pt')
     for name, (change, says) in cases.items():
         torch.save({**ck, 'config': {**ck['config'], **change}}, tmp_path / f'{name}.pt')
         with pytest.raises(CheckpointError, match=re.escape(says)):
