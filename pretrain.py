@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DataError, invert, load_faces, save_grid, to_uint8
-from helpers import (CheckpointError, Defaults, Parser, atomic_save, cli, device, load, out_folder, own, writable,
-                     write_json)
+from helpers import (CheckpointError, Defaults, Parser, atomic_save, busy, cli, device, load, out_folder, own,
+                     writable, write_json)
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, eval_latents
 from lifecycle import Signals
@@ -431,7 +431,9 @@ def check(args):
 def export(n, args, names):
     """The EMA generator of a trained state, in our checkpoint format; refused when untrained or not finite."""
     if n.step == 0:
-        raise ValueError(f'--export: {args.out} holds no trained state (step 0); train first, or pass its --out')
+        raise ValueError(f'--export: {args.out} holds no trained state (step 0); ' + (
+            f'the pretrain.py training it has not saved yet: export after its first checkpoint (every {args.ckpt_every} '
+            'steps)' if busy(args.out) else 'train first, or pass its --out'))
     if not all(torch.isfinite(v).all() for v in n.G_ema.state_dict().values()):
         raise ValueError(f'--export: {args.out}/ckpt.pt holds NaN or Inf weights at step {n.step}; resume from an '
                          'earlier state')
