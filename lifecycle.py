@@ -52,6 +52,11 @@ def resumed(cfg, given, ck, path):
             raise SystemExit(f'error: {path}: its stored --{k} {v!r} is not a {known[k].__name__}; the file was '
                              'edited or is not a train.py checkpoint: start a new run with another --out')
     run = type(cfg)(**{k: each_path(in_repo, v) if k in PATHS else v for k, v in ck['args'].items() if k in known})
+    try:  # the stored settings themselves, before any flag given now: a bad one is the file's fault
+        check_numbers(run)
+    except SystemExit as e:
+        raise SystemExit(f'error: {path}: its stored {str(e.code)[7:]}; the file was edited: start a new run with '
+                         'another --out') from None
     for k in sorted(given - set(RESUMABLE)):
         if spelled(k, getattr(cfg, k)) != spelled(k, getattr(run, k)):
             raise SystemExit(f'error: {path}: --{k} {getattr(cfg, k)} differs from the run ({getattr(run, k)}); '

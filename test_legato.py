@@ -2872,6 +2872,7 @@ def test_tampered_run_files_and_a_busy_run_are_one_line(tmp_path, tiny_ckpt):
         evaluate.main([str(out), '--samples', '2'])
     torch.save(meta, out / 'adapter.pt')
     for bad, says in (({'args': {**ck['args'], 't_end': 'abc'}}, "its stored --t_end 'abc' is not a float"),
+                      ({'args': {**ck['args'], 'hidden': -4}}, 'ckpt.pt: its stored --hidden -4: must be >= 1; the file'),
                       ({'ws_u': ck['ws_u'] * float('nan')}, 'holds NaN or Inf'), ({'step': -5}, 'holds NaN or Inf')):
         torch.save({**ck, **bad}, out / 'ckpt.pt')
         with pytest.raises(SystemExit, match=re.escape(says)):
