@@ -327,7 +327,7 @@ def read_checkpoint(out):
     need = {'args': dict, 'step': int, 'wall': (int, float), 'synthesis': dict, 'opt': dict, 'gen': torch.Tensor,
             'person': dict, 'ws_u': torch.Tensor, 'info': dict, 'retain': dict, 'retain_photos': dict}
     if not (isinstance(ck, dict) and all(isinstance(ck.get(k), t) for k, t in need.items()) and
-            isinstance(ck['args'].get('device'), str) and
+            isinstance(ck['args'].get('device'), str) and isinstance(ck.get('generator_sha', ''), str) and
             all(isinstance(v, torch.Tensor) for v in [*ck['person'].values(), *ck['retain'].values()])):
         raise SystemExit(f'error: {out}/ckpt.pt: not a train.py checkpoint; pass the --out of a train.py run, or start '
                          'a new run with another --out')
