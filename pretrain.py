@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DataError, invert, load_faces, save_grid, to_uint8
-from helpers import (CheckpointError, Defaults, Parser, atomic_save, busy, cli, device, load, out_folder, own,
+from helpers import (ROOT, CheckpointError, Defaults, Parser, atomic_save, busy, cli, device, load, out_folder, own,
                      writable, write_json)
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, eval_latents
@@ -101,8 +101,10 @@ class Discriminator(nn.Module):
 def parser():
     p = Parser(description=__doc__.split('\n\n')[0], formatter_class=Defaults)
     p.add_argument('--teacher', default=None, help='the gan-face-generate 1.1.1 wheel or its weights.tar (default: .whl/)')
-    p.add_argument('--faces', default='assets/faces', help='folder of identity folders: the photos G must also draw')
-    p.add_argument('--out', default='runs/pretrain', help='run folder: checkpoint, samples, log')
+    p.add_argument('--faces', default=str(ROOT / 'assets/faces'), help='folder of identity folders: the photos G must '
+                   'also draw (default: assets/faces)')
+    p.add_argument('--out', default=str(ROOT / 'runs/pretrain'), help='run folder: checkpoint, samples, log (default: '
+                   'runs/pretrain)')
     p.add_argument('--init', default=None, help="a generator of ours whose synthesis weights start G's (step 0 only)")
     p.add_argument('--wdim', type=int, default=128, help='w dimension (z is the teacher\'s, 100)')
     p.add_argument('--channels', type=int, default=128, help='most channels of any generator layer (channel_max)')
