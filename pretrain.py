@@ -117,7 +117,8 @@ def parser():
     p.add_argument('--lr', type=float, default=0.002)
     p.add_argument('--r1', type=float, default=0.5, help='R1 gamma')
     p.add_argument('--r1_every', type=int, default=16)
-    p.add_argument('--distill', type=float, default=1.0, help="weight of the L1 to the teacher's image of the same z")
+    p.add_argument('--distill', type=float, default=10.0, help="weight of the L1 to the teacher's image of the same z "
+                   '(1 until step 6,285 of the committed state)')
     p.add_argument('--rec', type=float, default=10.0, help='weight of the anchor-latent L1 reconstruction')
     p.add_argument('--rec_id', type=float, default=1.0, help='weight of the dlib identity distance of the anchor images')
     p.add_argument('--ema_kimg', type=float, default=5.0, help='EMA half-life in thousands of images')
