@@ -139,6 +139,13 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     return m
 
 
+def cpp_judged(u8, cpp, faceres=None):
+    """dlib C++'s descriptors of uint8 images (NaN rows where it finds no face), and FaceRes's of the same faces: one
+    detection and alignment for both."""
+    faces = cpp.detect(u8)
+    return {'dlib_cpp': cpp.describe(u8, faces), **({'faceres': faceres.describe(faces)} if faceres is not None else {})}
+
+
 class Panel:
     """The judges of the leak, and who fresh samples are by each: the identity network (the fixed crop of the generator image); when
     dlib-bin is installed dlib's own C++ detector, alignment and descriptor; with --faceres, HSE FaceRes-deep on
@@ -159,13 +166,7 @@ class Panel:
     @torch.no_grad()
     def embed(self, imgs):
         out = {self.J.name: self.J.emb(imgs)}
-        if self.cpp is not None:
-            u8 = to_uint8(imgs)
-            faces = self.cpp.detect(u8)  # one detection and alignment for both C++-aligned judges
-            out['dlib_cpp'] = self.cpp.describe(u8, faces)
-            if self.faceres is not None:
-                out['faceres'] = self.faceres.describe(faces)
-        return out
+        return {**out, **cpp_judged(to_uint8(imgs), self.cpp, self.faceres)} if self.cpp is not None else out
 
     def drawn(self, G, ws, kw, desc):
         """embed() of G's images of ws, 64 at a time, with a progress bar (the C++ judge takes ~80 ms an image)."""

@@ -32,7 +32,7 @@ from data import DataError, invert, load_faces, save_grid, to_uint8
 from helpers import (ROOT, CheckpointError, Defaults, Parser, atomic_save, busy, cli, device, load, out_folder, own,
                      writable, write_json)
 from id_net import DlibCpp, DlibFaceNet, FaceRes
-from judges import CALIBRATION_SEED, eval_latents
+from judges import CALIBRATION_SEED, cpp_judged, eval_latents
 from lifecycle import Signals
 from model import Generator, GeneratorConfig, bias_act, generate, setup_filter, upfirdn2d
 from teacher import FRAMING, Z_DIM, load_teacher
@@ -321,11 +321,8 @@ def fmr_threshold(emb, dist):
 def judged(imgs, cpp, faceres, desc):
     """{judge: descriptors [N, D]} of images, 50 at a time, NaN rows where dlib finds no face (FaceRes reads dlib's
     detection); the baby's FFHQ-framed 64 px images are first drawn at 256, as its report did."""
-    parts = []
-    for x in tqdm(imgs.split(50), desc=desc, leave=False):
-        u8 = to_uint8(x if cpp.framing else F.interpolate(x, size=256, mode='bilinear'))
-        faces = cpp.detect(u8)
-        parts.append({'dlib_cpp': cpp.describe(u8, faces), **({'faceres': faceres.describe(faces)} if faceres else {})})
+    parts = [cpp_judged(to_uint8(x if cpp.framing else F.interpolate(x, size=256, mode='bilinear')), cpp, faceres)
+             for x in tqdm(imgs.split(50), desc=desc, leave=False)]
     return {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
 
 
