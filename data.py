@@ -253,7 +253,11 @@ def load_latent(path, G):
     [num_ws, w_dim] are broadcast."""
     p = str(path)
     try:
-        x = torch.from_numpy(np.load(p)) if p.endswith('.npy') else load(p, 'a latent file')
+        if p.endswith('.npy'):
+            a = np.load(p, allow_pickle=False)  # big-endian or Fortran order as saved: made native for torch
+            x = torch.from_numpy(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder('=')))
+        else:
+            x = load(p, 'a latent file')
     except Exception as e:  # noqa: BLE001
         raise DataError(f'{path}: not a readable latent file ({type(e).__name__}); save a tensor with torch.save or np.save') from None
     if isinstance(x, dict):

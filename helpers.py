@@ -27,6 +27,8 @@ class CheckpointError(ValueError):
 
 def load(path, what, map_location='cpu'):
     """torch.load(weights_only=True): never runs code from the file; any failure is one line naming it."""
+    if Path(path).exists() and not Path(path).is_file():  # a pipe or a device: reading it could wait for ever
+        raise CheckpointError(f'{path}: not a regular file; pass the path of {what}')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -54,7 +56,7 @@ def written(path, suffix='.tmp'):
     disk) never leaves a half-written file. The suffix keeps the extension a writer reads the format from."""
     if Path(path).exists() and not Path(path).is_file():  # a device such as /dev/null: a rename would replace it
         raise OSError(f'{path}: not a regular file; name a file to write')
-    tmp = f'{path}{suffix}'
+    tmp = f'{path}.{os.getpid()}{suffix}'  # this process's own: two writers of one file never share a temp file
     try:
         yield tmp
         os.replace(tmp, path)
@@ -109,8 +111,8 @@ def writable(path, what):
     if p.exists() and not p.is_file():
         raise ValueError(f'{what} {path}: not a regular file (a device or a pipe); name a file to write')
     try:
-        Path(f'{p}.tmp').open('w').close()
-        Path(f'{p}.tmp').unlink()
+        Path(f'{p}.{os.getpid()}.probe').open('x').close()  # a name of this process's: a user's file is never touched
+        Path(f'{p}.{os.getpid()}.probe').unlink()
     except OSError as e:
         raise ValueError(f'{what} {path}: cannot be written there ({e.strerror or type(e).__name__}); choose another '
                          'place') from None

@@ -15,7 +15,9 @@ Loaders (all via `Generator.from_checkpoint(path)`, none of them executes code f
 """
 import io
 import math
+import os
 import pickle
+import zipfile
 import re
 import argparse
 import collections
@@ -325,6 +327,10 @@ class Generator(nn.Module):
     def from_checkpoint(cls, path, map_location='cpu'):
         """Build a Generator from an official .pkl, a rosinality .pt or our own .pt."""
         path = str(path)
+        if os.path.exists(path) and not os.path.isfile(path):  # a pipe would be waited on for ever, a folder fails oddly
+            raise CheckpointError(f'{path}: not a regular file; pass the path of a StyleGAN2 checkpoint')
+        if path.endswith('.pkl') and zipfile.is_zipfile(path):  # torch.save's format under a pickle's name
+            raise CheckpointError(f'{path}: a torch.save file named .pkl; rename it .pt')
         try:
             if path.endswith('.pkl'):
                 cfg, sd = load_official_pkl(path)
@@ -572,7 +578,8 @@ def load_official_pkl(path):
         with open(path, 'rb') as f:
             data = _AllowListUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable network pickle ({e}); pass NVIDIA's network-snapshot .pkl") from None
+        raise CheckpointError(f"{path}: not a readable network pickle ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                              "pass NVIDIA's network-snapshot .pkl") from None
     if isinstance(data, dict) and isinstance(data.get('G_ema'), dict) and 'state' in data['G_ema']:
         G = data['G_ema']
     elif isinstance(data, tuple) and len(data) == 3:

@@ -439,7 +439,7 @@ def test_rosinality_roundtrip(tmp_path):
 def test_own_checkpoint_roundtrip(tmp_path):
     G = randomized(Generator(tiny_cfg(conv_clamp=256)))
     G.save(tmp_path / 'g.pt')
-    assert not (tmp_path / 'g.pt.tmp').exists()
+    assert [p.name for p in tmp_path.iterdir()] == ['g.pt']  # no temp file left
     H = Generator.from_checkpoint(tmp_path / 'g.pt')
     assert H.cfg == G.cfg
     z = torch.randn(2, 32)
@@ -2050,6 +2050,7 @@ def bad_files(d):
     torch.save(torch.randn(1025, 8, 32) * 0.1, d / 'many.pt')  # more rows than one person has
     torch.save(torch.zeros(1, 8, 33), d / 'wide.pt')
     shutil.copytree(ROOT / 'assets/faces/biden', d / 'biden_again')  # his photo under another folder's name
+    torch.save({'a': torch.zeros(1)}, d / 'zip.pkl')  # torch.save's format under a pickle's name
     for name, src in (('obama', 'obama/obama_2.png'), ('biden', 'biden/biden_1.png')):  # the person also kept
         (d / 'twice' / name).mkdir(parents=True)
         shutil.copy(ROOT / 'assets/faces' / src, d / 'twice' / name)
@@ -2094,6 +2095,8 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--ckpt', 'missing.pt'], 'missing.pt: no such file'),
     (['--ckpt', 'json.pt'], 'json.pt: not a readable StyleGAN2 checkpoint (not a file torch.save wrote: a text, JSON'),
     (['--ckpt', 'g4.pt'], 'g4.pt: a 4 px generator has no block after b4 for an adapter; pass one of 8 px or more'),
+    (['--ckpt', 'pipe'], 'pipe: not a regular file; pass the path of a StyleGAN2 checkpoint'),  # read, it would hang
+    (['--ckpt', 'zip.pkl'], 'zip.pkl: a torch.save file named .pkl; rename it .pt'),
     (['--out', 'notes.txt'], 'notes.txt is a file'),
     (['--out', 'notes.txt/run'], 'cannot write in'),
     (['--out', 'loop'], '--out loop: a symbolic link; pass the folder it points to'),
@@ -2174,10 +2177,10 @@ def test_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, tiny_ckpt, mon
     real_save, saves = torch.save, []
 
     def save(obj, f, *a, **kw):  # the second checkpoint hits a full disk half-way through
-        if str(f).endswith('ckpt.pt.tmp') and len(saves) == 1:
+        if re.search(r'ckpt\.pt\.\d+\.tmp$', str(f)) and len(saves) == 1:
             Path(f).write_bytes(b'half a file')
             raise OSError(28, 'No space left on device')
-        saves.append(f) if str(f).endswith('ckpt.pt.tmp') else None
+        saves.append(f) if re.search(r'ckpt\.pt\.\d+\.tmp$', str(f)) else None
         return real_save(obj, f, *a, **kw)
     monkeypatch.setattr(torch, 'save', save)
     with pytest.raises(SystemExit, match=r'No space left on device; stopped, the last good checkpoint is .*ckpt\.pt$'):
@@ -2427,6 +2430,13 @@ def test_two_people_forgotten_together_over_two_processes_as_in_one(tmp_path, ti
     a, b = (torch.cat([v.flatten() for v in m['state_dict'].values()]) for m in (one, two))
     print('relative adapter difference', ((a - b).norm() / a.norm()).item())
     assert a.norm() > 0 and (a - b).norm() <= 1e-5 * a.norm()
+
+
+def test_npy_latents_in_any_byte_order_or_layout_load_as_saved(tmp_path, baby):
+    w = seed_latents(baby, [3])
+    for name, a in (('be.npy', w.numpy().astype('>f8')), ('f.npy', np.asfortranarray(w.numpy()))):
+        np.save(tmp_path / name, a)
+        assert torch.equal(data.load_latent(tmp_path / name, baby), w)
 
 
 def test_a_latent_identity_is_never_also_kept(tmp_path, baby, capsys):
