@@ -29,7 +29,7 @@ from data import DataError, IMAGE_EXTS, encode, invert, list_photos, load_encode
 from ddp import distributed, gather, shard, together, world
 from helpers import (CheckpointError, Defaults, Parser, cli, device, in_repo, keep_freed_memory, load, out_folder,
                      own_line, people_of, person_name, plot, table, write_json)
-from id_net import ID_NETS
+from id_net import ID_NETS, FaceRes
 from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
                     stats)
 from model import generate
@@ -254,6 +254,9 @@ def real_stats(path, dim=None):
     if mu.ndim != 1 or sig.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sig).all()):
         raise ValueError(f'{hint}): mu {list(mu.shape)}, sigma {list(sig.shape)}'
                          f'{"" if np.isfinite(mu).all() and np.isfinite(sig).all() else ", not finite"}')
+    if not np.allclose(sig, sig.T, atol=1e-6 * (1 + abs(sig).max())) or np.linalg.eigvalsh(sig).min() < \
+            -1e-6 * (1 + abs(sig).max()):  # a covariance is symmetric and positive semi-definite
+        raise ValueError(f'{hint}): sigma is not a covariance (not symmetric, or a negative eigenvalue)')
     if dim is not None and len(mu) != dim:
         raise ValueError(f'{hint[:hint.index(":")]}: statistics of {len(mu)}-d features, and this evaluation\'s '
                          f'features are {dim}-d; pass the .npz made with the same features (--inception, --id_net)')
@@ -462,12 +465,17 @@ def check(args):
         raise ValueError(f'--real {args.real}: no such folder of real images or .npz of (mu, sigma)')
     if args.real and str(args.real).endswith('.npz'):
         real_stats(args.real, FD_DIMS['inception' if args.inception else args.id_net])
+    if args.faceres:
+        FaceRes(args.faceres)  # a wrong file: now, not after the first measurements
     if args.real and Path(args.real).is_dir():
         for f in list_photos(args.real):  # a folder without photos, or an unreadable one: now, not after the minutes
             try:
                 Image.open(f).close()  # the header only: the pixels are read when the statistics are taken
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise ValueError(f'--real {f}: not a readable image ({type(e).__name__}); remove it or replace it')
+        if len(list_photos(args.real)) < 2:
+            raise ValueError(f'--real {args.real}: one photo; a covariance needs two or more (thousands, for a '
+                             'Frechet distance worth reading)')
     elif args.real and not str(args.real).endswith('.npz'):
         raise ValueError(f'--real {args.real}: pass a folder of real photos or an .npz of (mu, sigma)')
     if args.out == '':
@@ -498,7 +506,7 @@ def check(args):
 
 def main(argv=None):
     p = parser()
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # run folders before and after the flags: a.run --compare b.run
     try:  # every bad file or setting: one line, no traceback
         check(args)
         dev = distributed(args.device)[2]  # under torchrun: this process's rank and device

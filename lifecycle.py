@@ -17,7 +17,7 @@ import torch
 
 from data import IMAGE_EXTS, DataError, seed_of
 from ddp import max_over_ranks
-from helpers import (ROOT, CheckpointError, atomic_save, contents, device, in_repo, load, own, own_line, people_of,
+from helpers import (ROOT, CheckpointError, atomic_save, busy, contents, device, in_repo, load, own, own_line, people_of,
                      portable)
 from ode_adapter import integrate, save_adapters, trainable_state
 from person import Person, before_after
@@ -316,6 +316,8 @@ def keep_photos(info, retain_photos, out, write=True):
 
 def read_checkpoint(out):
     """--resume: the run folder's ckpt.pt, checked to be a train.py checkpoint of this version; any problem is one line."""
+    if not (out / 'ckpt.pt').exists() and busy(out):
+        raise SystemExit(f'error: {out}: a train.py process is running it (before its first checkpoint); wait for it')
     if not (out / 'ckpt.pt').exists():
         raise SystemExit(f'error: {out}/ckpt.pt not found; nothing to resume (pass the --out of a run; a folder '
                          'without one stopped before its first checkpoint: delete it or choose another --out)')

@@ -215,10 +215,10 @@ def check_composable(runs, metas):
     with its solver, step and backend, and no person forgotten by two of them (metas: their adapter.pt dicts)."""
     first = metas[0]
     for r, m in zip(runs, metas):
-        if not isinstance(m, dict) or m.get('kind') != 'ode' or not m.get('generator_sha') or \
-                m['generator_sha'] != first.get('generator_sha'):
-            raise ValueError(f'{r}: not an --adapter ode run of the same generator as {runs[0]}; compose runs of '
-                             'one generator')
+        if not isinstance(m, dict) or m.get('kind') != 'ode':
+            raise ValueError(f'{r}: not an --adapter ode run (only ODE adapters sum into one field); compose ode runs')
+        if not m.get('generator_sha') or m['generator_sha'] != first.get('generator_sha'):
+            raise ValueError(f'{r}: trained on another generator than {runs[0]}; compose runs of one generator')
         if any(m['adapter'][k] != first['adapter'][k] for k in ('h', 'solver', 'backend')):
             raise ValueError(f"{r}: its solver or step differs from {runs[0]}'s; compose runs trained with the same "
                              '--solver, --step and --backend')

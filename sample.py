@@ -75,7 +75,7 @@ def main(argv=None):
     p.add_argument('--seeds', default='0-15', help='seeds and ranges, e.g. 0-15 or 1,5,7')
     p.add_argument('--psi', type=float, default=0.7, help='truncation psi (1: no truncation)')
     p.add_argument('--gif', action='store_true', help='also animate the dial from 0 to the largest T asked')
-    p.add_argument('--frames', type=int, default=24, help='frames of the GIF')
+    p.add_argument('--frames', type=int, default=None, help='frames of the GIF (default: 24)')
     p.add_argument('--out', default=None, help='output PNG (default <run>/samples.png; the GIF beside it)')
     p.add_argument('--ckpt', default=None, help="the generator, when not at the run's stored path (same weights)")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -83,6 +83,9 @@ def main(argv=None):
     try:
         dev, seeds = device(args.device), parse_seeds(args.seeds)
         Ts = times(args.T) if args.T else None
+        if args.frames is not None and not args.gif:
+            raise ValueError(f'--frames {args.frames} is read by --gif only; add --gif (or drop --frames)')
+        args.frames = 24 if args.frames is None else args.frames
         if not abs(args.psi) <= 10 or not 2 <= args.frames <= 1000:
             raise ValueError('--psi must be a number in [-10, 10] and --frames from 2 to 1,000')
         if args.out is not None and (Path(args.out).suffix.lower() != '.png' or args.out.endswith('/')):

@@ -2100,6 +2100,7 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--out', 'notes.txt'], 'notes.txt is a file'),
     (['--out', 'notes.txt/run'], 'cannot write in'),
     (['--out', 'loop'], '--out loop: a symbolic link; pass the folder it points to'),
+    (['--out', 'flat'], '--out flat: a folder of other files (not a train.py run); choose a new folder'),
     (['--out', 'x' * 300], 'not a usable folder name (File name too long)'),
     (['--identity', 'seed:abc'], 'seed:abc: write seed:N with an integer'),
     (['--identity', 'seed:99999999999999999999'], 'write seed:N with an integer 0 <= N < 2**63'),
@@ -2222,6 +2223,10 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--seed', 'x'], '--seed x: write integers separated by commas'),
     ('evaluate', ['RUN', '--seed', '1,1,1'], '--seed 1,1,1: a seed given twice; give each once'),
     ('evaluate', ['RUN', '--real', 'realbad'], '--real realbad/zero.png: not a readable image'),
+    ('evaluate', ['RUN', '--real', 'real1'], '--real real1: one photo; a covariance needs two or more'),
+    ('evaluate', ['RUN', '--real', 'negative.npz'], 'sigma is not a covariance (not symmetric, or a negative eigen'),
+    ('evaluate', ['RUN', '--faceres', 'text.npz'], 'text.npz: not a TF.js graph model'),  # before any measurement
+    ('sample', ['RUN', '--frames', '5'], '--frames 5 is read by --gif only; add --gif'),
     ('evaluate', ['RUN', 'BADMETRICS', '--compose', '--out', 'nophotos'], '--out nophotos: a train.py run folder'),
     ('evaluate', ['RUN', '--curve', '--out', 'run/before_after.png'], 'exists and is not an earlier --curve picture'),
     ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
@@ -2252,6 +2257,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['NOPHOTOS'], 'is missing; a run folder is copied whole (photos/ included)'),
     ('evaluate', ['--compare', 'BADMETRICS'], 'metrics.json: not a metrics file'),
     ('evaluate', ['--compare', 'NANMETRICS'], 'metrics.json: ID is not a finite number or null, as evaluate.py writes'),
+    ('evaluate', ['NANMETRICS', '--compare', 'BADMETRICS'], 'badmetrics/metrics.json: not a metrics file'),  # both runs
     ('sample', ['RUN', '--psi', '1e308'], '--psi must be a number in [-10, 10]'),
     ('sample', ['RUN', '--seeds', '0-100000'], '--seeds 0-100000: more than 1024 images in one grid'),
     ('sample', ['RUN', '--seeds', '0-9223372036854775806'], 'more than 1024 images in one grid'),  # never built
@@ -2287,6 +2293,9 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     (tmp_path / 'g.gif').mkdir()  # ... and where sample.py's GIF would go
     (tmp_path / 'realbad').mkdir()
     (tmp_path / 'realbad/zero.png').write_bytes(b'')  # a real photo that is not
+    (tmp_path / 'real1').mkdir()
+    shutil.copy(FACES[0], tmp_path / 'real1')
+    np.savez(tmp_path / 'negative.npz', mu=np.zeros(128), sigma=-np.eye(128))  # no covariance is negative
     (tmp_path / 'text.npz').write_text('mu sigma')  # --real statistics that are not
     np.savez(tmp_path / 'object.npz', mu=np.array([{}], dtype=object), sigma=np.eye(1))
     np.savez(tmp_path / 'nan.npz', mu=np.full(128, np.nan), sigma=np.eye(128))

@@ -397,7 +397,9 @@ def start(argv, identity=None):
         ck = read_checkpoint(out)
         cfg = resumed(cfg, given, ck, out / 'ckpt.pt')
     elif out.is_dir() and any(out.iterdir()):
-        raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out')
+        raise SystemExit(f'error: {out} already exists; pass --resume to continue it or choose another --out' if
+                         (out / 'log.jsonl').exists() else f'error: --out {out}: a folder of other files (not a train.py '
+                         'run); choose a new folder')
     check(cfg, out)
     return cfg, out, ck
 
