@@ -174,6 +174,15 @@ def load_state(args, dev):
     need = ('config', 'G', 'G_ema', 'D', 'optG', 'optD', 'gen', 'cpu_rng', 'step', 'wall')
     if not isinstance(ck, dict) or not all(k in ck for k in need) or not isinstance(ck['config'], dict):
         raise CheckpointError(f'{path}: not a pretrain.py checkpoint; pass another --out (or delete it to start over)')
+    if not all(torch.isfinite(v).all() for k in ('G', 'G_ema', 'D') for v in ck[k].values() if v.is_floating_point()):
+        raise CheckpointError(f'{path}: holds NaN or Inf weights (a run that diverged); start from an earlier state')
+    seed = (ck.get('args') or {}).get('seed', args.seed)
+    if seed != args.seed:  # the photos' anchor latents come from it: another seed would pull other latents to them
+        raise ValueError(f'--seed {args.seed}: {path} was trained with --seed {seed} (its anchors come from it); '
+                         'give the same --seed')
+    if ck['step'] > args.iters and args.export is None:
+        raise ValueError(f'--iters {args.iters} is below the step {path} reached ({ck["step"]}); pass a higher --iters '
+                         'to train on, or --export it')
     return ck
 
 
@@ -213,7 +222,11 @@ def build(args, P, dev, ck=None):
 
 
 def save(n, args, photos, names):
-    """The whole state, the aligned photos with it (a resume needs no dlib), written atomically."""
+    """The whole state, the aligned photos with it (a resume needs no dlib), written atomically; never one that
+    diverged (NaN or Inf weights): the last good state stays."""
+    if not all(torch.isfinite(p).all() for m in (n.G, n.G_ema, n.D) for p in m.parameters()):
+        raise FloatingPointError(f'the weights hold NaN or Inf at step {n.step}; {args.out}/ckpt.pt keeps the last '
+                                 'good state: resume it with a lower --lr')
     atomic_save({'photos': photos.cpu(), 'names': names, 'config': n.cfg.__dict__, 'G': n.G.state_dict(), 'G_ema': n.G_ema.state_dict(), 'D': n.D.state_dict(),
                  'optG': n.optG.state_dict(), 'optD': n.optD.state_dict(), 'gen': n.gen.get_state(),
                  'cpu_rng': torch.get_rng_state(), 'step': n.step, 'wall': n.wall, 'args': vars(args)},
@@ -426,6 +439,8 @@ def check(args):
         raise ValueError(f'--faces {args.faces}: not a folder of identity folders (one folder of photos per person)')
     if args.report is None:
         out_folder(args.out)
+        if os.path.isdir(args.out) and os.listdir(args.out) and not os.path.exists(os.path.join(args.out, 'log.jsonl')):
+            raise ValueError(f'--out {args.out}: a folder of other files (not a pretrain.py run); choose a new folder')
 
 
 def export(n, args, names):
@@ -467,6 +482,7 @@ def train(n, T, photos, names, emb_photos, idn, log, args, dev):
                 save(n, args, photos, names)
     n.wall += time.time() - t0
     save(n, args, photos, names)
+
     print(f'saved {os.path.join(args.out, "ckpt.pt")} at step {n.step}' + (' (interrupted)' if stop.sig else ''))
     if stop.sig:  # exit 130 / 143 as a shell does, so `pretrain.py && ...` stops here
         raise SystemExit(128 + stop.sig)
@@ -500,11 +516,11 @@ def main(argv=None):
         with own(args.out) as log:  # one process at a time: the state is read under the lock
             try:
                 ck, photos, names, idn, emb_photos = start(args, dev)
-            except (CheckpointError, DataError):
-                if made:  # a photo without a face, say: nothing stays behind
-                    shutil.rmtree(args.out, ignore_errors=True)
+                train(build(args, len(photos), dev, ck), T, photos, names, emb_photos, idn, log, args, dev)
+            except (CheckpointError, DataError, ValueError, FloatingPointError):
+                if made and not os.path.exists(os.path.join(args.out, 'ckpt.pt')):  # a photo without a face, a first
+                    shutil.rmtree(args.out, ignore_errors=True)                      # step that diverged: nothing stays
                 raise
-            train(build(args, len(photos), dev, ck), T, photos, names, emb_photos, idn, log, args, dev)
     except (CheckpointError, DataError, ValueError, OSError, FloatingPointError) as e:
         raise SystemExit(f'error: {e}')
 

@@ -1854,6 +1854,10 @@ def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
     assert G.cfg.framing == teacher.FRAMING
     with pytest.raises(SystemExit, match='another config'):
         pretrain.main(common[:-8] + ['--channels', '8', '--iters', '4'])
+    for flags, says in ((['--iters', '2'], r'--iters 2 is below the step .* reached \(3\)'),
+                        (['--iters', '4', '--seed', '7'], r'--seed 7: .* was trained with --seed 0 \(its anchors')):
+        with pytest.raises(SystemExit, match=says):  # refused, the state as it was
+            pretrain.main(common + flags)
     real_ema = pretrain.ema  # Ctrl-C during step 4: the state saved at the step it reached, then exit 130
 
     def ema_then_ctrl_c(*a):
@@ -1863,6 +1867,10 @@ def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         pretrain.main(common + ['--iters', '10'])
     assert e.value.code == 130 and torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)['step'] == 4
+    ck = torch.load(tmp_path / 'run/ckpt.pt', weights_only=True)
+    torch.save({**ck, 'D': {k: v * float('nan') for k, v in ck['D'].items()}}, tmp_path / 'run/ckpt.pt')
+    with pytest.raises(SystemExit, match=r'ckpt\.pt: holds NaN or Inf weights \(a run that diverged\)'):
+        pretrain.main(common + ['--iters', '6'])
 
 
 def test_teacher_description_matches_its_weights():
@@ -2695,7 +2703,9 @@ PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
                   (['--export', 'g.pt'], 'holds no trained state (step 0)'), (['--iters', '0'], '--iters 0'),
                   (['--export', 'pipe'], '--export pipe: not a regular file (a device or a pipe)'),  # as /dev/null
                   (['--out', 'link'], '--out link: a symbolic link; pass the folder it points to'),
-                  (['--report', 'g.pt', '--faces', 'nowhere'], '--faces nowhere: not a folder of identity folders')]
+                  (['--report', 'g.pt', '--faces', 'nowhere'], '--faces nowhere: not a folder of identity folders'),
+                  (['--out', 'faces'], '--out faces: a folder of other files (not a pretrain.py run)'),  # or . or /
+                  (['--lr', '1e30', '--iters', '2'], 'the weights hold NaN or Inf at step 2')]  # nothing saved
 
 
 @pytest.mark.parametrize('flags,says', PRETRAIN_CASES, ids=[' '.join(f) for f, _ in PRETRAIN_CASES])
