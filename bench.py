@@ -292,7 +292,7 @@ def check(args):
     if args.amp == 'fp16' and args.device.startswith('cpu'):
         raise ValueError('--amp fp16: CPUs have no fast fp16 (a step takes minutes); use --amp bf16 or none here')
     if args.json is not None:
-        writable(args.json, '--json')
+        writable(args.json, '--json', replaces='JSON')
     if args.ckpt and args.config:
         raise ValueError('--ckpt and --config are two generators; give one')
     if args.ckpt and args.json and Path(args.json).resolve() == Path(args.ckpt).resolve():

@@ -33,7 +33,10 @@ class DataError(ValueError):
 def load_image(path):
     """Any JPEG/PNG/WebP -> [H, W, 3] uint8 RGB, EXIF orientation applied."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's own warning would print two lines before ours
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # PIL only warns up to twice this, after decoding it
                 raise Image.DecompressionBombError
             if getattr(im, 'n_frames', 1) > 1:  # an animation (GIF, APNG, WebP) under any name: which frame is meant?

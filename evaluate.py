@@ -28,7 +28,7 @@ from tqdm import tqdm
 from data import DataError, IMAGE_EXTS, encode, invert, list_photos, load_encoder, load_faces, save_grid
 from ddp import distributed, gather, shard, together, world
 from helpers import (CheckpointError, Defaults, Parser, cli, device, in_repo, keep_freed_memory, load, out_folder,
-                     own_line, people_of, person_name, plot, table, write_json)
+                     own_line, people_of, person_name, plot, table, writable, write_json)
 from id_net import ID_NETS, FaceRes
 from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
                     stats)
@@ -489,6 +489,8 @@ def check(args):
                          'folder for the composed runs\' metrics.json')
     if args.compose and args.out:
         out_folder(args.out)  # writable: found now, not after the evaluation
+    if args.scale and args.runs:  # its table and plot go beside the first run: never over a file of the user's
+        writable(Path(args.runs[0]).parent / 'scale.json', '--scale', replaces='JSON')
     if args.curve and args.out and Path(args.out).exists() and not Path(args.out).with_suffix('.json').exists():
         raise ValueError(f'--out {args.out}: exists and is not an earlier --curve picture (no .json beside it); name '
                          'a new file')

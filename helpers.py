@@ -103,13 +103,20 @@ class Parser(argparse.ArgumentParser):
         return out
 
 
-def writable(path, what):
-    """Check, before any work, that a file can be written at path (a file beside it is made and removed)."""
+def writable(path, what, replaces=None):
+    """Check, before any work, that a file can be written at path (a file beside it is made and removed); replaces:
+    the kind of file it may replace ('JSON': an existing file must parse as JSON, never a README or notes)."""
     p = Path(path)
     if not str(path) or p.is_dir() or str(path).endswith('/'):
         raise ValueError(f'{what} {str(path)!r}: name a file, not a folder')
     if p.exists() and not p.is_file():
         raise ValueError(f'{what} {path}: not a regular file (a device or a pipe); name a file to write')
+    if replaces == 'JSON' and p.is_file():
+        try:
+            json.loads(p.read_text())
+        except (ValueError, OSError):
+            raise ValueError(f'{what} {path}: exists and is not a JSON file (it would be replaced); name a new file') \
+                from None
     try:
         Path(f'{p}.{os.getpid()}.probe').open('x').close()  # a name of this process's: a user's file is never touched
         Path(f'{p}.{os.getpid()}.probe').unlink()

@@ -2235,6 +2235,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--real', 'negative.npz'], 'sigma is not a covariance (not symmetric, or a negative eigen'),
     ('evaluate', ['RUN', '--faceres', 'text.npz'], 'text.npz: not a TF.js graph model'),  # before any measurement
     ('sample', ['RUN', '--frames', '5'], '--frames 5 is read by --gif only; add --gif'),
+    ('evaluate', ['RUN', '--scale'], 'scale.json: exists and is not a JSON file (it would be replaced)'),
     ('evaluate', ['RUN', 'BADMETRICS', '--compose', '--out', 'nophotos'], '--out nophotos: a train.py run folder'),
     ('evaluate', ['RUN', '--curve', '--out', 'run/before_after.png'], 'exists and is not an earlier --curve picture'),
     ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
@@ -2301,6 +2302,7 @@ def test_evaluate_and_sample_bad_input_say_why_in_one_line(tmp_path, tiny_run, m
     (tmp_path / 'g.gif').mkdir()  # ... and where sample.py's GIF would go
     (tmp_path / 'realbad').mkdir()
     (tmp_path / 'realbad/zero.png').write_bytes(b'')  # a real photo that is not
+    (tmp_path / 'scale.json').write_text('my notes')  # where --scale writes its table: the user's file
     (tmp_path / 'real1').mkdir()
     shutil.copy(FACES[0], tmp_path / 'real1')
     np.savez(tmp_path / 'negative.npz', mu=np.zeros(128), sigma=-np.eye(128))  # no covariance is negative
@@ -2730,7 +2732,8 @@ BENCH_CASES = [(['--batch', '0'], '--batch 0'), (['--big_T', 'nan'], '--big_T na
                (['--steps', '0'], '--steps 0'), (['--device', 'cuda:7'], '--device cuda:7'),
                (['--ckpt', 'g4.pt'], '--ckpt g4.pt: a 4 px generator has no block after b4'),
                (['--config', 'ffhq1024', '--device', 'cpu'], '--config ffhq1024: 1024 px on a CPU takes hours'),
-               (['--json', 'pipe'], '--json pipe: not a regular file (a device or a pipe)')]
+               (['--json', 'pipe'], '--json pipe: not a regular file (a device or a pipe)'),
+               (['--json', 'notes.txt'], '--json notes.txt: exists and is not a JSON file (it would be replaced)')]
 
 
 @pytest.mark.parametrize('flags,says', BENCH_CASES, ids=[' '.join(f) for f, _ in BENCH_CASES])
