@@ -330,6 +330,9 @@ def snapshots(run, G_u, meta, device):
     files = sorted((Path(run) / 'snapshots').glob('*.pt'))
     if not files:
         raise SystemExit(f'error: {run}: no snapshots; train with --snapshot_every K')
+    if len(files) > 64:  # each is a full measurement (--samples samples): a typo'd --snapshot_every 1 makes hours
+        raise SystemExit(f'error: {run}: {len(files)} snapshots; --curve measures at most 64 (each a full measurement): '
+                         'keep fewer, or train with a larger --snapshot_every')
     mine, out = trainable_state(G_u, meta.get('kind') == 'full'), []
     for s in files:
         ck = load(s, 'an adapter snapshot written by train.py', device)

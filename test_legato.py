@@ -1970,6 +1970,12 @@ def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt, monkeypatch):
     # name before any snapshot is measured
     snap = torch.load(out / 'snapshots/000002.pt', weights_only=True)
     monkeypatch.setattr(evaluate, 'measure', lambda *a, **k: pytest.fail('measured before every snapshot was checked'))
+    for i in range(3, 66):  # more snapshots than a curve measures (each a full measurement)
+        shutil.copy(out / 'snapshots/000002.pt', out / f'snapshots/{i:06d}.pt')
+    with pytest.raises(SystemExit, match='66 snapshots; --curve measures at most 64'):
+        evaluate.curve([out], args, torch.device('cpu'))
+    for i in range(4, 66):
+        (out / f'snapshots/{i:06d}.pt').unlink()
     nan = {k: v * float('nan') for k, v in snap['synthesis'].items()}
     for bad, says in (({**snap, 'generator_sha': 'f' * 16}, 'keep only .*own snapshots'),
                       ({**snap, 'synthesis': dict(list(snap['synthesis'].items())[:1])}, 'keep only .*own snapshots'),
