@@ -2634,7 +2634,7 @@ def test_encoder_bad_files_say_why_in_one_line(tmp_path):
     torch.save({'state_dict': {'encoder.x': _Evil()}, 'opts': {}}, tmp_path / 'evil.pt')
     cases = {
         'missing.pt': 'no such file',
-        'notes.pt': r'not a pSp or e4e checkpoint \(UnpicklingError\)',
+        'notes.pt': r'not a pSp or e4e checkpoint \(not a file torch.save wrote: a text, JSON or raw pickle',
         'tensor.pt': r'not a pSp or e4e checkpoint \(expected a dict with state_dict and opts\)',
         'noopts.pt': 'expected a dict with state_dict and opts',
         'nosd.pt': 'expected a dict with state_dict and opts',
