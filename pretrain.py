@@ -186,11 +186,16 @@ def load_state(args, dev):
     return ck
 
 
+def config(args):
+    """The generator the flags describe: 64 px, the teacher's z and framing."""
+    return GeneratorConfig(img_resolution=64, z_dim=Z_DIM, w_dim=args.wdim, channel_base=args.channel_base,
+                           channel_max=args.channels, mapping_layers=args.mapping, mapping_lr_mul=args.mapping_lr,
+                           conv_clamp=256, framing=FRAMING)
+
+
 def build(args, P, dev, ck=None):
     """The GAN at step 0 (its synthesis from --init when given), or resumed from ck (load_state)."""
-    cfg = GeneratorConfig(img_resolution=64, z_dim=Z_DIM, w_dim=args.wdim, channel_base=args.channel_base,
-                          channel_max=args.channels, mapping_layers=args.mapping, mapping_lr_mul=args.mapping_lr,
-                          conv_clamp=256, framing=FRAMING)
+    cfg = config(args)
     torch.manual_seed(args.seed)
     G = Generator(cfg).to(dev).train()
     dch = {64 // 2 ** i: min(args.dchannels * 2 ** i, args.channels) for i in range(5)}
@@ -424,6 +429,14 @@ def check(args):
         if os.path.abspath(args.export) == os.path.abspath(os.path.join(args.out, 'ckpt.pt')):
             raise ValueError(f'--export {args.export}: that is the training state itself; export to another file')
         writable(args.export, '--export')
+        if os.path.isfile(args.export):  # it replaces only an earlier export of this generator, never another file
+            try:
+                same = Generator.from_checkpoint(args.export).cfg == config(args)
+            except CheckpointError:
+                same = False
+            if not same:
+                raise ValueError(f'--export {args.export}: exists and is not an earlier export of this generator (it '
+                                 'would be replaced); name a new file')
     if args.baby:
         Generator.from_checkpoint(args.baby)  # read now, not after the minutes of the report before it
     if args.init:

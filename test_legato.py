@@ -1849,6 +1849,7 @@ def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
     pretrain.main(common + ['--iters', '3'])  # resumes at step 2
     assert torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)['step'] == 3
     pretrain.main(common + ['--export', str(tmp_path / 'gen.pt')])
+    pretrain.main(common + ['--export', str(tmp_path / 'gen.pt')])  # an earlier export of it may be replaced
     G = Generator.from_checkpoint(tmp_path / 'gen.pt')
     assert G.cfg.img_resolution == 64 and G(torch.randn(2, 100)).shape == (2, 3, 64, 64)
     assert G.cfg.framing == teacher.FRAMING
@@ -2713,7 +2714,8 @@ PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
                   (['--out', 'link'], '--out link: a symbolic link; pass the folder it points to'),
                   (['--report', 'g.pt', '--faces', 'nowhere'], '--faces nowhere: not a folder of identity folders'),
                   (['--out', 'faces'], '--out faces: a folder of other files (not a pretrain.py run)'),  # or . or /
-                  (['--lr', '1e30', '--iters', '2'], 'the weights hold NaN or Inf at step 2')]  # nothing saved
+                  (['--lr', '1e30', '--iters', '2'], 'the weights hold NaN or Inf at step 2'),  # nothing saved
+                  (['--export', 'baby.pt'], '--export baby.pt: exists and is not an earlier export of this generator')]
 
 
 @pytest.mark.parametrize('flags,says', PRETRAIN_CASES, ids=[' '.join(f) for f, _ in PRETRAIN_CASES])
@@ -2724,6 +2726,7 @@ def test_pretrain_bad_flags_say_why_in_one_line(tmp_path, monkeypatch, flags, sa
     shutil.copytree(ROOT / 'assets/faces/biden', tmp_path / 'faces/biden')
     os.mkfifo(tmp_path / 'pipe')
     (tmp_path / 'link').symlink_to(tmp_path / 'link')  # a loop
+    shutil.copy(BABY, tmp_path / 'baby.pt')  # a shipped generator of another layout, never replaced by an export
     before = sorted(tmp_path.rglob('*'))
     with pytest.raises(SystemExit) as e:
         pretrain.main(['--teacher', 'weights.tar', '--faces', 'faces', '--out', 'run', '--wdim', '8', '--channels', '8',
