@@ -493,7 +493,11 @@ def check(args):
     if args.compose and args.out:
         out_folder(args.out)  # writable: found now, not after the evaluation
     if args.scale and args.runs:  # its table and plot go beside the first run: never over a file of the user's
-        writable(Path(args.runs[0]).parent / 'scale.json', '--scale', replaces='JSON')
+        try:
+            writable(Path(args.runs[0]).parent / 'scale.json', '--scale', replaces='JSON')
+        except ValueError:
+            raise ValueError(f'{Path(args.runs[0]).parent / "scale.json"}: a file of yours where --scale writes its '
+                             'table (scale.json, scale.png beside the first run); move or rename it') from None
     if args.curve and args.out and Path(args.out).exists() and not Path(args.out).with_suffix('.json').exists():
         raise ValueError(f'--out {args.out}: exists and is not an earlier --curve picture (no .json beside it); name '
                          'a new file')

@@ -149,10 +149,13 @@ def check(cfg, out):
     names = [safe(f.name) for f in folders]  # each person's photos go to photos/forget/<name>
     if cfg.init and not cfg.resume:
         try:
-            names += [p.get('name') for p in people_of(load(Path(cfg.init) / 'adapter.pt', 'a train.py run')['identity'])
-                      if p.get('name')]
+            meta = load(Path(cfg.init) / 'adapter.pt', 'a train.py run')
+            names += [p.get('name') for p in people_of(meta['identity']) if p.get('name')]
         except (CheckpointError, KeyError, TypeError, AttributeError):
             raise SystemExit(f'error: --init {cfg.init}: its adapter.pt is not a train.py run\'s') from None
+        if meta.get('kind') == 'full':
+            raise SystemExit(f'error: --init {cfg.init}: a full fine-tune, no adapters to start from; pass an '
+                             '--adapter ode run')
     if len(cfg.identity) + bool(cfg.init) > 1 and len(set(names)) < len(names):
         raise SystemExit(f'error: --identity: two people named {", ".join(sorted(n for n in set(names) if names.count(n) > 1))} '
                          '(their photos\' folders; with --init, someone its run already forgot): rename a folder or drop one')

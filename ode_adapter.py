@@ -237,8 +237,9 @@ def param_report(G):
     """(trainable, frozen) parameter counts, printed as one line."""
     trainable = sum(p.numel() for p in G.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in G.parameters() if not p.requires_grad)
+    generator = sum(p.numel() for n, p in G.named_parameters() if '.adapter.' not in n)  # without the adapters
     print(f'parameters: {trainable:,} trainable ({"adapters" if adapters(G) else "the synthesis network"}), {frozen:,} frozen '
-          f'({100 * trainable / max(frozen, 1):.2f}% of the generator)')
+          f'({100 * trainable / max(generator, 1):.2f}% of the generator\'s {generator:,})')
     return trainable, frozen
 
 

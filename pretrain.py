@@ -230,8 +230,10 @@ def save(n, args, photos, names):
     """The whole state, the aligned photos with it (a resume needs no dlib), written atomically; never one that
     diverged (NaN or Inf weights): the last good state stays."""
     if not all(torch.isfinite(p).all() for m in (n.G, n.G_ema, n.D) for p in m.parameters()):
-        raise FloatingPointError(f'the weights hold NaN or Inf at step {n.step}; {args.out}/ckpt.pt keeps the last '
-                                 'good state: resume it with a lower --lr')
+        kept = os.path.exists(os.path.join(args.out, 'ckpt.pt'))
+        raise FloatingPointError(f'the weights hold NaN or Inf at step {n.step}; ' + (
+            f'{args.out}/ckpt.pt keeps the last good state: resume it with a lower --lr' if kept else
+            'nothing was kept: start again with a lower --lr'))
     atomic_save({'photos': photos.cpu(), 'names': names, 'config': n.cfg.__dict__, 'G': n.G.state_dict(), 'G_ema': n.G_ema.state_dict(), 'D': n.D.state_dict(),
                  'optG': n.optG.state_dict(), 'optD': n.optD.state_dict(), 'gen': n.gen.get_state(),
                  'cpu_rng': torch.get_rng_state(), 'step': n.step, 'wall': n.wall, 'args': vars(args)},

@@ -104,8 +104,8 @@ def load_init(cfg, sha):
     if meta.get('generator_sha', sha) != sha:
         raise CheckpointError(f'--init {cfg.init}: trained on other generator weights than --ckpt {cfg.ckpt}; pass the '
                               'generator it was trained on with --ckpt')
-    if meta.get('kind') != cfg.adapter or meta['adapter']['hidden'] != cfg.hidden:
-        raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {meta['adapter']['hidden']}) are "
+    if meta.get('kind') != cfg.adapter or (meta.get('adapter') or {}).get('hidden') != cfg.hidden:
+        raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {(meta.get('adapter') or {}).get('hidden')}) are "
                          f'not this run\'s ({cfg.adapter}, hidden {cfg.hidden}); pass the same --adapter and --hidden')
     forgotten_already(meta, cfg)
     mine = {'T': cfg.t_end, 'h': cfg.step, 'solver': cfg.solver, 'backend': cfg.backend}

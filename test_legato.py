@@ -629,6 +629,14 @@ def test_adaptive_and_adjoint_backends_match_plain_solves():
     assert 3.5 < coarse / fine < 4.5, (coarse, fine)
 
 
+def test_parameter_line_counts_the_generator_without_its_adapters(capsys):
+    G = Generator(tiny_cfg())
+    n = sum(p.numel() for p in G.parameters())
+    assert param_report(G.requires_grad_(True)) == (n, 0) and "100.00% of the generator's" in capsys.readouterr().out
+    trainable, frozen = param_report(attach_adapters(G, hidden=16))  # the adapters beside the whole frozen generator
+    assert frozen == n and f'{100 * trainable / n:.2f}% of the generator\'s {n:,}' in capsys.readouterr().out
+
+
 def test_adapter_params_and_fp16_input():
     G = attach_adapters(Generator(GeneratorConfig(img_resolution=256, channel_base=32768)))
     trainable, frozen = param_report(G)
@@ -1460,6 +1468,9 @@ def test_composed_runs_are_evaluated_as_one_run_of_all_their_people(tmp_path):
     for other, msg in ((rk4, 'its solver or step differs'), (full, 'not an --adapter ode run')):
         with pytest.raises(SystemExit, match=msg):
             evaluate.main([str(ob), str(other), '--compose', '--out', str(tmp_path / 'x'), '--samples', '2'])
+    with pytest.raises(SystemExit, match='a full fine-tune, no adapters to start from'):  # nor an --init
+        train.main(['--out', str(tmp_path / 'y'), '--init', str(full), '--identity', 'seed:4', '--retain', 'none'])
+    assert not (tmp_path / 'y').exists()
     with pytest.raises(SystemExit, match='--out FOLDER'):
         evaluate.main([str(ob), str(bi), '--compose', '--samples', '2'])
     shutil.copytree(ob, tmp_path / 'obama_again')  # his forgetting twice is not two people's: both scripts refuse
@@ -2242,7 +2253,7 @@ EVAL_CASES = [  # (script, flags, what the one line says); RUN is the tiny run
     ('evaluate', ['RUN', '--real', 'negative.npz'], 'sigma is not a covariance (not symmetric, or a negative eigen'),
     ('evaluate', ['RUN', '--faceres', 'text.npz'], 'text.npz: not a TF.js graph model'),  # before any measurement
     ('sample', ['RUN', '--frames', '5'], '--frames 5 is read by --gif only; add --gif'),
-    ('evaluate', ['RUN', '--scale'], 'scale.json: exists and is not a JSON file (it would be replaced)'),
+    ('evaluate', ['RUN', '--scale'], 'scale.json: a file of yours where --scale writes its table'),
     ('evaluate', ['RUN', 'BADMETRICS', '--compose', '--out', 'nophotos'], '--out nophotos: a train.py run folder'),
     ('evaluate', ['RUN', '--curve', '--out', 'run/before_after.png'], 'exists and is not an earlier --curve picture'),
     ('evaluate', ['RUN', '--samples', '0'], '--samples must be >= 2'),
@@ -2714,7 +2725,7 @@ PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
                   (['--out', 'link'], '--out link: a symbolic link; pass the folder it points to'),
                   (['--report', 'g.pt', '--faces', 'nowhere'], '--faces nowhere: not a folder of identity folders'),
                   (['--out', 'faces'], '--out faces: a folder of other files (not a pretrain.py run)'),  # or . or /
-                  (['--lr', '1e30', '--iters', '2'], 'the weights hold NaN or Inf at step 2'),  # nothing saved
+                  (['--lr', '1e30', '--iters', '2'], 'NaN or Inf at step 2; nothing was kept: start again'),
                   (['--export', 'baby.pt'], '--export baby.pt: exists and is not an earlier export of this generator')]
 
 
