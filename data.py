@@ -20,6 +20,7 @@ from model import FullyConnectedLayer, seed_latents
 from perceptual import IDFeatureDistance
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp'}
+LATENT_EXTS = ('.pt', '.pth', '.npy')  # --identity files that hold latents, not photos
 MIN_SIZE = 64  # smaller photos hold too little of a face to align or recognise
 
 
@@ -316,7 +317,7 @@ def resolve_identity(spec, G, id_net, steps=300, encoder=None):
     seed = seed_of(spec)
     if seed is not None:
         return seed_latents(G, [seed]), {'kind': 'seed', 'seed': seed}
-    if Path(spec).is_file() and Path(spec).suffix.lower() in ('.pt', '.pth', '.npy'):
+    if Path(spec).is_file() and Path(spec).suffix.lower() in LATENT_EXTS:
         return load_latent(spec, G).to(dev), {'kind': 'latent', 'path': spec}
     faces, names = load_faces(spec, G.cfg.img_resolution, framing=G.cfg.framing)
     ws, mse, dist = invert(G, faces, id_net, steps=steps, start=encode(encoder, faces))

@@ -471,12 +471,13 @@ def check(args):
     if args.faceres:
         FaceRes(args.faceres)  # a wrong file: now, not after the first measurements
     if args.real and Path(args.real).is_dir():
-        for f in list_photos(args.real):  # a folder without photos, or an unreadable one: now, not after the minutes
+        reals = list_photos(args.real)
+        for f in reals:  # a folder without photos, or an unreadable one: now, not after the minutes
             try:
                 Image.open(f).close()  # the header only: the pixels are read when the statistics are taken
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise ValueError(f'--real {f}: not a readable image ({type(e).__name__}); remove it or replace it')
-        if len(list_photos(args.real)) < 2:
+        if len(reals) < 2:
             raise ValueError(f'--real {args.real}: one photo; a covariance needs two or more (thousands, for a '
                              'Frechet distance worth reading)')
     elif args.real and not str(args.real).endswith('.npz'):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import IMAGE_EXTS, DataError, seed_of
+from data import IMAGE_EXTS, LATENT_EXTS, DataError, seed_of
 from ddp import max_over_ranks
 from helpers import (ROOT, CheckpointError, atomic_save, busy, contents, device, in_repo, load, own, own_line, people_of,
                      portable)
@@ -127,7 +127,7 @@ def check_people(identity):
         if seed is None and not Path(p).exists():
             raise SystemExit(f'error: --identity {p}: no such file or folder; pass a photo, a folder of photos, a '
                              'latent or seed:N')
-        latent = Path(p).suffix.lower() in ('.pt', '.pth', '.npy')
+        latent = Path(p).suffix.lower() in LATENT_EXTS
         folder = None if seed is not None or latent else Path(p) if Path(p).is_dir() else Path(p).parent
         keys.append({seed} if seed is not None else contents(p) | ({portable(folder)} if folder else set()))
         folders += [folder] if folder else []
@@ -163,7 +163,7 @@ def check(cfg, out):
         raise SystemExit('error: --lpips_lin needs --vgg (the VGG16 weights its linear heads sit on)')
     if cfg.retain != 'none' and not Path(cfg.retain).is_dir():
         raise SystemExit(f'error: --retain {cfg.retain}: no such folder; pass a folder of identity folders, or none')
-    for p in [] if cfg.init else [p for p in cfg.identity if Path(p).suffix.lower() in ('.pt', '.pth', '.npy')]:
+    for p in [] if cfg.init else [p for p in cfg.identity if Path(p).suffix.lower() in LATENT_EXTS]:
         try:  # a latent file is read now, not after the photos' inversions
             x = load(p, 'a latent file') if not p.endswith('.npy') else np.load(p, allow_pickle=False)
         except (CheckpointError, OSError, ValueError) as e:
@@ -361,10 +361,11 @@ def restore(S, R, ck, dev):
     too on the same kind of device (another one gets a new stream, from the seed and the step)."""
     if ck['synthesis'].keys() != trainable_state(S.G, R.cfg.adapter == 'full').keys():  # strict=False: kept at init
         raise CheckpointError(f'{R.out}/ckpt.pt: its weights are not this run\'s adapters; start a new --out')
+    same_kind = torch.device(ck['args']['device']).type == dev.type  # of device: the random stream goes on
     try:  # a state edited by hand, or another version's: one line, not torch's text about parameter groups
         S.G.synthesis.load_state_dict(ck['synthesis'], strict=False)
         S.opt.load_state_dict(ck['opt'])
-        if torch.device(ck['args']['device']).type == dev.type:
+        if same_kind:
             S.gen.set_state(ck['gen'])  # generator states are CPU byte tensors, CUDA ones too
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f'{R.out}/ckpt.pt: its optimiser or random state does not fit this run ('
@@ -373,7 +374,7 @@ def restore(S, R, ck, dev):
         if not isinstance(ck.get('ws_t'), torch.Tensor) or ck['ws_t'].shape != S.ws_u.shape:
             raise CheckpointError(f"{R.out}/ckpt.pt: holds no targets of its forgotten latents; start a new --out")
     R.step, R.wall = ck['step'], ck['wall']
-    if torch.device(ck['args']['device']).type != dev.type:  # a CPU stream cannot go on on a GPU: a new one
+    if not same_kind:  # a CPU stream cannot go on on a GPU: a new one
         S.gen.manual_seed(R.cfg.seed + R.step)
         print(f'resuming a {ck["args"]["device"]} run on {dev}: new random stream (seed {R.cfg.seed} + step {R.step})')
     print(f'resumed {R.out}/ckpt.pt at step {R.step}')

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from data import DataError, list_photos, load_faces, load_latent, resolve_identity, seed_of
+from data import LATENT_EXTS, DataError, list_photos, load_faces, load_latent, resolve_identity, seed_of
 from ddp import distributed, from_rank0
 from helpers import CheckpointError, contents, device, people_of
 from lifecycle import check_people, default_out, keep_photos, launcher, name_of
@@ -104,9 +104,10 @@ def load_init(cfg, sha):
     if meta.get('generator_sha', sha) != sha:
         raise CheckpointError(f'--init {cfg.init}: trained on other generator weights than --ckpt {cfg.ckpt}; pass the '
                               'generator it was trained on with --ckpt')
-    if meta.get('kind') != cfg.adapter or (meta.get('adapter') or {}).get('hidden') != cfg.hidden:
-        raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {(meta.get('adapter') or {}).get('hidden')}) are "
-                         f'not this run\'s ({cfg.adapter}, hidden {cfg.hidden}); pass the same --adapter and --hidden')
+    hidden = (meta.get('adapter') or {}).get('hidden')  # a full fine-tune stores no adapter settings
+    if meta.get('kind') != cfg.adapter or hidden != cfg.hidden:
+        raise ValueError(f"--init {cfg.init}: its adapters ({meta.get('kind')}, hidden {hidden}) are not this run's "
+                         f'({cfg.adapter}, hidden {cfg.hidden}); pass the same --adapter and --hidden')
     forgotten_already(meta, cfg)
     mine = {'T': cfg.t_end, 'h': cfg.step, 'solver': cfg.solver, 'backend': cfg.backend}
     if cfg.adapter == 'ode' and any(meta['adapter'][k] != v for k, v in mine.items()):  # its people were forgotten there
@@ -155,11 +156,10 @@ def each(argv, cfg, start, run):
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     check_people([p for _, p in people])  # nobody twice, each there: before the first run, not hours in
-    G = Generator.from_checkpoint(cfg.ckpt) if any(Path(p).suffix.lower() in ('.pt', '.pth', '.npy')
-                                                   for _, p in people) else None
+    G = Generator.from_checkpoint(cfg.ckpt) if any(Path(p).suffix.lower() in LATENT_EXTS for _, p in people) else None
     for name, p in people:  # every person's photos and latents, before the first run: a faceless folder fails now
         try:
-            if Path(p).suffix.lower() in ('.pt', '.pth', '.npy'):
+            if Path(p).suffix.lower() in LATENT_EXTS:
                 load_latent(p, G)
             elif seed_of(p) is None:
                 load_faces(list_photos(p)[0], 64)  # the first photo: the kept person's latent in the others' runs

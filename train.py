@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data import DataError, load_encoder
 from ddp import distributed, max_over_ranks, together
-from helpers import ROOT, CheckpointError, Parser, cli, digest, keep_freed_memory, out_folder, own_line, people_of
+from helpers import ROOT, CheckpointError, Defaults, Parser, cli, digest, keep_freed_memory, out_folder, own_line, people_of
 from id_net import ID_NETS, load_id_net
 from lifecycle import (MAY_CHANGE_FLAGS, Signals, abandon, check, claim, default_out, launcher, log_losses,
                        read_checkpoint, restore, resumed, save_checkpoint, save_snapshot, write_results)
@@ -121,13 +121,12 @@ class Config:
 def parser(only_given=False):
     """The command line, one flag per Config field (only_given: parse to just the flags on the command line); @FILE
     reads flags from a file, e.g. an experiment of config/ (one or more a line, # comments)."""
-    p = Parser(description=__doc__.split('\n\n')[0], fromfile_prefix_chars='@',
+    p = Parser(description=__doc__.split('\n\n')[0], fromfile_prefix_chars='@', formatter_class=Defaults,
                                 epilog=f"--resume restores the run's settings; only {MAY_CHANGE_FLAGS} may differ "
                                        "(--ckpt: the same weights in another file or folder)",
                                 argument_default=argparse.SUPPRESS if only_given else None)
     for f in fields(Config):
         h = f.metadata['help'].replace('%', '%%')  # argparse %-formats the help text
-        h += '' if f.default in (None, False) else f' (default: {f.default})'
         if f.type is list:  # --identity, given once per person
             p.add_argument(f'--{f.name}', action='append', help=h)
         elif f.type is bool:
