@@ -4,7 +4,8 @@ people of assets/faces: on a CPU in the background for hours (assets/README.md),
 
 Objective, per step: StyleGAN2's non-saturating GAN loss with lazy R1 on a resnet discriminator, the teacher as an
 endless source of real images; distillation: the same z drawn by the teacher and by G, G pulled onto the teacher's
-image (L1, full size and 4x pooled), so every teacher person has a latent in G; and anchors: each photo of
+image (L1, full size and 4x pooled, and an LPIPS-style distance of the identity network's feature maps, which
+sharpens what L1 blurs), so every teacher person has a latent in G; and anchors: each photo of
 assets/faces, aligned to the teacher's framing, has a fixed latent whose image is pulled to the photo (L1 and dlib's
 identity distance), so the real people can be inverted and forgotten. A generator EMA is what gets exported.
 
@@ -34,6 +35,7 @@ from helpers import (ROOT, CheckpointError, Defaults, Parser, atomic_save, busy,
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, cpp_judged, eval_latents
 from lifecycle import Signals
+from perceptual import IDFeatureDistance
 from model import Generator, GeneratorConfig, bias_act, generate, setup_filter, upfirdn2d
 from teacher import FRAMING, Z_DIM, load_teacher
 
@@ -119,6 +121,8 @@ def parser():
     p.add_argument('--r1_every', type=int, default=16)
     p.add_argument('--distill', type=float, default=10.0, help="weight of the L1 to the teacher's image of the same z "
                    '(1 until step 6,285 of the committed state)')
+    p.add_argument('--perc', type=float, default=1.0, help="weight of the identity network's feature distance of G's "
+                   "image to the teacher's, same z (0 until step 8,447)")
     p.add_argument('--rec', type=float, default=10.0, help='weight of the anchor-latent L1 reconstruction')
     p.add_argument('--rec_id', type=float, default=1.0, help='weight of the dlib identity distance of the anchor images')
     p.add_argument('--ema_kimg', type=float, default=5.0, help='EMA half-life in thousands of images')
@@ -266,23 +270,26 @@ def distill_l1(img, target):
     return (img - target).abs().mean() + (F.avg_pool2d(img, 4) - F.avg_pool2d(target, 4)).abs().mean()
 
 
-def g_step(n, T, photos, emb_photos, idn, args, dev):
-    """Non-saturating loss and distillation on one batch, plus up to 4 anchors -> (GAN loss, distill L1, anchor L1,
-    anchor identity distance)."""
+def g_step(n, T, photos, emb_photos, perc, args, dev):
+    """Non-saturating loss and distillation on one batch, plus up to 4 anchors -> (GAN loss, distill L1, feature
+    distance, anchor L1, anchor identity distance). perc: the identity network's feature distance (perc.net its
+    descriptors)."""
     z = draw_z(n, args, dev)
     img = n.G.synthesis(n.G.mapping(z, update_w_avg=True), noise_mode='random')
     loss = F.softplus(-n.D(img)).mean()
     with torch.no_grad():
         target = T(z)
+        target_feats = perc.features(target) if args.perc else None
     dis = distill_l1(img, target)
+    feat = perc(perc.features(img), target_feats).mean() if args.perc else torch.zeros(())
     a = torch.randint(len(photos), (min(4, len(photos)),), generator=n.gen, device=dev)
     rcn = n.G(n.anchors[a], noise_mode='const')
     rec = (rcn - photos[a]).abs().mean()
-    rec_id = idn.distance(idn.embed(rcn), emb_photos[a]).mean()
+    rec_id = perc.net.distance(perc.net.embed(rcn), emb_photos[a]).mean()
     n.optG.zero_grad(set_to_none=True)
-    (loss + args.distill * dis + args.rec * rec + args.rec_id * rec_id).backward()
+    (loss + args.distill * dis + args.perc * feat + args.rec * rec + args.rec_id * rec_id).backward()
     n.optG.step()
-    return loss, dis, rec, rec_id
+    return loss, dis, feat, rec, rec_id
 
 
 @torch.no_grad()
@@ -416,7 +423,7 @@ def check(args):
     for k in ('lr', 'mapping_lr', 'ema_kimg'):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number > 0')
-    for k in ('r1', 'distill', 'rec', 'rec_id'):
+    for k in ('r1', 'distill', 'perc', 'rec', 'rec_id'):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number >= 0 (0: the term off)')
     if not args.out:
@@ -472,19 +479,19 @@ def export(n, args, names):
     print(f'exported G_ema at step {n.step} to {args.export}')
 
 
-def train(n, T, photos, names, emb_photos, idn, log, args, dev):
+def train(n, T, photos, names, emb_photos, perc, log, args, dev):
     """Steps until --iters or Ctrl-C / SIGTERM (then between steps), logging, sampling, checkpointing."""
     t0 = time.time()
     with Signals() as stop, tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
         while n.step < args.iters and not stop.sig:
             loss_d = d_step(n, T, args, dev)
-            loss_g, dis, rec, rec_id = g_step(n, T, photos, emb_photos, idn, args, dev)
+            loss_g, dis, feat, rec, rec_id = g_step(n, T, photos, emb_photos, perc, args, dev)
             ema(n, args)
             n.step += 1
             pbar.update(1)
             if n.step % 50 == 0:
                 logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'distill': dis.item(),
-                          'rec': rec.item(), 'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
+                          'perc': feat.item(), 'rec': rec.item(), 'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
                 if not all(math.isfinite(v) for v in logged.values()):
                     raise FloatingPointError(f'non-finite loss at step {n.step}: {logged}; the last checkpoint is kept')
                 pbar.set_postfix({k: f'{v:.3f}' for k, v in logged.items() if k not in ('step', 'wall')})
@@ -504,13 +511,14 @@ def train(n, T, photos, names, emb_photos, idn, log, args, dev):
 
 
 def start(args, dev):
-    """--out's state (or None), the photos (the state's own, aligned when it was begun), the identity network and its
-    descriptors of the photos."""
+    """--out's state (or None), the photos (the state's own, aligned when it was begun), the identity network's feature
+    distance (cropping by the teacher's framing; dlib's descriptor the FFHQ crop until step 8,447) and its descriptors
+    of the photos."""
     ck = load_state(args, dev)
     photos, names = (ck['photos'].to(dev), ck['names']) if ck and 'photos' in ck else load_anchor_photos(args, dev)
-    idn = DlibFaceNet().to(dev)
+    perc = IDFeatureDistance(DlibFaceNet(framing=FRAMING)).to(dev)
     with torch.no_grad():
-        return ck, photos, names, idn, idn.embed(photos)
+        return ck, photos, names, perc, perc.net.embed(photos)
 
 
 def main(argv=None):
@@ -530,8 +538,8 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         with own(args.out) as log:  # one process at a time: the state is read under the lock
             try:
-                ck, photos, names, idn, emb_photos = start(args, dev)
-                train(build(args, len(photos), dev, ck), T, photos, names, emb_photos, idn, log, args, dev)
+                ck, photos, names, perc, emb_photos = start(args, dev)
+                train(build(args, len(photos), dev, ck), T, photos, names, emb_photos, perc, log, args, dev)
             except (CheckpointError, DataError, ValueError, FloatingPointError):
                 if made and not os.path.exists(os.path.join(args.out, 'ckpt.pt')):  # a photo without a face, a first
                     shutil.rmtree(args.out, ignore_errors=True)                      # step that diverged: nothing stays
