@@ -35,8 +35,8 @@ from helpers import (ROOT, CheckpointError, Defaults, Parser, atomic_save, busy,
 from id_net import DlibCpp, DlibFaceNet, FaceRes
 from judges import CALIBRATION_SEED, cpp_judged, eval_latents
 from lifecycle import Signals
-from perceptual import IDFeatureDistance
 from model import Generator, GeneratorConfig, bias_act, generate, setup_filter, upfirdn2d
+from perceptual import IDFeatureDistance
 from teacher import FRAMING, Z_DIM, load_teacher
 
 # -----------------------------------------------------------------------------
@@ -279,9 +279,8 @@ def g_step(n, T, photos, emb_photos, perc, args, dev):
     loss = F.softplus(-n.D(img)).mean()
     with torch.no_grad():
         target = T(z)
-        target_feats = perc.features(target) if args.perc else None
     dis = distill_l1(img, target)
-    feat = perc(perc.features(img), target_feats).mean() if args.perc else torch.zeros(())
+    feat = perc(perc.features(img), perc.features(target)).mean() if args.perc else torch.zeros(())
     a = torch.randint(len(photos), (min(4, len(photos)),), generator=n.gen, device=dev)
     rcn = n.G(n.anchors[a], noise_mode='const')
     rec = (rcn - photos[a]).abs().mean()
@@ -504,7 +503,6 @@ def train(n, T, photos, names, emb_photos, perc, log, args, dev):
                 save(n, args, photos, names)
     n.wall += time.time() - t0
     save(n, args, photos, names)
-
     print(f'saved {os.path.join(args.out, "ckpt.pt")} at step {n.step}' + (' (interrupted)' if stop.sig else ''))
     if stop.sig:  # exit 130 / 143 as a shell does, so `pretrain.py && ...` stops here
         raise SystemExit(128 + stop.sig)
@@ -512,8 +510,7 @@ def train(n, T, photos, names, emb_photos, perc, log, args, dev):
 
 def start(args, dev):
     """--out's state (or None), the photos (the state's own, aligned when it was begun), the identity network's feature
-    distance (cropping by the teacher's framing; dlib's descriptor the FFHQ crop until step 8,447) and its descriptors
-    of the photos."""
+    distance (cropping by the teacher's framing) and its descriptors of the photos."""
     ck = load_state(args, dev)
     photos, names = (ck['photos'].to(dev), ck['names']) if ck and 'photos' in ck else load_anchor_photos(args, dev)
     perc = IDFeatureDistance(DlibFaceNet(framing=FRAMING)).to(dev)
