@@ -5,7 +5,9 @@ people of assets/faces: on a CPU in the background for hours (assets/README.md),
 Objective, per step: StyleGAN2's non-saturating GAN loss with lazy R1 on a resnet discriminator, the teacher as an
 endless source of real images; distillation: the same z drawn by the teacher and by G, G pulled onto the teacher's
 image (L1, full size and 4x pooled, and an LPIPS-style distance of the identity network's feature maps, which
-sharpens what L1 blurs), so every teacher person has a latent in G; and anchors: each photo of
+sharpens what L1 blurs), so every teacher person has a latent in G; relational: the feature distance of every pair
+of G's images in the batch matched to the teacher's pair of the same z, so G's people lie as far apart as the
+teacher's (without it G drew a 'mean face', dlib's pairs 5-8x the teacher's same-person share); and anchors: each photo of
 assets/faces, aligned to the teacher's framing, has a fixed latent whose image is pulled to the photo (L1 and dlib's
 identity distance), so the real people can be inverted and forgotten. A generator EMA is what gets exported.
 
@@ -123,6 +125,8 @@ def parser():
                    '(1 until step 6,285 of the committed state)')
     p.add_argument('--perc', type=float, default=1.0, help="weight of the identity network's feature distance of G's "
                    "image to the teacher's, same z (0 until step 8,447)")
+    p.add_argument('--rel', type=float, default=1.0, help="weight of the relational term: each pair's feature distance "
+                   "in G's batch matched to the teacher's pair (0 until step 15,325)")
     p.add_argument('--rec', type=float, default=10.0, help='weight of the anchor-latent L1 reconstruction')
     p.add_argument('--rec_id', type=float, default=1.0, help='weight of the dlib identity distance of the anchor images')
     p.add_argument('--ema_kimg', type=float, default=5.0, help='EMA half-life in thousands of images')
@@ -270,25 +274,35 @@ def distill_l1(img, target):
     return (img - target).abs().mean() + (F.avg_pool2d(img, 4) - F.avg_pool2d(target, 4)).abs().mean()
 
 
+def relational(perc, fg, ft):
+    """Mean |d(G's images i, k) - d(teacher's i, k)| over the batch's pairs, d the feature distance perc: the
+    teacher's spread between people taught directly, which per-image distillation leaves to regress to a mean."""
+    i, k = torch.triu_indices(len(fg[0]), len(fg[0]), 1, device=fg[0].device)
+    pairs = lambda f: perc([x[i] for x in f], [x[k] for x in f])
+    return (pairs(fg) - pairs(ft)).abs().mean()
+
+
 def g_step(n, T, photos, emb_photos, perc, args, dev):
     """Non-saturating loss and distillation on one batch, plus up to 4 anchors -> (GAN loss, distill L1, feature
-    distance, anchor L1, anchor identity distance). perc: the identity network's feature distance (perc.net its
-    descriptors)."""
+    distance, relational term, anchor L1, anchor identity distance). perc: the identity network's feature distance
+    (perc.net its descriptors)."""
     z = draw_z(n, args, dev)
     img = n.G.synthesis(n.G.mapping(z, update_w_avg=True), noise_mode='random')
     loss = F.softplus(-n.D(img)).mean()
     with torch.no_grad():
         target = T(z)
     dis = distill_l1(img, target)
-    feat = perc(perc.features(img), perc.features(target)).mean() if args.perc else torch.zeros(())
+    fg, ft = (perc.features(img), perc.features(target)) if args.perc or args.rel else (None, None)
+    feat = perc(fg, ft).mean() if args.perc else torch.zeros(())
+    rel = relational(perc, fg, ft) if args.rel else torch.zeros(())
     a = torch.randint(len(photos), (min(4, len(photos)),), generator=n.gen, device=dev)
     rcn = n.G(n.anchors[a], noise_mode='const')
     rec = (rcn - photos[a]).abs().mean()
     rec_id = perc.net.distance(perc.net.embed(rcn), emb_photos[a]).mean()
     n.optG.zero_grad(set_to_none=True)
-    (loss + args.distill * dis + args.perc * feat + args.rec * rec + args.rec_id * rec_id).backward()
+    (loss + args.distill * dis + args.perc * feat + args.rel * rel + args.rec * rec + args.rec_id * rec_id).backward()
     n.optG.step()
-    return loss, dis, feat, rec, rec_id
+    return loss, dis, feat, rel, rec, rec_id
 
 
 @torch.no_grad()
@@ -422,7 +436,7 @@ def check(args):
     for k in ('lr', 'mapping_lr', 'ema_kimg'):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number > 0')
-    for k in ('r1', 'distill', 'perc', 'rec', 'rec_id'):
+    for k in ('r1', 'distill', 'perc', 'rel', 'rec', 'rec_id'):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number >= 0 (0: the term off)')
     if not args.out:
@@ -484,13 +498,13 @@ def train(n, T, photos, names, emb_photos, perc, log, args, dev):
     with Signals() as stop, tqdm(total=args.iters, initial=n.step, desc='pretrain', dynamic_ncols=True) as pbar:
         while n.step < args.iters and not stop.sig:
             loss_d = d_step(n, T, args, dev)
-            loss_g, dis, feat, rec, rec_id = g_step(n, T, photos, emb_photos, perc, args, dev)
+            loss_g, dis, feat, rel, rec, rec_id = g_step(n, T, photos, emb_photos, perc, args, dev)
             ema(n, args)
             n.step += 1
             pbar.update(1)
             if n.step % 50 == 0:
                 logged = {'step': n.step, 'loss_d': loss_d.item(), 'loss_g': loss_g.item(), 'distill': dis.item(),
-                          'perc': feat.item(), 'rec': rec.item(), 'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
+                          'perc': feat.item(), 'rel': rel.item(), 'rec': rec.item(), 'rec_id': rec_id.item(), 'wall': n.wall + time.time() - t0}
                 if not all(math.isfinite(v) for v in logged.values()):
                     raise FloatingPointError(f'non-finite loss at step {n.step}: {logged}; the last checkpoint is kept')
                 pbar.set_postfix({k: f'{v:.3f}' for k, v in logged.items() if k not in ('step', 'wall')})

@@ -1850,6 +1850,21 @@ def random_teacher(path):
     return path
 
 
+def test_relational_term_is_zero_when_g_spreads_people_as_the_teacher_does():
+    """pretrain.relational: 0 when G's batch has the teacher's pair distances (its people in any order of the same
+    geometry), > 0 when G collapses them to one face, and its gradient moves a collapsed batch apart."""
+    perc = IDFeatureDistance(None)
+    ft = [torch.randn(4, 3, 5, 5), torch.randn(4, 6, 2, 2)]
+    assert pretrain.relational(perc, ft, ft).item() == 0
+    assert pretrain.relational(perc, [f.flip(1) for f in ft], ft).item() == pytest.approx(0, abs=1e-6)  # channel order
+    fg = [(f[:1] + 0.01 * torch.randn_like(f)).requires_grad_() for f in ft]  # every image nearly the same face
+    loss = pretrain.relational(perc, fg, ft)
+    assert loss.item() > 0.1
+    loss.backward()
+    with torch.no_grad():
+        assert pretrain.relational(perc, [f - 1.0 * f.grad for f in fg], ft) < loss
+
+
 def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
     common = ['--out', str(tmp_path / 'run'), '--teacher', str(random_teacher(tmp_path / 'weights.tar')), '--wdim', '16',
               '--channels', '16', '--channel_base', '256', '--dchannels', '8', '--mapping', '2', '--batch', '2',
