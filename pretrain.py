@@ -7,7 +7,7 @@ endless source of real images; distillation: the same z drawn by the teacher and
 image (L1, full size and 4x pooled, and an LPIPS-style distance of the identity network's feature maps, which
 sharpens what L1 blurs), so every teacher person has a latent in G; relational: the feature and descriptor distances of
 every pair of G's images in the batch matched to the teacher's pair of the same z, so G's people lie as far apart as the
-teacher's (without it G drew a 'mean face', dlib's pairs 5-8x the teacher's same-person share); and anchors: each photo of
+teacher's (without it G drew a 'mean face', dlib's pairs 8-14x the teacher's same-person share); and anchors: each photo of
 assets/faces, aligned to the teacher's framing, has a fixed latent whose image is pulled to the photo (L1 and dlib's
 identity distance), so the real people can be inverted and forgotten. A generator EMA is what gets exported.
 
@@ -126,8 +126,8 @@ def parser():
     p.add_argument('--perc', type=float, default=1.0, help="weight of the identity network's feature distance of G's "
                    "image to the teacher's, same z (0 until step 8,447)")
     p.add_argument('--rel', type=float, default=1.0, help="weight of the relational term: each pair's feature and "
-                   "descriptor distances in G's batch matched to the teacher's pair (0 until step 15,325; feature "
-                   "maps only until 17,498)")
+                   "descriptor distances in G's batch matched to the teacher's pair, whatever --perc is (0 until "
+                   "step 15,325; feature maps only until 17,498); needs --batch 2 or more")
     p.add_argument('--rec', type=float, default=10.0, help='weight of the anchor-latent L1 reconstruction')
     p.add_argument('--rec_id', type=float, default=1.0, help='weight of the dlib identity distance of the anchor images')
     p.add_argument('--ema_kimg', type=float, default=5.0, help='EMA half-life in thousands of images')
@@ -435,6 +435,9 @@ def check(args):
     for k, (lo, hi) in ints.items():
         if not lo <= getattr(args, k) <= hi:
             raise ValueError(f'--{k} {getattr(args, k)}: must be an integer from {lo} to {hi:,}')
+    if args.rel and args.batch < 2:
+        raise ValueError(f'--batch {args.batch} with --rel {args.rel}: the relational term needs pairs; give --batch 2 '
+                         'or more, or --rel 0')
     for k in ('lr', 'mapping_lr', 'ema_kimg'):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number > 0')

@@ -1851,8 +1851,9 @@ def random_teacher(path):
 
 
 def test_relational_term_is_zero_when_g_spreads_people_as_the_teacher_does():
-    """pretrain.relational: 0 when G's batch has the teacher's pair distances (its people in any order of the same
-    geometry), > 0 when G collapses them to one face, and its gradient moves a collapsed batch apart."""
+    """pretrain.relational: 0 when G's batch has the teacher's pair distances (an isometry of the teacher's: descriptors
+    negated, channels permuted), > 0 when G collapses them to one face, when either half alone is collapsed, or when
+    G draws the teacher's people for the wrong z; and its gradient moves a collapsed batch apart."""
     perc = IDFeatureDistance(types.SimpleNamespace(distance=lambda a, b: (a - b).norm(dim=-1)))
     t = (torch.randn(4, 16), [torch.randn(4, 3, 5, 5), torch.randn(4, 6, 2, 2)])
     assert pretrain.relational(perc, t, t).item() == 0
@@ -1865,8 +1866,10 @@ def test_relational_term_is_zero_when_g_spreads_people_as_the_teacher_does():
     with torch.no_grad():
         moved = [x - 0.5 * x.grad for x in g]
         assert pretrain.relational(perc, (moved[0], moved[1:]), t) < loss
-    only_desc = (g[0].detach(), t[1])  # the descriptors count on their own
-    assert pretrain.relational(perc, only_desc, t).item() > 0.1
+    only_desc, only_feat = (g[0].detach(), t[1]), (t[0], [x.detach() for x in g[1:]])  # each half counts on its own
+    assert pretrain.relational(perc, only_desc, t).item() > 0.1 and pretrain.relational(perc, only_feat, t).item() > 0.1
+    shuffled = (t[0][[1, 2, 3, 0]], [f[[1, 2, 3, 0]] for f in t[1]])  # each pair belongs to its two z
+    assert pretrain.relational(perc, shuffled, t).item() > 0.1
 
 
 def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
@@ -2737,6 +2740,7 @@ def test_train_inverts_with_an_encoder(tmp_path):
 PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
                   (['--mapping', '-1'], '--mapping -1: must be an integer from 1'),
                   (['--batch', '0'], '--batch 0: must be an integer from 1'), (['--lr', 'nan'], '--lr nan: must be'),
+                  (['--batch', '1'], '--batch 1 with --rel 1.0: the relational term needs pairs'),
                   (['--threads', '-1'], '--threads -1: must be'), (['--faces', 'nowhere'], '--faces nowhere: not a'),
                   (['--teacher', 'nowhere.whl'], 'nowhere.whl: no teacher weights'), (['--out', ''], "--out ''"),
                   (['--export', 'g.pt'], 'holds no trained state (step 0)'), (['--iters', '0'], '--iters 0'),
