@@ -5,9 +5,9 @@ people of assets/faces: on a CPU in the background for hours (assets/README.md),
 Objective, per step: StyleGAN2's non-saturating GAN loss with lazy R1 on a resnet discriminator, the teacher as an
 endless source of real images; distillation: the same z drawn by the teacher and by G, G pulled onto the teacher's
 image (L1, full size and 4x pooled, and an LPIPS-style distance of the identity network's feature maps, which
-sharpens what L1 blurs), so every teacher person has a latent in G; relational: the feature distance of every pair
-of G's images in the batch matched to the teacher's pair of the same z, so G's people lie as far apart as the
-teacher's (without it G drew a 'mean face', dlib's pairs 5-8x the teacher's same-person share); and anchors: each photo of
+sharpens what L1 blurs), so every teacher person has a latent in G; relational: the feature and descriptor distances of
+every pair of G's images in the batch matched to the teacher's pair of the same z, so G's people lie as far apart as the
+teacher's (without it G drew a 'mean face', dlib's pairs 8-14x the teacher's same-person share); and anchors: each photo of
 assets/faces, aligned to the teacher's framing, has a fixed latent whose image is pulled to the photo (L1 and dlib's
 identity distance), so the real people can be inverted and forgotten. A generator EMA is what gets exported.
 
@@ -125,8 +125,9 @@ def parser():
                    '(1 until step 6,285 of the committed state)')
     p.add_argument('--perc', type=float, default=1.0, help="weight of the identity network's feature distance of G's "
                    "image to the teacher's, same z (0 until step 8,447)")
-    p.add_argument('--rel', type=float, default=1.0, help="weight of the relational term: each pair's feature distance "
-                   "in G's batch matched to the teacher's pair (0 until step 15,325)")
+    p.add_argument('--rel', type=float, default=1.0, help="weight of the relational term: each pair's feature and "
+                   "descriptor distances in G's batch matched to the teacher's pair, whatever --perc is (0 until "
+                   "step 15,325; feature maps only until 17,498); needs --batch 2 or more")
     p.add_argument('--rec', type=float, default=10.0, help='weight of the anchor-latent L1 reconstruction')
     p.add_argument('--rec_id', type=float, default=1.0, help='weight of the dlib identity distance of the anchor images')
     p.add_argument('--ema_kimg', type=float, default=5.0, help='EMA half-life in thousands of images')
@@ -274,12 +275,13 @@ def distill_l1(img, target):
     return (img - target).abs().mean() + (F.avg_pool2d(img, 4) - F.avg_pool2d(target, 4)).abs().mean()
 
 
-def relational(perc, fg, ft):
-    """Mean |d(G's images i, k) - d(teacher's i, k)| over the batch's pairs, d the feature distance perc: the
-    teacher's spread between people taught directly, which per-image distillation leaves to regress to a mean."""
-    i, k = torch.triu_indices(len(fg[0]), len(fg[0]), 1, device=fg[0].device)
-    pairs = lambda f: perc([x[i] for x in f], [x[k] for x in f])
-    return (pairs(fg) - pairs(ft)).abs().mean()
+def relational(perc, g, t):
+    """Mean |d(G's images i, k) - d(teacher's i, k)| over the batch's pairs, summed over two d: perc's feature-map
+    distance and the identity network's descriptor distance (g, t: (descriptors, feature maps) of each batch). The
+    teacher's spread between people taught directly, which per-image distillation leaves to regress to a mean face."""
+    i, k = torch.triu_indices(len(g[0]), len(g[0]), 1, device=g[0].device)
+    pairs = lambda e, f: torch.stack([perc([x[i] for x in f], [x[k] for x in f]), perc.net.distance(e[i], e[k])])
+    return (pairs(*g) - pairs(*t)).abs().mean(1).sum()
 
 
 def g_step(n, T, photos, emb_photos, perc, args, dev):
@@ -292,9 +294,9 @@ def g_step(n, T, photos, emb_photos, perc, args, dev):
     with torch.no_grad():
         target = T(z)
     dis = distill_l1(img, target)
-    fg, ft = (perc.features(img), perc.features(target)) if args.perc or args.rel else (None, None)
-    feat = perc(fg, ft).mean() if args.perc else torch.zeros(())
-    rel = relational(perc, fg, ft) if args.rel else torch.zeros(())
+    g, t = (perc.net.features(img), perc.net.features(target)) if args.perc or args.rel else (None, None)
+    feat = perc(g[1], t[1]).mean() if args.perc else torch.zeros(())
+    rel = relational(perc, g, t) if args.rel else torch.zeros(())
     a = torch.randint(len(photos), (min(4, len(photos)),), generator=n.gen, device=dev)
     rcn = n.G(n.anchors[a], noise_mode='const')
     rec = (rcn - photos[a]).abs().mean()
@@ -433,6 +435,9 @@ def check(args):
     for k, (lo, hi) in ints.items():
         if not lo <= getattr(args, k) <= hi:
             raise ValueError(f'--{k} {getattr(args, k)}: must be an integer from {lo} to {hi:,}')
+    if args.rel and args.batch < 2:
+        raise ValueError(f'--batch {args.batch} with --rel {args.rel}: the relational term needs pairs; give --batch 2 '
+                         'or more, or --rel 0')
     for k in ('lr', 'mapping_lr', 'ema_kimg'):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0):
             raise ValueError(f'--{k} {getattr(args, k)}: must be a finite number > 0')

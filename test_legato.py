@@ -1851,18 +1851,25 @@ def random_teacher(path):
 
 
 def test_relational_term_is_zero_when_g_spreads_people_as_the_teacher_does():
-    """pretrain.relational: 0 when G's batch has the teacher's pair distances (its people in any order of the same
-    geometry), > 0 when G collapses them to one face, and its gradient moves a collapsed batch apart."""
-    perc = IDFeatureDistance(None)
-    ft = [torch.randn(4, 3, 5, 5), torch.randn(4, 6, 2, 2)]
-    assert pretrain.relational(perc, ft, ft).item() == 0
-    assert pretrain.relational(perc, [f.flip(1) for f in ft], ft).item() == pytest.approx(0, abs=1e-6)  # channel order
-    fg = [(f[:1] + 0.01 * torch.randn_like(f)).requires_grad_() for f in ft]  # every image nearly the same face
-    loss = pretrain.relational(perc, fg, ft)
+    """pretrain.relational: 0 when G's batch has the teacher's pair distances (an isometry of the teacher's: descriptors
+    negated, channels permuted), > 0 when G collapses them to one face, when either half alone is collapsed, or when
+    G draws the teacher's people for the wrong z; and its gradient moves a collapsed batch apart."""
+    perc = IDFeatureDistance(types.SimpleNamespace(distance=lambda a, b: (a - b).norm(dim=-1)))
+    t = (torch.randn(4, 16), [torch.randn(4, 3, 5, 5), torch.randn(4, 6, 2, 2)])
+    assert pretrain.relational(perc, t, t).item() == 0
+    flipped = (-t[0], [f.flip(1) for f in t[1]])  # the same geometry: descriptors negated, channels reordered
+    assert pretrain.relational(perc, flipped, t).item() == pytest.approx(0, abs=1e-5)
+    g = tuple((x[:1] + 0.01 * torch.randn_like(x)).requires_grad_() for x in [t[0], *t[1]])  # all nearly one face
+    loss = pretrain.relational(perc, (g[0], list(g[1:])), t)
     assert loss.item() > 0.1
     loss.backward()
     with torch.no_grad():
-        assert pretrain.relational(perc, [f - 1.0 * f.grad for f in fg], ft) < loss
+        moved = [x - 0.5 * x.grad for x in g]
+        assert pretrain.relational(perc, (moved[0], moved[1:]), t) < loss
+    only_desc, only_feat = (g[0].detach(), t[1]), (t[0], [x.detach() for x in g[1:]])  # each half counts on its own
+    assert pretrain.relational(perc, only_desc, t).item() > 0.1 and pretrain.relational(perc, only_feat, t).item() > 0.1
+    shuffled = (t[0][[1, 2, 3, 0]], [f[[1, 2, 3, 0]] for f in t[1]])  # each pair belongs to its two z
+    assert pretrain.relational(perc, shuffled, t).item() > 0.1
 
 
 def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
@@ -2733,6 +2740,7 @@ def test_train_inverts_with_an_encoder(tmp_path):
 PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
                   (['--mapping', '-1'], '--mapping -1: must be an integer from 1'),
                   (['--batch', '0'], '--batch 0: must be an integer from 1'), (['--lr', 'nan'], '--lr nan: must be'),
+                  (['--batch', '1'], '--batch 1 with --rel 1.0: the relational term needs pairs'),
                   (['--threads', '-1'], '--threads -1: must be'), (['--faces', 'nowhere'], '--faces nowhere: not a'),
                   (['--teacher', 'nowhere.whl'], 'nowhere.whl: no teacher weights'), (['--out', ''], "--out ''"),
                   (['--export', 'g.pt'], 'holds no trained state (step 0)'), (['--iters', '0'], '--iters 0'),
