@@ -370,8 +370,9 @@ def judged(imgs, cpp, faceres, desc):
 
 def recognised(emb, photo_emb, names, dist, thr):
     """Each inverted photo's image against every photo: its own, the nearest of another person, called it; obama_2
-    and obama_3 against the image of obama_1's latent."""
-    d = dist(emb[:, None], photo_emb[None])  # [inverted image, photo]
+    and obama_3 against the image of obama_1's latent, and against obama_1's photo (what the judge says of his own
+    photos at this size: the most an image of the generator can be asked to match)."""
+    d, dp = dist(emb[:, None], photo_emb[None]), dist(photo_emb[:, None], photo_emb[None])  # [inverted image / photo, photo]
     person = [n.split('_')[0] for n in names]
     out = {}
     for k, n in enumerate(names):
@@ -379,7 +380,8 @@ def recognised(emb, photo_emb, names, dist, thr):
         out[n] = {'own_photo': d[k, k].item(), 'nearest_other_person': other,
                   'recognised': bool(d[k, k] < min(thr, other))}
     o1 = names.index('obama_1')
-    out['heldout_vs_obama_1_latent'] = {n: {'distance': d[o1, names.index(n)].item()} for n in ('obama_2', 'obama_3')}
+    out['heldout_vs_obama_1_latent'] = {n: {'distance': d[o1, names.index(n)].item(),
+                                            'photo_to_photo': dp[o1, names.index(n)].item()} for n in ('obama_2', 'obama_3')}
     return out
 
 

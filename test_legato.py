@@ -1872,6 +1872,24 @@ def test_relational_term_is_zero_when_g_spreads_people_as_the_teacher_does():
     assert pretrain.relational(perc, shuffled, t).item() > 0.1
 
 
+def test_pretrain_report_recognises_by_own_photo_threshold_and_nearest_other():
+    """recognised(): own photo within the threshold and nearer than any other person's; the held-out Obama photos
+    against obama_1's latent and against obama_1's photo (the judge's own ceiling)."""
+    names = ['biden_1', 'hopper_1', 'obama_1', 'obama_2', 'obama_3']
+    photos = torch.tensor([[0., 0], [10, 0], [0, 10], [0, 10.3], [0, 10.6]])
+    inverted = photos + torch.tensor([[0.2, 0], [0.5, 0], [0, 0.1], [0.8, 0], [0, 0]])
+    dist = lambda a, b: (a - b).norm(dim=-1)  # noqa: E731
+    r = pretrain.recognised(inverted, photos, names, dist, 0.4)
+    assert r['biden_1'] == {'own_photo': pytest.approx(0.2), 'nearest_other_person': pytest.approx(9.8),
+                            'recognised': True}
+    assert not r['hopper_1']['recognised']  # 0.5 past the threshold
+    assert r['obama_2']['nearest_other_person'] == pytest.approx(dist(inverted[3], photos[0]).item())  # not obama_1's
+    assert not r['obama_2']['recognised'] and r['obama_3']['recognised']
+    assert r['heldout_vs_obama_1_latent'] == {
+        'obama_2': {'distance': pytest.approx(0.2), 'photo_to_photo': pytest.approx(0.3)},
+        'obama_3': {'distance': pytest.approx(0.5), 'photo_to_photo': pytest.approx(0.6)}}
+
+
 def test_pretrain_runs_resumes_and_exports(tmp_path, monkeypatch):
     common = ['--out', str(tmp_path / 'run'), '--teacher', str(random_teacher(tmp_path / 'weights.tar')), '--wdim', '16',
               '--channels', '16', '--channel_base', '256', '--dchannels', '8', '--mapping', '2', '--batch', '2',
