@@ -74,6 +74,24 @@ def eval_latents(G, n, seed, psi=0.7):
         return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
 
 
+NEIGHBOURS = 64  # a latent's neighbours of each kind
+MOVES = (0.1, 0.2)  # small moves in W: lengths as a share of a fresh sample's mean distance to w_avg
+
+
+def neighbours(G, w, seed, n=NEIGHBOURS):
+    """A latent's neighbourhood, n of each kind -> {kind: ws [n, L, C]}: 'mixed', w [1, L, C] with the styles of the
+    generator's top two resolutions (colour, light, fine texture: not who it is) from n fresh samples (psi 0.7);
+    'moved_r', w moved in W (the same step on every layer) in n random directions by r times the mean distance of a
+    fresh sample (psi 1) to w_avg, for r in MOVES."""
+    fine = G.synthesis.num_ws - 5  # the first style of the block at half the resolution
+    ws = eval_latents(G, n, seed)
+    mixed = torch.cat([w[:, :fine].expand(n, -1, -1), ws[:, fine:]], 1)
+    reach = (eval_latents(G, n, seed, psi=1)[:, 0] - G.mapping.w_avg).norm(dim=1).mean()
+    u = torch.randn(n, w.shape[-1], generator=torch.Generator().manual_seed(EVAL_STREAM + seed)).to(w.device)
+    u = u / u.norm(dim=1, keepdim=True)
+    return {'mixed': mixed, **{f'moved_{r:g}': w + (r * reach * u)[:, None] for r in MOVES}}
+
+
 def seeds(args):
     """--seed 1,2,3 -> [1, 2, 3]: the leak is counted on each, the rest on the first."""
     try:
@@ -189,6 +207,23 @@ class Panel:
         return {j: {n: [name(b), name(a)] for n, b, a in zip(names, self.recognise(j, eb[j])[0].tolist(),
                                                               self.recognise(j, ea[j])[0].tolist())}
                 for j in self.rules}
+
+    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed):
+        """His latent's neighbours (neighbours()), who they are before and after by each judge -> {kind: {judge:
+        {called_before, called_after, dist_before, dist_after}}}: the share the judge calls him (the nearest known
+        person within its threshold) and the mean distance to his nearest photo (faces found only)."""
+        out = {}
+        for kind, ws in neighbours(G_s, w, seed).items():
+            r = {}
+            for when, (G, kw) in (('before', (G_s, s_kw)), ('after', (G_u, u_kw))):
+                emb = self.drawn(G, ws, kw, f'neighbourhood: {kind}, {when}')
+                for j in self.rules:
+                    ids, d = self.recognise(j, emb[j])
+                    d = d[:, 0][d[:, 0].isfinite()]
+                    r.setdefault(j, {})[f'called_{when}'] = (ids == 0).float().mean().item()
+                    r[j][f'dist_{when}'] = d.mean().item() if len(d) else float('nan')
+            out[kind] = r
+        return out
 
     def counts(self, before, after):
         """leak_counts for each judge, from embed() of the same samples before and after; the samples that showed

@@ -1958,6 +1958,25 @@ def test_frechet_distance_matches_direct_computation():
     assert abs(judges.frechet_distance(mu1, s1, mu1, s1)) < 1e-6
 
 
+def test_neighbours_keep_who_and_move_by_the_stated_length(tiny_ckpt):
+    """judges.neighbours: mixed latents keep his styles below the top two resolutions and take the samples' above;
+    moves are one W step on every layer, of length r times a fresh sample's mean distance to w_avg."""
+    G = Generator.from_checkpoint(tiny_ckpt)
+    w = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(5)), psi=0.7)
+    hood = judges.neighbours(G, w, seed=3, n=6)
+    fine = G.synthesis.num_ws - 5
+    assert fine > 0 and torch.equal(hood['mixed'][:, :fine], w[:, :fine].expand(6, -1, -1))
+    assert torch.equal(hood['mixed'][:, fine:], judges.eval_latents(G, 6, 3)[:, fine:])
+    reach = (judges.eval_latents(G, 6, 3, psi=1)[:, 0] - G.mapping.w_avg).norm(dim=1).mean()
+    for r in judges.MOVES:
+        step = hood[f'moved_{r:g}'] - w  # [n, L, C]
+        assert torch.allclose(step, step[:, :1].expand_as(step))
+        assert torch.allclose(step[:, 0].norm(dim=1), r * reach * torch.ones(6), rtol=1e-5)
+    again = judges.neighbours(G, w, seed=3, n=6)
+    assert all(torch.equal(again[k], hood[k]) for k in hood)  # the evaluation seed fixes them
+    assert not torch.equal(judges.neighbours(G, w, seed=4, n=6)['moved_0.1'], hood['moved_0.1'])
+
+
 def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
     args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None, seed=0, ckpt=None)
@@ -1966,6 +1985,11 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     people = next(iter(m['leak'].values()))['people']  # who each known latent is, before and after, by each judge
     assert {j: list(w) for j, w in m['latents_who'].items()} == {j: people for j in m['latents_who']} and all(
         len(v) == 2 and set(v) <= {*people, 'nobody'} for w in m['latents_who'].values() for v in w.values())
+    hood = m['neighbourhood']  # his latent's neighbours, by each judge, before and after
+    assert list(hood) == ['mixed', 'moved_0.1', 'moved_0.2'] and all(
+        set(r) == set(m['latents_who']) and all(0 <= v['called_before'] <= 1 and 0 <= v['called_after'] <= 1
+                                                for v in r.values()) for r in hood.values())
+    assert all(math.isfinite(r['dlib']['dist_after']) for r in hood.values())  # the port sees a face in anything
     rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
     assert [r['T'] for r in rows] == [0, 0.8, 1.6] and rows[0]['ID'] == 0 and rows[0]['retain_random'] == 0
     assert (out / 'sweep_strip.png').exists() and (out / 'sweep.json').exists()
