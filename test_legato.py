@@ -1333,7 +1333,7 @@ def test_n_forget_draws_the_forgotten_rows(tmp_path, tiny_ckpt, monkeypatch):
 
 def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, tiny_ckpt, monkeypatch):
     """evaluate --scale: one row per run with K, the share of its forgotten latents past each judge's threshold
-    (recomputed here for the port), how far held-out seed identities move, and scale.json / the plot beside the runs."""
+    (recomputed here for the port, its threshold by the rule), how far held-out seed identities move, and scale.json / the plot beside the runs."""
     one = run_train(tiny_ckpt, tmp_path / 'k1', '--iters', '2', '--forget', 'latent', '--lr', '1e-2')
     two = run_train(tiny_ckpt, tmp_path / 'k2', '--iters', '2', '--forget', 'latent', '--lr', '1e-2', '--identity', 'seed:5')
     args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, seed=0, ckpt=None, inception=None, faceres=None)
@@ -1343,12 +1343,16 @@ def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, t
     J = judges.Judge(args, 'cpu')
     with torch.no_grad():
         d = J.dist(J.emb(generate(G_s, meta['ws_u'], s_kw)), J.emb(generate(G_u, meta['ws_u'], {})))
-    assert rows[1]['forgotten_past_dlib'] == (d >= J.idn.THRESHOLD).float().mean().item()
+        cal = J.emb(generate(G_s, judges.eval_latents(G_s, 4, judges.CALIBRATION_SEED, psi=1), s_kw))
+    i, k = torch.triu_indices(4, 4, 1)  # the rule, on the original generator alone: 1 in 1,000 of its pairs fall under
+    thr = round(J.dist(cal[i], cal[k]).double().quantile(1e-3).item(), 3)
+    assert rows[1]['threshold_dlib'] == thr
+    assert rows[1]['forgotten_past_dlib'] == (d >= thr).float().mean().item()
     assert rows[1]['forgotten_no_face_dlib'] == 0  # the port embeds every image
     with torch.no_grad():  # held-out identities the port calls one of the forgotten, and how far the others moved
-        ws_h = seed_latents(G_s, range(scale.HELD_SEEDS, scale.HELD_SEEDS + 4))
+        ws_h = seed_latents(G_s, range(scale.HELD_SEEDS, scale.HELD_SEEDS + 4), psi=1)  # as scale draws them
         hb, ha = J.emb(generate(G_s, ws_h, s_kw)), J.emb(generate(G_u, ws_h, {}))
-        near = (J.dist(hb[:, None], J.emb(generate(G_s, meta['ws_u'], s_kw))[None]) < J.idn.THRESHOLD).any(1)
+        near = (J.dist(hb[:, None], J.emb(generate(G_s, meta['ws_u'], s_kw))[None]) < thr).any(1)
     assert rows[1]['held_near_forgotten_dlib'] == near.float().mean().item()
     far = J.dist(hb, ha)[~near]
     assert (math.isnan(rows[1]['held_moved_median_far']) if near.all() else
@@ -1753,6 +1757,7 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
         synthesis=lambda ws, noise_mode='const', **kw: baby.synthesis(w[1:2].repeat(len(ws), 1, 1)))
     J = judges.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=10), 'cpu')
     panel = judges.Panel(people, J, DlibCpp() if dlib is not None else None)
+    panel.rules = {j: (dist, 0.6) for j, (dist, _) in panel.rules.items()}  # set, as calibrate would (tested with scale)
     m, _ = judges.leak(baby, everyone, {}, {}, panel, 10, 0)
     for judge in panel.refs:
         c = m[judge]
@@ -2103,7 +2108,8 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
     if '--faceres' in eval_flags and dlib is not None:  # the third judge's columns, with its floor
         m = json.load(open(out / ('sweep.json' if '--sweep' in eval_flags else 'metrics.json')))
         m = m[-1] if isinstance(m, list) else m
-        assert {'leak_faceres_after', 'floor_faceres_called', 'showed_faceres_dist_after', 'faceres_threshold'} <= m.keys()
+        assert {'leak_faceres_after', 'floor_faceres_called', 'showed_faceres_dist_after'} <= m.keys()
+        assert set(m['thresholds']) == {net, 'dlib_cpp', 'faceres'}
     if sample_flags is not None:
         png = sample.main([str(out), *sample_flags])
         rows = 2  # --T 0,0.5 here, by default T = 0 and the trained T, and a full fine-tune's before | after
