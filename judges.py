@@ -137,7 +137,8 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     """Shares of samples recognised as each known person before / after, the forgotten one's (index 0) leak, the
     loose count (within thr of any of the person's photos), and where the person's samples went. `showed` [N]
     (bool): the samples that showed the person before by another judge (dlib C++); then also how close they are
-    to the person after, and the floor: how close the samples that never showed him were before."""
+    to the person after, the floor (how close the samples that never showed him were before), and the share of those
+    others the judge calls the same person as their own image before."""
     (ib, db), (ia, da) = recognise(emb_b, refs, dist, thr), recognise(emb_a, refs, dist, thr)
     n, was = len(ib), ib == 0
     went = {name: (ia[was] == i).sum().item() / max(was.sum().item(), 1) for i, name in enumerate(names)}
@@ -150,10 +151,12 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     if showed is not None:  # distances to the person's nearest photo (faces found before and after only)
         never = ~showed & db[:, 0].isfinite()
         showed = showed & da[:, 0].isfinite()
+        stay = never & da[:, 0].isfinite()  # everyone else: still the same person as their own image before?
         mean = lambda v: v.mean().item() if len(v) else float('nan')  # noqa: E731
         m.update(showed_n=int(showed.sum()), showed_dist_before=mean(db[showed, 0]), showed_dist_after=mean(da[showed, 0]),
                  showed_called_after=mean((ia[showed] == 0).float()),
-                 floor_dist=mean(db[never, 0]), floor_called=mean((ib[never] == 0).float()))
+                 floor_dist=mean(db[never, 0]), floor_called=mean((ib[never] == 0).float()),
+                 others_n=int(stay.sum()), others_themselves=mean((dist(emb_b[stay], emb_a[stay]) < thr).float()))
     return m
 
 
@@ -294,15 +297,18 @@ def leak(G_s, G_u, s_kw, u_kw, panel, n, seed, before=None):
 
 def leak_summary(runs, panel):
     """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers; per judge also
-    the samples that showed the person before (by dlib C++) and the judge's floor (the samples that never did)."""
+    the samples that showed the person before (by dlib C++), the judge's floor (the samples that never did) and how many
+    of those it calls themselves after."""
     out = {}
     for judge in panel.rules:
         for key in ('leak_before', 'leak_after'):
             v = np.array([r[judge][key] for r in runs])
             out[f'{key.replace("leak_", f"leak_{judge}_")}'] = float(v.mean())
             out[f'{key.replace("leak_", f"leak_{judge}_")}_sd'] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        for key in ('showed_dist_before', 'showed_dist_after', 'showed_called_after', 'floor_dist', 'floor_called'):
-            k = key.replace('showed_', f'showed_{judge}_').replace('floor_', f'floor_{judge}_')
+        for key in ('showed_dist_before', 'showed_dist_after', 'showed_called_after', 'floor_dist', 'floor_called',
+                    'others_themselves'):
+            k = key.replace('showed_', f'showed_{judge}_').replace('floor_', f'floor_{judge}_').replace(
+                'others_', f'others_{judge}_')
             out[k] = float(np.mean([r[judge][key] for r in runs]))
         for name in panel.names[1:]:  # the kept people's shares of the samples
             for when in ('before', 'after'):

@@ -1764,10 +1764,16 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
         assert c['leak_before'] == 0.3 and c['share_before'] == {'person': 0.3, 'kept': 0.7}, (judge, c)
         assert c['leak_after'] == 0 and c['share_after'] == {'person': 0, 'kept': 1.0}, (judge, c)
         assert c['leak_went'] == {'person': 0, 'kept': 1.0, 'nobody': 0}
+        assert c['others_n'] == 7 and c['others_themselves'] == 1.0  # the kept person's samples are still him
     if dlib is not None:
         assert m['dlib_cpp']['face_before'] == 1.0
     who = panel.latents(baby, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
     assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
+    him = types.SimpleNamespace(synthesis=lambda ws, noise_mode='const', **kw: baby.synthesis(w[:1].repeat(len(ws), 1, 1)))
+    apart = {j: dist(*panel.refs[j]).item() for j, (dist, _) in panel.rules.items()}  # the two faces, to each judge
+    panel.rules = {j: (dist, apart[j] / 2) for j, (dist, _) in panel.rules.items()}  # a judge that tells them apart
+    m, _ = judges.leak(baby, him, {}, {}, panel, 10, 0)  # everyone else became the person: nobody is themselves
+    assert all(m[judge]['others_themselves'] == 0 for judge in panel.refs), {j: m[j]['others_themselves'] for j in panel.refs}
 
 
 def test_surrogate_target_is_the_nearest_sample_of_someone_clearly_else(baby, facenet):
