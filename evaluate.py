@@ -231,6 +231,7 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, panel, args.n, seed)[0] for seed in seeds(args)}
     m.update(leak_summary(m['leak'].values(), panel))
     m['latents_who'] = panel.latents(G_s, G_u, s_kw, {}, meta)
+    m['neighbourhood'] = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0])
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
         m['reproject_photos'] = names + [f.stem for f in files]
         m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))

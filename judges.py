@@ -1,7 +1,7 @@
 """
 The judges: who a generated face is, by the identity network of the loss and, where installed, dlib's own C++ pipeline
-and HSE FaceRes-deep (evaluation only: training never loads it); each judge's same-person threshold, FaceRes's fixed on
-the original generator alone; the leak (how often fresh samples still show the forgotten person) and the face-feature
+and HSE FaceRes-deep (evaluation only: training never loads it); each judge's same-person threshold, fixed on the
+original generator alone; the leak (how often fresh samples still show the forgotten person) and the face-feature
 Frechet distance.
 """
 from pathlib import Path
@@ -74,6 +74,24 @@ def eval_latents(G, n, seed, psi=0.7):
         return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
 
 
+NEIGHBOURS = 64  # a latent's neighbours of each kind
+MOVES = (0.1, 0.2)  # small moves in W: lengths as a share of a fresh sample's mean distance to w_avg
+
+
+def neighbours(G, w, seed, n=NEIGHBOURS):
+    """A latent's neighbourhood, n of each kind -> {kind: ws [n, L, C]}: 'mixed', w [1, L, C] with the styles of the
+    generator's top two resolutions (colour, light, fine texture: not who it is) from n fresh samples (psi 0.7);
+    'moved_r', w moved in W (the same step on every layer) in n random directions by r times the mean distance of a
+    fresh sample (psi 1) to w_avg, for r in MOVES."""
+    fine = G.synthesis.num_ws - 5  # the first style of the block at half the resolution
+    ws = eval_latents(G, n, seed)
+    mixed = torch.cat([w[:, :fine].expand(n, -1, -1), ws[:, fine:]], 1)
+    reach = (eval_latents(G, n, seed, psi=1)[:, 0] - G.mapping.w_avg).norm(dim=1).mean()
+    u = torch.randn(n, w.shape[-1], generator=torch.Generator().manual_seed(EVAL_STREAM + seed)).to(w.device)
+    u = u / u.norm(dim=1, keepdim=True)
+    return {'mixed': mixed, **{f'moved_{r:g}': w + (r * reach * u)[:, None] for r in MOVES}}
+
+
 def seeds(args):
     """--seed 1,2,3 -> [1, 2, 3]: the leak is counted on each, the rest on the first."""
     try:
@@ -119,7 +137,8 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     """Shares of samples recognised as each known person before / after, the forgotten one's (index 0) leak, the
     loose count (within thr of any of the person's photos), and where the person's samples went. `showed` [N]
     (bool): the samples that showed the person before by another judge (dlib C++); then also how close they are
-    to the person after, and the floor: how close the samples that never showed him were before."""
+    to the person after, the floor (how close the samples that never showed him were before), and the share of those
+    others the judge calls the same person as their own image before."""
     (ib, db), (ia, da) = recognise(emb_b, refs, dist, thr), recognise(emb_a, refs, dist, thr)
     n, was = len(ib), ib == 0
     went = {name: (ia[was] == i).sum().item() / max(was.sum().item(), 1) for i, name in enumerate(names)}
@@ -132,10 +151,12 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
     if showed is not None:  # distances to the person's nearest photo (faces found before and after only)
         never = ~showed & db[:, 0].isfinite()
         showed = showed & da[:, 0].isfinite()
+        stay = never & da[:, 0].isfinite()  # everyone else: still the same person as their own image before?
         mean = lambda v: v.mean().item() if len(v) else float('nan')  # noqa: E731
         m.update(showed_n=int(showed.sum()), showed_dist_before=mean(db[showed, 0]), showed_dist_after=mean(da[showed, 0]),
                  showed_called_after=mean((ia[showed] == 0).float()),
-                 floor_dist=mean(db[never, 0]), floor_called=mean((ib[never] == 0).float()))
+                 floor_dist=mean(db[never, 0]), floor_called=mean((ib[never] == 0).float()),
+                 others_n=int(stay.sum()), others_themselves=mean((dist(emb_b[stay], emb_a[stay]) < thr).float()))
     return m
 
 
@@ -149,16 +170,16 @@ def cpp_judged(u8, cpp, faceres=None):
 class Panel:
     """The judges of the leak, and who fresh samples are by each: the identity network (the fixed crop of the generator image); when
     dlib-bin is installed dlib's own C++ detector, alignment and descriptor; with --faceres, HSE FaceRes-deep on
-    the same detection (an evaluation-only network, threshold fixed on the original generator by
-    faceres_threshold). The known people are embedded once by each."""
+    the same detection (an evaluation-only network). Each judge's threshold is fixed on the original generator by
+    calibrate. The known people are embedded once by each."""
 
     def __init__(self, people, J, cpp=None, faceres=None):
         self.names, self.J, self.cpp, self.faceres = list(people), J, cpp, faceres
-        self.rules = {J.name: (J.dist, J.idn.THRESHOLD)}  # judge: (distance, same-person threshold)
+        self.rules = {J.name: (J.dist, None)}  # judge: (distance, same-person threshold: set by calibrate)
         if cpp is not None:
-            self.rules['dlib_cpp'] = (DlibCpp.distance, DlibCpp.THRESHOLD)
+            self.rules['dlib_cpp'] = (DlibCpp.distance, None)
         if faceres is not None:
-            self.rules['faceres'] = (FaceRes.distance, None)  # the threshold is set by faceres_threshold
+            self.rules['faceres'] = (FaceRes.distance, None)
         with torch.no_grad():
             embs = [self.embed(x.to(J.device)) for x in people.values()]
         self.refs = {j: [e[j] for e in embs] for j in self.rules}
@@ -190,6 +211,23 @@ class Panel:
                                                               self.recognise(j, ea[j])[0].tolist())}
                 for j in self.rules}
 
+    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed):
+        """His latent's neighbours (neighbours()), who they are before and after by each judge -> {kind: {judge:
+        {called_before, called_after, dist_before, dist_after}}}: the share the judge calls him (the nearest known
+        person within its threshold) and the mean distance to his nearest photo (faces found only)."""
+        out = {}
+        for kind, ws in neighbours(G_s, w, seed).items():
+            r = {}
+            for when, (G, kw) in (('before', (G_s, s_kw)), ('after', (G_u, u_kw))):
+                emb = self.drawn(G, ws, kw, f'neighbourhood: {kind}, {when}')
+                for j in self.rules:
+                    ids, d = self.recognise(j, emb[j])
+                    d = d[:, 0][d[:, 0].isfinite()]
+                    r.setdefault(j, {})[f'called_{when}'] = (ids == 0).float().mean().item()
+                    r[j][f'dist_{when}'] = d.mean().item() if len(d) else float('nan')
+            out[kind] = r
+        return out
+
     def counts(self, before, after):
         """leak_counts for each judge, from embed() of the same samples before and after; the samples that showed
         the person before are split by dlib C++ (by the port without dlib-bin), the same for every judge."""
@@ -204,37 +242,45 @@ class Panel:
         return m
 
 
-CALIBRATION_SEED = 1 << 40  # FaceRes's threshold: samples of a stream no evaluation seed (< 2**40) draws
+CALIBRATION_SEED = 1 << 40  # the thresholds: samples of a stream no evaluation seed (< 2**40) draws
+FMR = 1e-3  # a judge's same-person threshold for a generator: the distance 1 in 1,000 pairs of its random samples fall under
 
 
-def faceres_threshold(panel, G_s, s_kw, n):
-    """Fix FaceRes's threshold on the original generator alone, before anything unlearned is looked at: of n
-    samples (psi 0.7) of the calibration stream, the 1 - cosine at which FaceRes's verdict (nearest known person
-    within it, or nobody) agrees with dlib C++'s on the most samples with a face (the lowest such distance on ties).
-    Sets it in the panel and returns (threshold, agreement)."""
-    ws = shard(eval_latents(G_s, n, CALIBRATION_SEED))
-    emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'faceres threshold, original generator').items()}
-    ref, face = panel.recognise('dlib_cpp', emb['dlib_cpp'])[0], emb['dlib_cpp'][:, 0].isfinite()
-    grid = torch.arange(0.10, 0.90, 0.005)
-    agree = torch.stack([(panel.recognise('faceres', emb['faceres'], float(t))[0] == ref)[face].float().mean()
-                         for t in grid])
-    agree = agree.nan_to_num(0)  # no face found at all (a random generator): the lowest threshold, 0% agreement
-    i = int(agree.argmax())
-    panel.rules['faceres'] = (FaceRes.distance, round(grid[i].item(), 3))
-    return panel.rules['faceres'][1], agree[i].item()
+def pair_distances(emb, dist):
+    """The distances of all pairs of the samples with a face (NaN rows: none found) -> (faces, distances)."""
+    e = emb[emb[:, 0].isfinite()]
+    i, j = torch.triu_indices(len(e), len(e), 1)
+    return len(e), dist(e[i], e[j]).double()
+
+
+def fmr_threshold(emb, dist):
+    """The rule: the distance under which FMR of all pairs of random samples fall (NaN when fewer than two faces were
+    found: no threshold, nobody recognised). A generator of many people draws almost only different people at random,
+    so this is the judge's false-match rate on the faces it will judge; dlib's 0.6 was set on real photos and calls 15%
+    of the built-in generator's random pairs one person."""
+    faces, d = pair_distances(emb, dist)
+    return round(d.quantile(FMR).item(), 3) if faces >= 2 else float('nan')
+
+
+def calibrate(panel, G_s, s_kw, n):
+    """Fix every judge's same-person threshold on the original generator alone, before anything unlearned is looked
+    at: fmr_threshold of n samples (psi 1) of the calibration stream. Sets them in the panel and returns them."""
+    ws = shard(eval_latents(G_s, n, CALIBRATION_SEED, psi=1))
+    emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'thresholds, original generator').items()}
+    panel.rules = {j: (dist, fmr_threshold(emb[j], dist)) for j, (dist, _) in panel.rules.items()}
+    return {j: t for j, (_, t) in panel.rules.items()}
 
 
 def make_panel(meta, G_s, s_kw, J, args):
-    """The judges of the leak (FaceRes with --faceres: its threshold fixed on the original generator first)."""
+    """The judges of the leak, their thresholds fixed on the original generator first (calibrate)."""
     cpp, path = DlibCpp(G_s.cfg.framing) if dlib_available() else None, getattr(args, 'faceres', None)
     if path and cpp is None:
         raise ValueError('--faceres needs dlib-bin for its face alignment; run pip install -r requirements.txt')
     faceres = FaceRes(path).to(J.device) if path else None
     c = Panel(known_people(meta, G_s, s_kw), J, cpp, faceres)
-    if faceres is not None:
-        thr, agree = faceres_threshold(c, G_s, s_kw, args.n)
-        print(f'faceres: threshold {thr} (1 - cosine), agreeing with dlib C++ on {agree:.1%} of {args.n} samples of '
-              'the original generator')
+    thr = calibrate(c, G_s, s_kw, args.n)
+    print('same person below: ' + ', '.join(f'{j} {t}' for j, t in thr.items()) + f' (1 in {1 / FMR:.0f} pairs of '
+          f'{args.n} samples of the original generator)')
     return c
 
 
@@ -251,21 +297,23 @@ def leak(G_s, G_u, s_kw, u_kw, panel, n, seed, before=None):
 
 def leak_summary(runs, panel):
     """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers; per judge also
-    the samples that showed the person before (by dlib C++) and the judge's floor (the samples that never did)."""
+    the samples that showed the person before (by dlib C++), the judge's floor (the samples that never did) and how many
+    of those it calls themselves after."""
     out = {}
     for judge in panel.rules:
         for key in ('leak_before', 'leak_after'):
             v = np.array([r[judge][key] for r in runs])
             out[f'{key.replace("leak_", f"leak_{judge}_")}'] = float(v.mean())
             out[f'{key.replace("leak_", f"leak_{judge}_")}_sd'] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        for key in ('showed_dist_before', 'showed_dist_after', 'showed_called_after', 'floor_dist', 'floor_called'):
-            k = key.replace('showed_', f'showed_{judge}_').replace('floor_', f'floor_{judge}_')
+        for key in ('showed_dist_before', 'showed_dist_after', 'showed_called_after', 'floor_dist', 'floor_called',
+                    'others_themselves'):
+            k = key.replace('showed_', f'showed_{judge}_').replace('floor_', f'floor_{judge}_').replace(
+                'others_', f'others_{judge}_')
             out[k] = float(np.mean([r[judge][key] for r in runs]))
         for name in panel.names[1:]:  # the kept people's shares of the samples
             for when in ('before', 'after'):
                 out[f'share_{judge}_{name}_{when}'] = float(np.mean([r[judge][f'share_{when}'][name] for r in runs]))
         if judge == 'dlib_cpp':
             out['face_after'] = float(np.mean([r[judge]['face_after'] for r in runs]))
-    if 'faceres' in panel.rules:
-        out['faceres_threshold'] = panel.rules['faceres'][1]
+    out['thresholds'] = {j: t for j, (_, t) in panel.rules.items()}
     return out

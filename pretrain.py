@@ -35,7 +35,7 @@ from data import DataError, invert, load_faces, save_grid, to_uint8
 from helpers import (ROOT, CheckpointError, Defaults, Parser, atomic_save, busy, cli, device, load, out_folder, own,
                      writable, write_json)
 from id_net import DlibCpp, DlibFaceNet, FaceRes
-from judges import CALIBRATION_SEED, cpp_judged, eval_latents
+from judges import CALIBRATION_SEED, cpp_judged, eval_latents, fmr_threshold, pair_distances
 from lifecycle import Signals
 from model import Generator, GeneratorConfig, bias_act, generate, setup_filter, upfirdn2d
 from perceptual import IDFeatureDistance
@@ -329,16 +329,6 @@ def snapshot(n, T, photos, args):
 # -----------------------------------------------------------------------------
 # the report: what the exported generator draws (assets/README.md)
 
-FMR = 1e-3  # a judge's same-person threshold for a generator: the distance 1 in 1,000 pairs of its random samples fall under
-
-
-def pair_distances(emb, dist):
-    """The distances of all pairs of the samples with a face (NaN rows: none found) -> (faces, distances)."""
-    e = emb[emb[:, 0].isfinite()]
-    i, j = torch.triu_indices(len(e), len(e), 1)
-    return len(e), dist(e[i], e[j]).double()
-
-
 def pair_stats(emb, dist, thresholds):
     """All pairs of the samples with a face: their distance's mean, 5th and 1st percentiles, and the share under each
     threshold (called one person)."""
@@ -347,17 +337,6 @@ def pair_stats(emb, dist, thresholds):
         return {'faces': faces, 'pairs': 0}
     return {'faces': faces, 'pairs': len(d), 'mean': d.mean().item(), 'p5': d.quantile(0.05).item(),
             'p1': d.quantile(0.01).item(), **{f'same_{t:g}': (d < t).double().mean().item() for t in thresholds}}
-
-
-def fmr_threshold(emb, dist):
-    """The rule: the distance under which FMR of all pairs of random samples fall. A generator of many people draws
-    almost only different people at random, so this is the judge's false-match rate on its own faces; dlib's 0.6 was
-    set on real photos and calls 15% of the teacher's random pairs one person."""
-    faces, d = pair_distances(emb, dist)
-    if faces < 2:
-        raise ValueError(f'the generator drew {faces} face(s) the detector finds in {len(emb)} samples: no threshold '
-                         'can be set on it (an export that is not yet trained?)')
-    return round(d.quantile(FMR).item(), 3)
 
 
 def judged(imgs, cpp, faceres, desc):

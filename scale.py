@@ -11,7 +11,7 @@ import torch
 from data import dlib_available
 from helpers import plot, table, write_json
 from id_net import DlibCpp, FaceRes
-from judges import Judge, Panel, frechet_distance, stats
+from judges import Judge, Panel, calibrate, frechet_distance, stats
 from model import seed_latents
 from ode_adapter import load_run, run_meta
 
@@ -22,7 +22,8 @@ HELD_SEEDS = 10 ** 6  # --scale's held-out identities: seed:1000000 on, never am
 @torch.no_grad()
 def scale(runs, args, device, n_held=200):
     """Forgetting and retention as more identities are forgotten at once (SUGAR's measure), one row per run: K, the
-    share of its forgotten latents whose image moved past each judge's same-person threshold from its image before
+    share of its forgotten latents whose image moved past each judge's same-person threshold (judges.calibrate, on the
+    original generator) from its image before
     (and, by every judge, farther than two different random samples are from each other: their median; and the share
     whose face the judge no longer finds), how far
     n_held held-out identities (seed:1000000 on, psi 1) move (median, 90th percentile, dlib port; the median of those
@@ -35,12 +36,13 @@ def scale(runs, args, device, n_held=200):
         G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
         J = Judge(args, device, G_s.cfg.framing)
         panel = Panel({}, J, DlibCpp(G_s.cfg.framing) if dlib_available() else None, faceres)
+        calibrate(panel, G_s, s_kw, args.n)
         ws_h, ws_u = seed_latents(G_s, range(HELD_SEEDS, HELD_SEEDS + n_held)), meta['ws_u'].to(device)
         hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
         ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
         moved = J.dist(hb[J.name], ha[J.name])
         near = {j: (dist(hb[j][:, None], ub[j][None]) < thr).any(1)  # [n_held]: as one of the forgotten, to judge j
-                for j, (dist, thr) in panel.rules.items() if thr is not None}
+                for j, (dist, thr) in panel.rules.items()}
         r = {'run': str(run), 'K': len(ws_u), 'kind': meta.get('kind'), 'held_moved_median': moved.median().item(),
              'held_moved_p90': moved.quantile(0.9).item(),
              'held_moved_median_far': moved[~near[J.name]].median().item() if (~near[J.name]).any() else float('nan'),
@@ -51,9 +53,9 @@ def scale(runs, args, device, n_held=200):
             pair = dist(hb[j][: n_held // 2], hb[j][n_held // 2: n_held // 2 * 2])  # two different random samples
             r[f'random_pair_{j}'] = pair.nanmedian().item()
             r[f'forgotten_beyond_random_{j}'] = (d >= r[f'random_pair_{j}']).float().mean().item()
-            if thr is not None:  # a face no longer found is neither past nor short of it: its own column
-                r[f'forgotten_past_{j}'] = (d >= thr).float().mean().item()
-                r[f'held_near_forgotten_{j}'] = near[j].float().mean().item()
+            r[f'forgotten_past_{j}'] = (d >= thr).float().mean().item()  # a face no longer found: not past, its own column
+            r[f'held_near_forgotten_{j}'] = near[j].float().mean().item()
+            r[f'threshold_{j}'] = thr
             r[f'forgotten_no_face_{j}'] = d.isnan().float().mean().item()
         rows.append(r)
         print(table([r], list(r)))

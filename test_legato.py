@@ -1333,7 +1333,7 @@ def test_n_forget_draws_the_forgotten_rows(tmp_path, tiny_ckpt, monkeypatch):
 
 def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, tiny_ckpt, monkeypatch):
     """evaluate --scale: one row per run with K, the share of its forgotten latents past each judge's threshold
-    (recomputed here for the port), how far held-out seed identities move, and scale.json / the plot beside the runs."""
+    (recomputed here for the port, its threshold by the rule), how far held-out seed identities move, and scale.json / the plot beside the runs."""
     one = run_train(tiny_ckpt, tmp_path / 'k1', '--iters', '2', '--forget', 'latent', '--lr', '1e-2')
     two = run_train(tiny_ckpt, tmp_path / 'k2', '--iters', '2', '--forget', 'latent', '--lr', '1e-2', '--identity', 'seed:5')
     args = argparse.Namespace(id_net='dlib', id_weights=None, n=4, seed=0, ckpt=None, inception=None, faceres=None)
@@ -1343,12 +1343,16 @@ def test_scale_reports_forgetting_and_retention_per_number_forgotten(tmp_path, t
     J = judges.Judge(args, 'cpu')
     with torch.no_grad():
         d = J.dist(J.emb(generate(G_s, meta['ws_u'], s_kw)), J.emb(generate(G_u, meta['ws_u'], {})))
-    assert rows[1]['forgotten_past_dlib'] == (d >= J.idn.THRESHOLD).float().mean().item()
+        cal = J.emb(generate(G_s, judges.eval_latents(G_s, 4, judges.CALIBRATION_SEED, psi=1), s_kw))
+    i, k = torch.triu_indices(4, 4, 1)  # the rule, on the original generator alone: 1 in 1,000 of its pairs fall under
+    thr = round(J.dist(cal[i], cal[k]).double().quantile(1e-3).item(), 3)
+    assert rows[1]['threshold_dlib'] == thr
+    assert rows[1]['forgotten_past_dlib'] == (d >= thr).float().mean().item()
     assert rows[1]['forgotten_no_face_dlib'] == 0  # the port embeds every image
     with torch.no_grad():  # held-out identities the port calls one of the forgotten, and how far the others moved
-        ws_h = seed_latents(G_s, range(scale.HELD_SEEDS, scale.HELD_SEEDS + 4))
+        ws_h = seed_latents(G_s, range(scale.HELD_SEEDS, scale.HELD_SEEDS + 4), psi=1)  # as scale draws them
         hb, ha = J.emb(generate(G_s, ws_h, s_kw)), J.emb(generate(G_u, ws_h, {}))
-        near = (J.dist(hb[:, None], J.emb(generate(G_s, meta['ws_u'], s_kw))[None]) < J.idn.THRESHOLD).any(1)
+        near = (J.dist(hb[:, None], J.emb(generate(G_s, meta['ws_u'], s_kw))[None]) < thr).any(1)
     assert rows[1]['held_near_forgotten_dlib'] == near.float().mean().item()
     far = J.dist(hb, ha)[~near]
     assert (math.isnan(rows[1]['held_moved_median_far']) if near.all() else
@@ -1753,16 +1757,23 @@ def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
         synthesis=lambda ws, noise_mode='const', **kw: builtin.synthesis(w[1:2].repeat(len(ws), 1, 1)))
     J = judges.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=10), 'cpu')
     panel = judges.Panel(people, J, DlibCpp() if dlib is not None else None)
+    panel.rules = {j: (dist, 0.6) for j, (dist, _) in panel.rules.items()}  # set, as calibrate would (tested with scale)
     m, _ = judges.leak(builtin, everyone, {}, {}, panel, 10, 0)
     for judge in panel.refs:
         c = m[judge]
         assert c['leak_before'] == 0.3 and c['share_before'] == {'person': 0.3, 'kept': 0.7}, (judge, c)
         assert c['leak_after'] == 0 and c['share_after'] == {'person': 0, 'kept': 1.0}, (judge, c)
         assert c['leak_went'] == {'person': 0, 'kept': 1.0, 'nobody': 0}
+        assert c['others_n'] == 7 and c['others_themselves'] == 1.0  # the kept person's samples are still him
     if dlib is not None:
         assert m['dlib_cpp']['face_before'] == 1.0
     who = panel.latents(builtin, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
     assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
+    him = types.SimpleNamespace(synthesis=lambda ws, noise_mode='const', **kw: builtin.synthesis(w[:1].repeat(len(ws), 1, 1)))
+    apart = {j: dist(*panel.refs[j]).item() for j, (dist, _) in panel.rules.items()}  # the two faces, to each judge
+    panel.rules = {j: (dist, apart[j] / 2) for j, (dist, _) in panel.rules.items()}  # a judge that tells them apart
+    m, _ = judges.leak(builtin, him, {}, {}, panel, 10, 0)  # everyone else became the person: nobody is themselves
+    assert all(m[judge]['others_themselves'] == 0 for judge in panel.refs), {j: m[j]['others_themselves'] for j in panel.refs}
 
 
 def test_surrogate_target_is_the_nearest_sample_of_someone_clearly_else(builtin, facenet):
@@ -1958,6 +1969,25 @@ def test_frechet_distance_matches_direct_computation():
     assert abs(judges.frechet_distance(mu1, s1, mu1, s1)) < 1e-6
 
 
+def test_neighbours_keep_who_and_move_by_the_stated_length(tiny_ckpt):
+    """judges.neighbours: mixed latents keep his styles below the top two resolutions and take the samples' above;
+    moves are one W step on every layer, of length r times a fresh sample's mean distance to w_avg."""
+    G = Generator.from_checkpoint(tiny_ckpt)
+    w = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(5)), psi=0.7)
+    hood = judges.neighbours(G, w, seed=3, n=6)
+    fine = G.synthesis.num_ws - 5
+    assert fine > 0 and torch.equal(hood['mixed'][:, :fine], w[:, :fine].expand(6, -1, -1))
+    assert torch.equal(hood['mixed'][:, fine:], judges.eval_latents(G, 6, 3)[:, fine:])
+    reach = (judges.eval_latents(G, 6, 3, psi=1)[:, 0] - G.mapping.w_avg).norm(dim=1).mean()
+    for r in judges.MOVES:
+        step = hood[f'moved_{r:g}'] - w  # [n, L, C]
+        assert torch.allclose(step, step[:, :1].expand_as(step))
+        assert torch.allclose(step[:, 0].norm(dim=1), r * reach * torch.ones(6), rtol=1e-5)
+    again = judges.neighbours(G, w, seed=3, n=6)
+    assert all(torch.equal(again[k], hood[k]) for k in hood)  # the evaluation seed fixes them
+    assert not torch.equal(judges.neighbours(G, w, seed=4, n=6)['moved_0.1'], hood['moved_0.1'])
+
+
 def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
     args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None, seed=0, ckpt=None)
@@ -1966,6 +1996,11 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     people = next(iter(m['leak'].values()))['people']  # who each known latent is, before and after, by each judge
     assert {j: list(w) for j, w in m['latents_who'].items()} == {j: people for j in m['latents_who']} and all(
         len(v) == 2 and set(v) <= {*people, 'nobody'} for w in m['latents_who'].values() for v in w.values())
+    hood = m['neighbourhood']  # his latent's neighbours, by each judge, before and after
+    assert list(hood) == ['mixed', 'moved_0.1', 'moved_0.2'] and all(
+        set(r) == set(m['latents_who']) and all(0 <= v['called_before'] <= 1 and 0 <= v['called_after'] <= 1
+                                                for v in r.values()) for r in hood.values())
+    assert all(math.isfinite(r['dlib']['dist_after']) for r in hood.values())  # the port sees a face in anything
     rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
     assert [r['T'] for r in rows] == [0, 0.8, 1.6] and rows[0]['ID'] == 0 and rows[0]['retain_random'] == 0
     assert (out / 'sweep_strip.png').exists() and (out / 'sweep.json').exists()
@@ -2079,7 +2114,8 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
     if '--faceres' in eval_flags and dlib is not None:  # the third judge's columns, with its floor
         m = json.load(open(out / ('sweep.json' if '--sweep' in eval_flags else 'metrics.json')))
         m = m[-1] if isinstance(m, list) else m
-        assert {'leak_faceres_after', 'floor_faceres_called', 'showed_faceres_dist_after', 'faceres_threshold'} <= m.keys()
+        assert {'leak_faceres_after', 'floor_faceres_called', 'showed_faceres_dist_after'} <= m.keys()
+        assert set(m['thresholds']) == {net, 'dlib_cpp', 'faceres'}
     if sample_flags is not None:
         png = sample.main([str(out), *sample_flags])
         rows = 2  # --T 0,0.5 here, by default T = 0 and the trained T, and a full fine-tune's before | after
