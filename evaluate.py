@@ -315,7 +315,7 @@ def sweep(run, args, device):
             series['forgotten: to its photo'] = [r['ID_photo_after'] for r in rows]
         if rows[0].get('retain_people') is not None:
             series['retention: other people'] = [r['retain_people'] for r in rows]
-        p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=J.idn.THRESHOLD)
+        p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=panel.rules[J.name][1])
         leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in panel.rules}
         leaks.update({f'floor ({j}: samples that never showed the person)': [r[f'floor_{j}_called'] for r in rows]
                       for j in panel.rules if j != 'dlib_cpp'})
@@ -391,11 +391,11 @@ def compare(runs):
             raise ValueError(f'{p}: not a metrics file ({type(err).__name__}); run python evaluate.py {run} again') from None
         if not isinstance(m, dict):
             raise ValueError(f'{p}: not a metrics file; run python evaluate.py {run} again')
-        rows.append({'run': str(run), **m})
+        rows.append({'run': str(run), **m, **{f'threshold_{j}': t for j, t in (m.get('thresholds') or {}).items()}})
     keys = ['run', 'kind', 'ID', 'ID_photo_after', 'ID_others', 'ID_heldout_photo_after', 'retain_people',
             'retain_random', 'retain_random_psnr']
     keys += sorted({k for r in rows for k in r if k.startswith(('leak_', 'showed_', 'floor_', 'share_', 'FD_', 'dFD_',
-                                                                 'FID', 'dFID', 'faceres_'))})
+                                                                 'FID', 'dFID', 'others_', 'threshold_'))})
     keys += ['trainable_params', 'adapter_file_mb', 'train_wall_s']
     for r in rows:  # the table's numbers: finite numbers or null (not measured), as evaluate.py wrote them
         bad = [k for k in keys[2:] if k in r and not (r[k] is None or isinstance(r[k], (int, float)) and
