@@ -74,7 +74,7 @@ def eval_latents(G, n, seed, psi=0.7):
         return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
 
 
-NEIGHBOURS = 64  # a latent's neighbours of each kind
+NEIGHBOURS = 64  # a latent's neighbours of each kind (fewer only when --samples is smaller: quick looks, the tests)
 MOVES = (0.1, 0.2)  # small moves in W: lengths as a share of a fresh sample's mean distance to w_avg
 MOVES_STREAM = 3 << 40  # their directions: a stream neither the evaluation nor the calibration draws
 
@@ -214,13 +214,13 @@ class Panel:
                                                               self.recognise(j, ea[j])[0].tolist())}
                 for j in self.rules}
 
-    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed):
+    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed, n=NEIGHBOURS):
         """His latent's neighbours (neighbours()), who they are before and after by each judge -> {kind: {judge:
         {called_before, called_after, dist_before, dist_after}}}: the share the judge calls him (the nearest known
         person within its threshold; a face not found is not him) and the mean distance to his nearest photo (faces
         found only)."""
         out = {}
-        for kind, ws in neighbours(G_s, w, seed).items():
+        for kind, ws in neighbours(G_s, w, seed, n).items():
             r = {}
             for when, (G, kw) in (('before', (G_s, s_kw)), ('after', (G_u, u_kw))):
                 emb = self.drawn(G, ws, kw, f'neighbourhood: {kind}, {when}')
