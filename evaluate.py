@@ -30,7 +30,7 @@ from ddp import distributed, gather, shard, together, world
 from helpers import (CheckpointError, Defaults, Parser, cli, device, in_repo, keep_freed_memory, load, out_folder,
                      own_line, people_of, person_name, plot, table, writable, write_json)
 from id_net import ID_NETS, FaceRes
-from judges import (Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
+from judges import (NEIGHBOURS, Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
                     stats)
 from model import generate
 from modes import modes
@@ -231,7 +231,8 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, panel, args.n, seed)[0] for seed in seeds(args)}
     m.update(leak_summary(m['leak'].values(), panel))
     m['latents_who'] = panel.latents(G_s, G_u, s_kw, {}, meta)
-    m['neighbourhood'] = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0])
+    m['neighbourhood'] = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0],
+                                             min(args.n, NEIGHBOURS))
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
         m['reproject_photos'] = names + [f.stem for f in files]
         m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))
@@ -315,7 +316,7 @@ def sweep(run, args, device):
             series['forgotten: to its photo'] = [r['ID_photo_after'] for r in rows]
         if rows[0].get('retain_people') is not None:
             series['retention: other people'] = [r['retain_people'] for r in rows]
-        p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=J.idn.THRESHOLD)
+        p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=panel.rules[J.name][1])
         leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in panel.rules}
         leaks.update({f'floor ({j}: samples that never showed the person)': [r[f'floor_{j}_called'] for r in rows]
                       for j in panel.rules if j != 'dlib_cpp'})
@@ -391,11 +392,11 @@ def compare(runs):
             raise ValueError(f'{p}: not a metrics file ({type(err).__name__}); run python evaluate.py {run} again') from None
         if not isinstance(m, dict):
             raise ValueError(f'{p}: not a metrics file; run python evaluate.py {run} again')
-        rows.append({'run': str(run), **m})
+        rows.append({'run': str(run), **m, **{f'threshold_{j}': t for j, t in (m.get('thresholds') or {}).items()}})
     keys = ['run', 'kind', 'ID', 'ID_photo_after', 'ID_others', 'ID_heldout_photo_after', 'retain_people',
             'retain_random', 'retain_random_psnr']
     keys += sorted({k for r in rows for k in r if k.startswith(('leak_', 'showed_', 'floor_', 'share_', 'FD_', 'dFD_',
-                                                                 'FID', 'dFID', 'faceres_'))})
+                                                                 'FID', 'dFID', 'others_', 'threshold_'))})
     keys += ['trainable_params', 'adapter_file_mb', 'train_wall_s']
     for r in rows:  # the table's numbers: finite numbers or null (not measured), as evaluate.py wrote them
         bad = [k for k in keys[2:] if k in r and not (r[k] is None or isinstance(r[k], (int, float)) and

@@ -74,8 +74,9 @@ def eval_latents(G, n, seed, psi=0.7):
         return G.mapping(z.to(G.mapping.w_avg.device), psi=psi)
 
 
-NEIGHBOURS = 64  # a latent's neighbours of each kind
+NEIGHBOURS = 64  # a latent's neighbours of each kind (fewer only when --samples is smaller: quick looks, the tests)
 MOVES = (0.1, 0.2)  # small moves in W: lengths as a share of a fresh sample's mean distance to w_avg
+MOVES_STREAM = 3 << 40  # their directions: a stream neither the evaluation nor the calibration draws
 
 
 def neighbours(G, w, seed, n=NEIGHBOURS):
@@ -87,7 +88,7 @@ def neighbours(G, w, seed, n=NEIGHBOURS):
     ws = eval_latents(G, n, seed)
     mixed = torch.cat([w[:, :fine].expand(n, -1, -1), ws[:, fine:]], 1)
     reach = (eval_latents(G, n, seed, psi=1)[:, 0] - G.mapping.w_avg).norm(dim=1).mean()
-    u = torch.randn(n, w.shape[-1], generator=torch.Generator().manual_seed(EVAL_STREAM + seed)).to(w.device)
+    u = torch.randn(n, w.shape[-1], generator=torch.Generator().manual_seed(MOVES_STREAM + seed)).to(w.device)
     u = u / u.norm(dim=1, keepdim=True)
     return {'mixed': mixed, **{f'moved_{r:g}': w + (r * reach * u)[:, None] for r in MOVES}}
 
@@ -149,9 +150,9 @@ def leak_counts(emb_b, emb_a, refs, names, dist, thr, showed=None):
          'share_after': {k: (ia == i).sum().item() / n for i, k in enumerate(names)},
          'leak_went': went}
     if showed is not None:  # distances to the person's nearest photo (faces found before and after only)
+        stay = ~showed & emb_b[:, 0].isfinite() & emb_a[:, 0].isfinite()  # everyone else: still themselves?
         never = ~showed & db[:, 0].isfinite()
         showed = showed & da[:, 0].isfinite()
-        stay = never & da[:, 0].isfinite()  # everyone else: still the same person as their own image before?
         mean = lambda v: v.mean().item() if len(v) else float('nan')  # noqa: E731
         m.update(showed_n=int(showed.sum()), showed_dist_before=mean(db[showed, 0]), showed_dist_after=mean(da[showed, 0]),
                  showed_called_after=mean((ia[showed] == 0).float()),
@@ -197,6 +198,8 @@ class Panel:
     def recognise(self, judge, emb, thr=None):
         """recognise() by one judge: the nearest known person within its threshold (or thr), -1 for nobody."""
         dist, t = self.rules[judge]
+        if t is None and thr is None:
+            raise ValueError(f'{judge} has no threshold yet: call judges.calibrate(panel, ...) first')
         return recognise(emb, self.refs[judge], dist, t if thr is None else thr)
 
     def latents(self, G_s, G_u, s_kw, u_kw, meta):
@@ -211,12 +214,13 @@ class Panel:
                                                               self.recognise(j, ea[j])[0].tolist())}
                 for j in self.rules}
 
-    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed):
+    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed, n=NEIGHBOURS):
         """His latent's neighbours (neighbours()), who they are before and after by each judge -> {kind: {judge:
         {called_before, called_after, dist_before, dist_after}}}: the share the judge calls him (the nearest known
-        person within its threshold) and the mean distance to his nearest photo (faces found only)."""
+        person within its threshold; a face not found is not him) and the mean distance to his nearest photo (faces
+        found only)."""
         out = {}
-        for kind, ws in neighbours(G_s, w, seed).items():
+        for kind, ws in neighbours(G_s, w, seed, n).items():
             r = {}
             for when, (G, kw) in (('before', (G_s, s_kw)), ('after', (G_u, u_kw))):
                 emb = self.drawn(G, ws, kw, f'neighbourhood: {kind}, {when}')
@@ -243,31 +247,39 @@ class Panel:
 
 
 CALIBRATION_SEED = 1 << 40  # the thresholds: samples of a stream no evaluation seed (< 2**40) draws
+CALIBRATION_N = 500  # samples the thresholds are fixed on (124,750 pairs): any --samples from 500 up gives the same
 FMR = 1e-3  # a judge's same-person threshold for a generator: the distance 1 in 1,000 pairs of its random samples fall under
 
 
 def pair_distances(emb, dist):
-    """The distances of all pairs of the samples with a face (NaN rows: none found) -> (faces, distances)."""
+    """The distances of all pairs of the samples with a face (NaN rows: none found) -> (faces, distances), a row at a
+    time (memory grows with the pairs, not with pairs x descriptor width)."""
     e = emb[emb[:, 0].isfinite()]
-    i, j = torch.triu_indices(len(e), len(e), 1)
-    return len(e), dist(e[i], e[j]).double()
+    d = [dist(e[k:k + 1], e[k + 1:]) for k in range(len(e) - 1)]
+    return len(e), torch.cat(d).double() if d else e.new_zeros(0, dtype=torch.double)
 
 
 def fmr_threshold(emb, dist):
-    """The rule: the distance under which FMR of all pairs of random samples fall (NaN when fewer than two faces were
-    found: no threshold, nobody recognised). A generator of many people draws almost only different people at random,
-    so this is the judge's false-match rate on the faces it will judge; dlib's 0.6 was set on real photos and calls 15%
-    of the built-in generator's random pairs one person."""
+    """The rule: the distance under which FMR of all pairs of random samples (psi 1) fall; NaN when fewer than two
+    faces were found (no threshold: the judge recognises nobody). A generator of many people draws almost only
+    different people at random, so this is the judge's false-match rate on its faces (at psi 1; at psi 0.7 faces are
+    more alike and more pairs fall under it); dlib's 0.6 was set on real photos and calls 14% of the teacher's random
+    pairs one person. On a generator of a few people (the four-person baby) random pairs are often one person and the
+    rule's premise fails."""
     faces, d = pair_distances(emb, dist)
     return round(d.quantile(FMR).item(), 3) if faces >= 2 else float('nan')
 
 
-def calibrate(panel, G_s, s_kw, n):
-    """Fix every judge's same-person threshold on the original generator alone, before anything unlearned is looked
-    at: fmr_threshold of n samples (psi 1) of the calibration stream. Sets them in the panel and returns them."""
+def calibrate(panel, G_s, s_kw, n=CALIBRATION_N):
+    """Fix every judge's same-person threshold on the original generator alone (nothing unlearned enters it):
+    fmr_threshold of n samples (psi 1) of the calibration stream. Sets them in the panel and returns them."""
     ws = shard(eval_latents(G_s, n, CALIBRATION_SEED, psi=1))
     emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'thresholds, original generator').items()}
     panel.rules = {j: (dist, fmr_threshold(emb[j], dist)) for j, (dist, _) in panel.rules.items()}
+    for j, (_, t) in panel.rules.items():
+        if t != t:  # NaN
+            print(f'warning: {j} finds fewer than two faces in {n} samples of the original generator: no threshold, '
+                  'it recognises nobody and its leak reads 0')
     return {j: t for j, (_, t) in panel.rules.items()}
 
 
@@ -278,9 +290,10 @@ def make_panel(meta, G_s, s_kw, J, args):
         raise ValueError('--faceres needs dlib-bin for its face alignment; run pip install -r requirements.txt')
     faceres = FaceRes(path).to(J.device) if path else None
     c = Panel(known_people(meta, G_s, s_kw), J, cpp, faceres)
-    thr = calibrate(c, G_s, s_kw, args.n)
+    n = min(args.n, CALIBRATION_N)  # fewer only for quick looks (and the tests)
+    thr = calibrate(c, G_s, s_kw, n)
     print('same person below: ' + ', '.join(f'{j} {t}' for j, t in thr.items()) + f' (1 in {1 / FMR:.0f} pairs of '
-          f'{args.n} samples of the original generator)')
+          f'{n} samples of the original generator)')
     return c
 
 
@@ -297,8 +310,8 @@ def leak(G_s, G_u, s_kw, u_kw, panel, n, seed, before=None):
 
 def leak_summary(runs, panel):
     """Mean and spread (standard deviation over the evaluation seeds) of the headline leak numbers; per judge also
-    the samples that showed the person before (by dlib C++), the judge's floor (the samples that never did) and how many
-    of those it calls themselves after."""
+    the samples that showed the person before (by dlib C++), the judge's floor (the samples that never did) and the
+    share of those it calls themselves after."""
     out = {}
     for judge in panel.rules:
         for key in ('leak_before', 'leak_after'):

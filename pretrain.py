@@ -35,7 +35,7 @@ from data import DataError, invert, load_faces, save_grid, to_uint8
 from helpers import (ROOT, CheckpointError, Defaults, Parser, atomic_save, busy, cli, device, load, out_folder, own,
                      writable, write_json)
 from id_net import DlibCpp, DlibFaceNet, FaceRes
-from judges import CALIBRATION_SEED, cpp_judged, eval_latents, fmr_threshold, pair_distances
+from judges import CALIBRATION_N, CALIBRATION_SEED, cpp_judged, eval_latents, fmr_threshold, pair_distances
 from lifecycle import Signals
 from model import Generator, GeneratorConfig, bias_act, generate, setup_filter, upfirdn2d
 from perceptual import IDFeatureDistance
@@ -376,8 +376,11 @@ def report(args, dev):
     dists = {'dlib_cpp': DlibCpp.distance, 'faceres': FaceRes.distance}
     rep = {'generator': args.report, 'step': (load(args.report, 'a generator').get('pretrain') or {}).get('step'),
            'framing': G.cfg.framing}
-    cal = judged(generate(G, eval_latents(G, args.pairs, CALIBRATION_SEED, psi=1), {}), cpp, faceres, 'thresholds')
-    rep['threshold'] = {j: fmr_threshold(e, dists[j]) for j, e in cal.items()}  # on the generator alone
+    cal = judged(generate(G, eval_latents(G, CALIBRATION_N, CALIBRATION_SEED, psi=1), {}), cpp, faceres, 'thresholds')
+    rep['threshold'] = {j: fmr_threshold(e, dists[j]) for j, e in cal.items()}  # on the generator alone, as evaluate's
+    if any(t != t for t in rep['threshold'].values()):  # NaN: fewer than two faces found
+        raise ValueError(f'{args.report}: dlib finds fewer than two faces in {CALIBRATION_N} of its samples: no '
+                         'threshold can be set on it (an export that is not yet trained?)')
     thr = {j: sorted({0.5, 0.6, t}) if j == 'dlib_cpp' else [t] for j, t in rep['threshold'].items()}
     found = judged(generate(G, eval_latents(G, args.samples, 0), {}), cpp, None, 'faces')['dlib_cpp'][:, 0].isfinite()
     rep['faces_psi0.7'] = {'n': args.samples, 'found': found.double().mean().item(), 'detector': 'dlib CNN (mmod)'}

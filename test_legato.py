@@ -1969,6 +1969,23 @@ def test_frechet_distance_matches_direct_computation():
     assert abs(judges.frechet_distance(mu1, s1, mu1, s1)) < 1e-6
 
 
+def test_fmr_threshold_is_the_rule_on_faces_found_and_none_without_two():
+    """judges.fmr_threshold: the distance 1 in 1,000 pairs of the faces found fall under (NaN rows: no face), from all
+    pairs; no threshold (NaN) from fewer than two faces; an uncalibrated panel refuses to recognise."""
+    emb = torch.randn(60, 8)
+    emb[[3, 17]] = float('nan')  # two samples without a face
+    faces, d = judges.pair_distances(emb, DlibCpp.distance)
+    e = emb[emb[:, 0].isfinite()]
+    i, k = torch.triu_indices(58, 58, 1)
+    assert faces == 58 and torch.allclose(d, (e[i] - e[k]).norm(dim=1).double())
+    assert judges.fmr_threshold(emb, DlibCpp.distance) == round((e[i] - e[k]).norm(dim=1).double().quantile(1e-3).item(), 3)
+    assert math.isnan(judges.fmr_threshold(emb[[0, 3, 17]], DlibCpp.distance))
+    J = judges.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=2), 'cpu')
+    panel = judges.Panel({'him': torch.zeros(1, 3, 64, 64)}, J)
+    with pytest.raises(ValueError, match='calibrate'):
+        panel.recognise('dlib', torch.zeros(2, 128))
+
+
 def test_neighbours_keep_who_and_move_by_the_stated_length(tiny_ckpt):
     """judges.neighbours: mixed latents keep his styles below the top two resolutions and take the samples' above;
     moves are one W step on every layer, of length r times a fresh sample's mean distance to w_avg."""
