@@ -272,15 +272,20 @@ def fmr_threshold(emb, dist):
 
 def calibrate(panel, G_s, s_kw, n=CALIBRATION_N):
     """Fix every judge's same-person threshold on the original generator alone (nothing unlearned enters it):
-    fmr_threshold of n samples (psi 1) of the calibration stream. Sets them in the panel and returns them."""
+    fmr_threshold of min(n, CALIBRATION_N) samples (psi 1) of the calibration stream (fewer only for quick looks and
+    the tests). Sets them in the panel, prints and returns them."""
+    n = min(n, CALIBRATION_N)
     ws = shard(eval_latents(G_s, n, CALIBRATION_SEED, psi=1))
     emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'thresholds, original generator').items()}
     panel.rules = {j: (dist, fmr_threshold(emb[j], dist)) for j, (dist, _) in panel.rules.items()}
-    for j, (_, t) in panel.rules.items():
+    thr = {j: t for j, (_, t) in panel.rules.items()}
+    print('same person below: ' + ', '.join(f'{j} {t}' for j, t in thr.items()) + f' (1 in {1 / FMR:.0f} pairs of '
+          f'{n} samples of the original generator)')
+    for j, t in thr.items():
         if t != t:  # NaN
             print(f'warning: {j} finds fewer than two faces in {n} samples of the original generator: no threshold, '
                   'it recognises nobody and its leak reads 0')
-    return {j: t for j, (_, t) in panel.rules.items()}
+    return thr
 
 
 def make_panel(meta, G_s, s_kw, J, args):
@@ -290,10 +295,7 @@ def make_panel(meta, G_s, s_kw, J, args):
         raise ValueError('--faceres needs dlib-bin for its face alignment; run pip install -r requirements.txt')
     faceres = FaceRes(path).to(J.device) if path else None
     c = Panel(known_people(meta, G_s, s_kw), J, cpp, faceres)
-    n = min(args.n, CALIBRATION_N)  # fewer only for quick looks (and the tests)
-    thr = calibrate(c, G_s, s_kw, n)
-    print('same person below: ' + ', '.join(f'{j} {t}' for j, t in thr.items()) + f' (1 in {1 / FMR:.0f} pairs of '
-          f'{n} samples of the original generator)')
+    calibrate(c, G_s, s_kw, args.n)
     return c
 
 

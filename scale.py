@@ -11,7 +11,7 @@ import torch
 from data import dlib_available
 from helpers import plot, table, write_json
 from id_net import DlibCpp, FaceRes
-from judges import CALIBRATION_N, Judge, Panel, calibrate, frechet_distance, stats
+from judges import Judge, Panel, calibrate, frechet_distance, stats
 from model import seed_latents
 from ode_adapter import load_run, run_meta
 
@@ -36,7 +36,7 @@ def scale(runs, args, device, n_held=200):
         G_s, G_u, s_kw, meta = load_run(run, device, args.ckpt)
         J = Judge(args, device, G_s.cfg.framing)
         panel = Panel({}, J, DlibCpp(G_s.cfg.framing) if dlib_available() else None, faceres)
-        calibrate(panel, G_s, s_kw, min(args.n, CALIBRATION_N))
+        calibrate(panel, G_s, s_kw, args.n)
         ws_h, ws_u = seed_latents(G_s, range(HELD_SEEDS, HELD_SEEDS + n_held)), meta['ws_u'].to(device)
         hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
         ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
