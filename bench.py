@@ -33,10 +33,11 @@ from perceptual import IDFeatureDistance
 from losses import describe, image_loss, image_terms, total, trajectory_consistency
 from model import Generator, GeneratorConfig
 from ode_adapter import MAX_STEPS, adapters
+from teacher import FRAMING
 
 CONFIGS = {
-    'baby': GeneratorConfig(img_resolution=64, z_dim=128, w_dim=128, channel_base=4096, channel_max=128,
-                            mapping_layers=4, conv_clamp=256),
+    'builtin': GeneratorConfig(img_resolution=64, z_dim=100, w_dim=128, channel_base=4096, channel_max=128,
+                               mapping_layers=4, mapping_lr_mul=0.1, conv_clamp=256, framing=FRAMING),
     'ffhq256': GeneratorConfig(img_resolution=256, channel_base=32768),
     'ffhq1024': GeneratorConfig(img_resolution=1024, channel_base=32768),
 }
@@ -124,7 +125,7 @@ RSS = """
 import sys, torch
 from model import Generator
 from ode_adapter import MAX_STEPS, adapters, attach_adapters
-G = attach_adapters(Generator.from_checkpoint('assets/baby.pt'), 64)
+G = attach_adapters(Generator.from_checkpoint('assets/generator.pt'), 64)
 torch.manual_seed(0)
 for ad in adapters(G).values():
     torch.nn.init.normal_(ad.f.net[2].weight, 0, 1e-3)
@@ -259,7 +260,7 @@ def encoder_vs_invert(G, args, rep, dev, invert_steps=300):
 
 def main():
     p = Parser(description='Benchmark the unlearning step.')
-    p.add_argument('--config', default=None, choices=list(CONFIGS), help='a generator layout, random weights (default baby)')
+    p.add_argument('--config', default=None, choices=list(CONFIGS), help='a generator layout, random weights (default builtin)')
     p.add_argument('--ckpt', default=None, help='a real generator instead of --config')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--amp', default='none', choices=list(train.AMP))
@@ -297,7 +298,7 @@ def check(args):
         raise ValueError('--ckpt and --config are two generators; give one')
     if args.ckpt and args.json and Path(args.json).resolve() == Path(args.ckpt).resolve():
         raise ValueError(f'--json {args.json}: that is the --ckpt generator; name another file for the numbers')
-    args.config = args.config or 'baby'
+    args.config = args.config or 'builtin'
     res = Generator.from_checkpoint(args.ckpt).cfg.img_resolution if args.ckpt else CONFIGS[args.config].img_resolution
     if res < 8:  # a refused --ckpt file is one line now, not after the first measurement
         raise ValueError(f'--ckpt {args.ckpt}: a 4 px generator has no block after b4 for an adapter; pass one of '
@@ -330,7 +331,7 @@ def run(args):
     # 5. inference memory over the dial: 16 samples at T = 1.6 and --big_T (400: 1,000 Euler steps), CPU processes
     mb = {T: inference_mb(T) for T in (1.6, args.big_T)}
     rep.res['inference_mb'] = {'T1.6': mb[1.6], f'T{args.big_T:g}': mb[args.big_T], 'ratio': mb[args.big_T] / mb[1.6]}
-    print(f'inference, 16 samples of the baby: {mb[1.6]:.0f} MB at T=1.6, {mb[args.big_T]:.0f} MB at T={args.big_T:g} '
+    print(f'inference, 16 samples of the built-in generator: {mb[1.6]:.0f} MB at T=1.6, {mb[args.big_T]:.0f} MB at T={args.big_T:g} '
           f'-> {mb[args.big_T] / mb[1.6]:.2f}x')
     encoder_vs_invert(G0, args, rep, dev)
     if args.json:

@@ -21,7 +21,7 @@ def target_latent(w_u, w_avg, d=30.0, mode='extra', scale_d=False):
 
     w_u: [N, num_ws, w_dim]. mode 'average' gives w_avg itself. scale_d=True multiplies d by
     sqrt(num_ws * w_dim / (14 * 512)), i.e. keeps the per-element distance of the paper's 256 px generator
-    (14 x 512 W+), for generators with another W+ size (the baby's is 10 x 128)."""
+    (14 x 512 W+), for generators with another W+ size (the built-in one's is 10 x 128)."""
     if mode == 'average':
         return w_avg.expand_as(w_u).clone()
     if mode != 'extra':

@@ -16,7 +16,7 @@ from ode_adapter import load_run
 
 
 def modes(run, args, device, k=6):
-    """Who fresh samples were as a viewer sees them, on a generator made by pretrain.py (the built-in baby), which
+    """Who fresh samples were as a viewer sees them, on a generator made by pretrain.py (the built-in one), which
     keeps each training photo's latent: a sample is drawn from the photo whose image is nearest in pixels. Per photo:
     its samples' share, how far they moved (mean absolute pixel change) and who each judge calls them before and
     after -> modes.json, modes.png (k pairs before | after a row, one row per photo). At 64 px the judges split some
@@ -29,7 +29,7 @@ def modes(run, args, device, k=6):
         pre = {}
     if not isinstance(pre.get('anchors'), torch.Tensor) or len(pre.get('anchor_names', ())) != len(pre['anchors']):
         raise ValueError(f"--modes: {gen} keeps no training photos' latents (generators made by pretrain.py do, "
-                         'such as the built-in assets/baby.pt)')
+                         'such as the built-in assets/generator.pt)')
     names = list(pre['anchor_names'])
     ws = eval_latents(G_s, args.n, seeds(args)[0])
     before, after = generate(G_s, ws, s_kw), generate(G_u, ws, {})

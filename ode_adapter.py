@@ -177,7 +177,7 @@ class ODEAdapter(nn.Module):
 
 def attach_adapters(G, hidden=256, **defaults):
     """Put an ODEAdapter after conv1 of every block except b4; freeze the generator, adapters trainable.
-    README eq. 1; train.py passes hidden = channel_max // 2 (256 on the official generators, 64 on the baby)."""
+    README eq. 1; train.py passes hidden = channel_max // 2 (256 on the official generators, 64 on the built-in one)."""
     G.requires_grad_(False)
     for block in G.synthesis.blocks()[1:]:
         block.adapter = ODEAdapter(G.cfg.channels(block.resolution), hidden, **defaults).to(

@@ -64,9 +64,10 @@ def surrogate_targets(S, P, ws, emb):
     """--target surrogate (README eq. 3): for each forgotten latent, the nearest searched latent in W+ (ws [n, L, C], emb [n, D]: `embed_samples`)
     among the samples not of a kept person (by `who`) that the identity network puts farther from the latent's image
     than FAR of them -> [n_u, L, C]: a face of someone clearly else that the original generator draws (SUGAR's
-    surrogate), where GUIDE's extrapolated target is an image off the generator's manifold (on the baby dlib C++ finds
-    no face in it). Samples near another forgotten face are not left out: with 50 seed identities forgotten on the
-    baby, every one of 2,000 samples lies within dlib's threshold of one of them. Reads back (a host sync), once."""
+    surrogate), where GUIDE's extrapolated target is an image off the generator's manifold (on the first, four-person
+    built-in generator dlib C++ found no face in it). Samples near another forgotten face are not left out: with 50
+    seed identities forgotten on that generator, every one of 2,000 samples lay within dlib's threshold of one of
+    them. Reads back (a host sync), once."""
     free = who(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD) <= 0  # not a kept person's
     if not free.any():
         raise ValueError(f'--target surrogate: all {len(ws)} searched samples show a kept person; raise --mine_n')

@@ -64,7 +64,7 @@ except ImportError:
     dlib = None
 
 ROOT = Path(__file__).resolve().parent
-BABY = ROOT / 'assets' / 'baby.pt'
+BUILTIN = ROOT / 'assets' / 'generator.pt'
 FIXTURE = ROOT.parent / 'shared' / 'fixtures' / 'stylegan2_reference_small.pt'
 FACES = sorted((ROOT / 'assets' / 'faces').glob('*/*.png'))
 needs_dlib = pytest.mark.skipif(dlib is None, reason='dlib-bin not installed (test-only reference)')
@@ -231,8 +231,8 @@ def weight_files(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def baby():
-    return Generator.from_checkpoint(BABY)
+def builtin():
+    return Generator.from_checkpoint(BUILTIN)
 
 
 def seed_latents(G, seeds, psi=0.7):
@@ -1203,7 +1203,7 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
     mode from the restored pool, targets and random stream) and with --target surrogate (its targets restored)."""
     extra = ['--forget', forget] if forget != 'surrogate' else ['--forget', 'latent', '--target', 'surrogate',
                                                                  '--mine_n', '32']
-    ckpt = BABY if forget != 'latent' else tiny_ckpt  # the baby draws the person and others: a pool with targets
+    ckpt = BUILTIN if forget != 'latent' else tiny_ckpt  # the built-in one draws the person and others: a pool with targets
     a = run_train(ckpt, tmp_path / 'a', '--iters', '4', *extra)
     run_train(ckpt, tmp_path / 'b', '--iters', '2', *extra)
     b = run_train(ckpt, tmp_path / 'b', '--iters', '4', '--resume', *extra)
@@ -1221,18 +1221,18 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, tiny_ckpt, forget):
 def test_several_people_forgotten_together_resume_exactly(tmp_path):
     """--identity twice: one run forgets both (their latents in order, both known to the search as the person);
     stopped at step 2 and resumed, the same adapters as a run that went through."""
-    a = run_train(BABY, tmp_path / 'a', '--identity', 'seed:5', '--iters', '4')
-    run_train(BABY, tmp_path / 'b', '--identity', 'seed:5', '--iters', '2')
-    b = run_train(BABY, tmp_path / 'b', '--identity', 'seed:5', '--iters', '4', '--resume')
+    a = run_train(BUILTIN, tmp_path / 'a', '--identity', 'seed:5', '--iters', '4')
+    run_train(BUILTIN, tmp_path / 'b', '--identity', 'seed:5', '--iters', '2')
+    b = run_train(BUILTIN, tmp_path / 'b', '--identity', 'seed:5', '--iters', '4', '--resume')
     ma, mb = (torch.load(r / 'adapter.pt', weights_only=True) for r in (a, b))
     assert all(torch.equal(ma['state_dict'][k], mb['state_dict'][k]) for k in ma['state_dict'])
     assert ma['identity'] == {'kind': 'many', 'people': [{'kind': 'seed', 'seed': 3, 'rows': 1},
                                                          {'kind': 'seed', 'seed': 5, 'rows': 1}]}
-    G = Generator.from_checkpoint(BABY)
+    G = Generator.from_checkpoint(BUILTIN)
     assert torch.equal(ma['ws_u'], torch.cat([data.resolve_identity(f'seed:{n}', G, None)[0] for n in (3, 5)]))
     assert ma['args']['identity'] == ['seed:3', 'seed:5'] and 0 < ma['mined'] < 64
     with pytest.raises(SystemExit, match='a person given twice'):
-        run_train(BABY, tmp_path / 'c', '--identity', 'seed:3')
+        run_train(BUILTIN, tmp_path / 'c', '--identity', 'seed:3')
 
 
 def test_init_forgets_one_more_and_keeps_the_earlier_forgotten(tmp_path, capsys):
@@ -1452,7 +1452,7 @@ def test_composed_runs_are_evaluated_as_one_run_of_all_their_people(tmp_path):
     assert torch.equal(meta['ws_u'], torch.cat([m1['ws_u'], m2['ws_u']]))
     views = evaluate.per_person(meta)
     assert torch.equal(views[1]['ws_u'], m2['ws_u']) and views[1]['identity']['path'] == str(bi / 'photos/forget')
-    G = Generator.from_checkpoint(BABY)
+    G = Generator.from_checkpoint(BUILTIN)
     load_adapters(G, ob / 'adapter.pt')
     compose(G, [m1['state_dict'], m2['state_dict']], [m1['adapter']['T'], m2['adapter']['T']])
     ws = G.mapping(torch.randn(2, G.cfg.z_dim))
@@ -1506,7 +1506,7 @@ def test_a_signal_then_the_printed_resume_is_exact(tmp_path, tiny_ckpt, monkeypa
     """Ctrl-C (or SIGTERM) lands inside step 2: the step finishes, the run checkpoints, exits 130 (143) and prints
     a hint that, run as printed (no other flag), ends with the adapters of a run that was never interrupted."""
     extra = [*mode, '--iters', '4', '--lr', '1e-3']
-    ckpt = BABY if 'person' in mode else tiny_ckpt  # the baby draws the person and others: a pool with targets
+    ckpt = BUILTIN if 'person' in mode else tiny_ckpt  # the built-in one draws the person and others: a pool with targets
     a = run_train(ckpt, tmp_path / 'a', *extra)
     real_step, calls = train.train_step, []
 
@@ -1592,9 +1592,9 @@ def test_train_refuses_overwrite_and_stops_on_nan(tmp_path, tiny_ckpt, monkeypat
     assert not (tmp_path / 'x').exists()
 
 
-def test_train_on_the_baby_generator(tmp_path):
+def test_train_on_the_builtin_generator(tmp_path):
     """A few steps of the real loop on the committed built-in generator with its default adapters."""
-    out = train.main(['--out', str(tmp_path / 'baby'), '--identity', 'seed:1', '--iters', '2', '--log_every', '1',
+    out = train.main(['--out', str(tmp_path / 'builtin'), '--identity', 'seed:1', '--iters', '2', '--log_every', '1',
                       '--mine_n', '128', '--invert_steps', '2'])
     rec = [json.loads(line) for line in open(out / 'log.jsonl')]
     assert len(rec) == 2 and all(math.isfinite(r['loss']) for r in rec)
@@ -1604,7 +1604,7 @@ def test_train_on_the_baby_generator(tmp_path):
 
 
 def test_defaults_follow_the_mode(tmp_path):
-    """On the baby, person mode's default is Adam at 1e-3 for 150 steps (the README's tables); --forget latent keeps
+    """On the built-in generator, person mode's default is Adam at 1e-3 for 150 steps (the README's tables); --forget latent keeps
     the paper's 1e-4 and 500; a given --lr or --iters wins."""
     got = lambda *a: (lambda c: (c.lr, c.iters))(train.start(['--out', str(tmp_path / 'r'), *a])[0])  # noqa: E731
     assert got() == (1e-3, 150) and got('--forget', 'latent') == (1e-4, 500)
@@ -1742,23 +1742,23 @@ def test_step_is_free_of_host_traffic(step_setup, mode, monkeypatch):
 # -----------------------------------------------------------------------------
 # train.py / evaluate.py: forgetting the person (the leak, mining, the re-projection attack)
 
-def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
+def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
     """Samples planted to be the person (3 of 10) and a kept person (7 of 10): both judges count exactly that,
     before; after, a generator that draws the kept person's face everywhere leaks nothing."""
-    w = seed_latents(baby, [11, 12, 13])  # the person, a kept person, a third face
+    w = seed_latents(builtin, [11, 12, 13])  # the person, a kept person, a third face
     with torch.no_grad():
-        faces = baby.synthesis(w)
+        faces = builtin.synthesis(w)
     people = {'person': F.interpolate(faces[:1], size=256, mode='bilinear', align_corners=False),
               'kept': F.interpolate(faces[1:2], size=256, mode='bilinear', align_corners=False)}
     planted = torch.cat([w[:1].repeat(3, 1, 1), w[1:2].repeat(7, 1, 1)])
     monkeypatch.setattr(judges, 'eval_latents', lambda G, n, seed, psi=0.7: planted[:n])
 
     everyone = types.SimpleNamespace(  # an "unlearned" generator that draws the kept person from every latent
-        synthesis=lambda ws, noise_mode='const', **kw: baby.synthesis(w[1:2].repeat(len(ws), 1, 1)))
+        synthesis=lambda ws, noise_mode='const', **kw: builtin.synthesis(w[1:2].repeat(len(ws), 1, 1)))
     J = judges.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=10), 'cpu')
     panel = judges.Panel(people, J, DlibCpp() if dlib is not None else None)
     panel.rules = {j: (dist, 0.6) for j, (dist, _) in panel.rules.items()}  # set, as calibrate would (tested with scale)
-    m, _ = judges.leak(baby, everyone, {}, {}, panel, 10, 0)
+    m, _ = judges.leak(builtin, everyone, {}, {}, panel, 10, 0)
     for judge in panel.refs:
         c = m[judge]
         assert c['leak_before'] == 0.3 and c['share_before'] == {'person': 0.3, 'kept': 0.7}, (judge, c)
@@ -1767,30 +1767,30 @@ def test_leak_counts_a_planted_leak(baby, facenet, monkeypatch):
         assert c['others_n'] == 7 and c['others_themselves'] == 1.0  # the kept person's samples are still him
     if dlib is not None:
         assert m['dlib_cpp']['face_before'] == 1.0
-    who = panel.latents(baby, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
+    who = panel.latents(builtin, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
     assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
-    him = types.SimpleNamespace(synthesis=lambda ws, noise_mode='const', **kw: baby.synthesis(w[:1].repeat(len(ws), 1, 1)))
+    him = types.SimpleNamespace(synthesis=lambda ws, noise_mode='const', **kw: builtin.synthesis(w[:1].repeat(len(ws), 1, 1)))
     apart = {j: dist(*panel.refs[j]).item() for j, (dist, _) in panel.rules.items()}  # the two faces, to each judge
     panel.rules = {j: (dist, apart[j] / 2) for j, (dist, _) in panel.rules.items()}  # a judge that tells them apart
-    m, _ = judges.leak(baby, him, {}, {}, panel, 10, 0)  # everyone else became the person: nobody is themselves
+    m, _ = judges.leak(builtin, him, {}, {}, panel, 10, 0)  # everyone else became the person: nobody is themselves
     assert all(m[judge]['others_themselves'] == 0 for judge in panel.refs), {j: m[j]['others_themselves'] for j in panel.refs}
 
 
-def test_surrogate_target_is_the_nearest_sample_of_someone_clearly_else(baby, facenet):
+def test_surrogate_target_is_the_nearest_sample_of_someone_clearly_else(builtin, facenet):
     """--target surrogate: each forgotten latent's target is one of the searched latents, one the identity network puts
     among the samples not of a kept person farther from the latent's image than FAR of them, and the nearest such in
     W+; its image, described once, is the frozen generator's."""
     cfg = train.get_args(['--hidden', '16', '--target', 'surrogate'])
-    ws_u, kept = seed_latents(baby, [11, 12, 13]), seed_latents(baby, [14])
-    S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
+    ws_u, kept = seed_latents(builtin, [11, 12, 13]), seed_latents(builtin, [14])
+    S = train.setup(cfg, copy.deepcopy(builtin), facenet, IDFeatureDistance(facenet), ws_u)
     assert S.ws_t is None  # set after the search
     with torch.no_grad():
-        P = person.setup_person(S, baby.synthesis(ws_u), {'kept': kept}, {'kept': baby.synthesis(kept)})
+        P = person.setup_person(S, builtin.synthesis(ws_u), {'kept': kept}, {'kept': builtin.synthesis(kept)})
     ws, emb = person.embed_samples(S, 96)
     train.aim(S, person.surrogate_targets(S, P, ws, emb))
     with torch.no_grad():
-        d = torch.cdist(facenet.embed(baby.synthesis(ws_u)), emb)  # [3, 96]: each forgotten image to each sample
-        assert torch.allclose(S.tgt.img, baby.synthesis(S.ws_t, fused=False), atol=1e-5)
+        d = torch.cdist(facenet.embed(builtin.synthesis(ws_u)), emb)  # [3, 96]: each forgotten image to each sample
+        assert torch.allclose(S.tgt.img, builtin.synthesis(S.ws_t, fused=False), atol=1e-5)
     dr = torch.cdist(emb, P.refs)  # [96, 4]: to the three forgotten faces, then the kept one
     kept = (dr.argmin(1) == 3) & (dr.min(1).values < facenet.THRESHOLD)
     assert 0 < kept.sum() < 96
@@ -1800,25 +1800,25 @@ def test_surrogate_target_is_the_nearest_sample_of_someone_clearly_else(baby, fa
         assert torch.equal(S.ws_t[k], ws[ok][w.argmin()])
 
 
-def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet):
+def test_mining_finds_the_person_and_sends_each_sample_to_another(builtin, facenet):
     """mine() + surrogates() keep exactly the latents whose image is nearest the person within the threshold,
     recomputed here from the same random draws; each one's target is its nearest latent in W+ among the searched
     samples of nobody known (neither him nor the kept person) farther from him than FAR of them: a sample that
     clearly shows someone else, and not a kept person; the held latents are exactly those nearest the kept person
     within the threshold."""
     cfg = train.get_args(['--hidden', '16'])
-    ws_u = seed_latents(baby, [11])
-    S = train.setup(cfg, copy.deepcopy(baby), facenet, IDFeatureDistance(facenet), ws_u)
-    P = person.setup_person(S, S.G.synthesis(ws_u, T=0), {'kept': seed_latents(baby, [12])},
-                           {'kept': S.G.synthesis(seed_latents(baby, [12]), T=0)})
+    ws_u = seed_latents(builtin, [11])
+    S = train.setup(cfg, copy.deepcopy(builtin), facenet, IDFeatureDistance(facenet), ws_u)
+    P = person.setup_person(S, S.G.synthesis(ws_u, T=0), {'kept': seed_latents(builtin, [12])},
+                           {'kept': S.G.synthesis(seed_latents(builtin, [12]), T=0)})
     state = S.gen.get_state()
     pool, targets, held = person.surrogates(S, P, *person.embed_samples(S, 128))
     S.gen.set_state(state)  # the same draws again, judged here by hand
-    z = torch.randn(128, baby.cfg.z_dim, generator=S.gen)
+    z = torch.randn(128, builtin.cfg.z_dim, generator=S.gen)
     psi = 0.5 + 0.5 * torch.rand(128, 1, 1, generator=S.gen)
     with torch.no_grad():
-        ws = baby.mapping.w_avg + psi * (baby.mapping(z) - baby.mapping.w_avg)
-        d = torch.cdist(facenet.embed(baby.synthesis(ws)), P.refs)  # [128, 2]: the person, the kept one
+        ws = builtin.mapping.w_avg + psi * (builtin.mapping(z) - builtin.mapping.w_avg)
+        d = torch.cdist(facenet.embed(builtin.synthesis(ws)), P.refs)  # [128, 2]: the person, the kept one
     near = d.min(1).values < facenet.THRESHOLD
     expect, kept = (d.argmin(1) == 0) & near, (d.argmin(1) == 1) & near
     assert 0 < len(pool) == expect.sum() and torch.allclose(pool, ws[expect])
@@ -1830,7 +1830,7 @@ def test_mining_finds_the_person_and_sends_each_sample_to_another(baby, facenet)
         i = (ws[others] - w).flatten(1).norm(dim=1).argmin()
         assert torch.equal(t, ws[others][i])
     with torch.no_grad():
-        dt = torch.cdist(facenet.embed(baby.synthesis(targets)), P.refs)
+        dt = torch.cdist(facenet.embed(builtin.synthesis(targets)), P.refs)
     assert (dt[:, 0] >= far - 1e-4).all() and far > d[nobody, 0].median()  # farther than a typical unknown sample
     assert (dt.min(1).values >= facenet.THRESHOLD - 1e-4).all()  # and no target is a kept person's (or his)
 
@@ -2562,18 +2562,18 @@ def test_two_people_forgotten_together_over_two_processes_as_in_one(tmp_path, ti
     assert a.norm() > 0 and (a - b).norm() <= 1e-5 * a.norm()
 
 
-def test_npy_latents_in_any_byte_order_or_layout_load_as_saved(tmp_path, baby):
-    w = seed_latents(baby, [3])
+def test_npy_latents_in_any_byte_order_or_layout_load_as_saved(tmp_path, builtin):
+    w = seed_latents(builtin, [3])
     for name, a in (('be.npy', w.numpy().astype('>f8')), ('f.npy', np.asfortranarray(w.numpy()))):
         np.save(tmp_path / name, a)
-        assert torch.equal(data.load_latent(tmp_path / name, baby), w)
+        assert torch.equal(data.load_latent(tmp_path / name, builtin), w)
 
 
-def test_a_latent_identity_is_never_also_kept(tmp_path, baby, capsys):
+def test_a_latent_identity_is_never_also_kept(tmp_path, builtin, capsys):
     """--identity seed:N with a kept person whose photo is that seed's own image: refused before any training."""
-    w = seed_latents(baby, [5], psi=1)  # what seed:5 means
+    w = seed_latents(builtin, [5], psi=1)  # what seed:5 means
     with torch.no_grad():
-        img = F.interpolate(baby.synthesis(w), size=256, mode='bilinear', align_corners=False)
+        img = F.interpolate(builtin.synthesis(w), size=256, mode='bilinear', align_corners=False)
     (tmp_path / 'keep' / 'same').mkdir(parents=True)
     Image.fromarray(data.to_uint8(img)[0]).save(tmp_path / 'keep' / 'same' / 'same.png')
     with pytest.raises(SystemExit) as e:
@@ -2820,7 +2820,7 @@ PRETRAIN_CASES = [(['--r1', '-1'], '--r1 -1.0: must be a finite number >= 0'),
                   (['--report', 'g.pt', '--faces', 'nowhere'], '--faces nowhere: not a folder of identity folders'),
                   (['--out', 'faces'], '--out faces: a folder of other files (not a pretrain.py run)'),  # or . or /
                   (['--lr', '1e30', '--iters', '2'], 'NaN or Inf at step 2; nothing was kept: start again'),
-                  (['--export', 'baby.pt'], '--export baby.pt: exists and is not an earlier export of this generator')]
+                  (['--export', 'builtin.pt'], '--export builtin.pt: exists and is not an earlier export of this generator')]
 
 
 @pytest.mark.parametrize('flags,says', PRETRAIN_CASES, ids=[' '.join(f) for f, _ in PRETRAIN_CASES])
@@ -2831,7 +2831,7 @@ def test_pretrain_bad_flags_say_why_in_one_line(tmp_path, monkeypatch, flags, sa
     shutil.copytree(ROOT / 'assets/faces/biden', tmp_path / 'faces/biden')
     os.mkfifo(tmp_path / 'pipe')
     (tmp_path / 'link').symlink_to(tmp_path / 'link')  # a loop
-    shutil.copy(BABY, tmp_path / 'baby.pt')  # a shipped generator of another layout, never replaced by an export
+    shutil.copy(BUILTIN, tmp_path / 'builtin.pt')  # a shipped generator of another layout, never replaced by an export
     before = sorted(tmp_path.rglob('*'))
     with pytest.raises(SystemExit) as e:
         pretrain.main(['--teacher', 'weights.tar', '--faces', 'faces', '--out', 'run', '--wdim', '8', '--channels', '8',
@@ -2896,7 +2896,7 @@ def test_one_photo_keeps_only_its_person_from_its_folder(tmp_path, tiny_ckpt):
     for f in FACES:  # obama_1..3 with biden, collins and hopper beside them
         shutil.copy(f, folder / f.name)
     with pytest.warns(UserWarning, match='not kept as a held-out photo'):
-        out = train.main(['--ckpt', str(BABY), '--identity', str(folder / 'obama_1.png'), '--retain', 'none',
+        out = train.main(['--ckpt', str(BUILTIN), '--identity', str(folder / 'obama_1.png'), '--retain', 'none',
                           '--forget', 'latent', '--iters', '1', '--invert_steps', '2', '--hidden', '8'])
     try:
         assert '\n' not in str(out) and out.name == 'obama_1-ode'

@@ -38,7 +38,7 @@ from perceptual import IDFeatureDistance, LPIPSVGG
 from person import find, person_latents, setup_person
 from several import each, load_init, start_from, who_to_forget
 
-BABY = ROOT / 'assets/baby.pt'  # the built-in generator
+BUILTIN = ROOT / 'assets/generator.pt'  # the built-in generator (pretrain.py, assets/README.md)
 ADAPTERS = ('ode', 'residual', 'full')
 AMP = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}  # autocast dtypes
 
@@ -55,7 +55,7 @@ class Config:
     identity: list = arg(None, 'who to forget: a photo, a folder of photos (all forgotten together), a latent .pt/.npy, '
                                'or seed:N; given more than once, several people at once (default: assets/faces/obama/'
                                'obama_1.png)')
-    ckpt: str = arg(str(BABY), 'generator: official .pkl, rosinality .pt or ours')
+    ckpt: str = arg(str(BUILTIN), 'generator: official .pkl, rosinality .pt or ours')
     retain: str = arg(str(ROOT / 'assets/faces'), "folder of identity folders: the kept people (each checked not to be "
                                                    "the person; person mode holds them in the loss) ('none': nobody)")
     out: str = arg(None, 'run folder (default runs/<identity>-<adapter>, numbered if taken)')
@@ -150,7 +150,7 @@ def get_args(argv=None):
     if cfg.lr is None:
         cfg.lr = 1e-3 if person else 1e-4
     if cfg.iters is None:  # the paper's 1000; on the built-in generator person mode needs 150, the paper's method 500
-        cfg.iters = (150 if person else 500) if Path(cfg.ckpt).resolve() == BABY else 1000
+        cfg.iters = (150 if person else 500) if Path(cfg.ckpt).resolve() == BUILTIN else 1000
     if cfg.invert_steps is None:
         cfg.invert_steps = 0 if cfg.encoder else 300
     return cfg
