@@ -115,7 +115,8 @@ def naive_step(S, cfg):
 def build(G0, idn, args, adapter):
     """A fresh copy of the generator set up for one adapter kind, with a random identity latent."""
     G = copy.deepcopy(G0)
-    cfg = train.get_args(['--adapter', adapter, '--amp', args.amp] + (['--compile'] if args.compile else []))
+    cfg = train.get_args(['--adapter', adapter, '--amp', args.amp, '--target', 'extra'] +  # the step's cost is the same
+                         (['--compile'] if args.compile else []))  # for any target; a surrogate needs the search
     with torch.no_grad():
         ws_u = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(G.mapping.w_avg.device))
     return train.setup(cfg, G, idn, IDFeatureDistance(idn), ws_u), cfg

@@ -30,7 +30,7 @@ from ddp import distributed, gather, shard, together, world
 from helpers import (CheckpointError, Defaults, Parser, cli, device, in_repo, keep_freed_memory, load, out_folder,
                      own_line, people_of, person_name, plot, table, writable, write_json)
 from id_net import ID_NETS, FaceRes
-from judges import (NEIGHBOURS, Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
+from judges import (NEIGHBOURS, SEARCH, Judge, eval_latents, frechet_distance, leak, leak_summary, make_panel, seeds,
                     stats)
 from model import generate
 from modes import modes
@@ -233,6 +233,7 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     m['latents_who'] = panel.latents(G_s, G_u, s_kw, {}, meta)
     m['neighbourhood'] = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0],
                                              min(args.n, NEIGHBOURS))
+    m['former'] = panel.former(G_s, G_u, s_kw, {}, SEARCH * args.n, seeds(args)[0])
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
         m['reproject_photos'] = names + [f.stem for f in files]
         m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))

@@ -77,6 +77,8 @@ def eval_latents(G, n, seed, psi=0.7):
 NEIGHBOURS = 64  # a latent's neighbours of each kind (fewer only when --samples is smaller: quick looks, the tests)
 MOVES = (0.1, 0.2)  # small moves in W: lengths as a share of a fresh sample's mean distance to w_avg
 MOVES_STREAM = 3 << 40  # their directions: a stream neither the evaluation nor the calibration draws
+SEARCH = 20  # his former samples: fresh samples searched for them per --samples (500: 10,000)
+SEARCH_STREAM = 4 << 40  # and their stream
 
 
 def neighbours(G, w, seed, n=NEIGHBOURS):
@@ -230,6 +232,28 @@ class Panel:
                     r.setdefault(j, {})[f'called_{when}'] = (ids == 0).float().mean().item()
                     r[j][f'dist_{when}'] = d.mean().item() if len(d) else float('nan')
             out[kind] = r
+        return out
+
+    def former(self, G_s, G_u, s_kw, u_kw, n, seed):
+        """His former samples, searched for among n fresh ones (psi 0.7, a stream of their own): those the identity
+        network puts within its published threshold of his nearest photo (the port's 0.6, looser than any judge's
+        rule, so that each judge still makes its own call), drawn before and after -> {'searched': n, 'found': k,
+        judge: {n, called_after, dist_before, dist_after}} over the found samples that judge calls him before."""
+        ws = eval_latents(G_s, n, SEARCH_STREAM + seed)
+        near = torch.cat([self.J.dist(self.J.emb(generate(G_s, w, s_kw))[:, None], self.refs[self.J.name][0][None])
+                          .nan_to_num(float('inf')).min(1).values for w in tqdm(ws.split(64), desc='his samples: search',
+                                                                                 leave=False)])
+        ws = ws[near < self.J.idn.THRESHOLD]
+        out = {'searched': n, 'found': len(ws)}
+        if not len(ws):
+            return out
+        before, after = self.drawn(G_s, ws, s_kw, 'his samples, before'), self.drawn(G_u, ws, u_kw, 'his samples, after')
+        for j in self.rules:
+            (ib, db), (ia, da) = self.recognise(j, before[j]), self.recognise(j, after[j])
+            was = ib == 0
+            out[j] = {'n': int(was.sum()), 'called_after': (ia[was] == 0).float().mean().item() if was.any() else None,
+                      'dist_before': db[was, 0].mean().item() if was.any() else None,
+                      'dist_after': da[was, 0][da[was, 0].isfinite()].mean().item() if was.any() else None}
         return out
 
     def counts(self, before, after):

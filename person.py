@@ -140,19 +140,21 @@ def invert_others(cfg, G, idn, person=None, forgotten_names=(), encoder=None):
 
 @torch.no_grad()
 def before_after(S, P, retain, path, n=6):
-    """Pairs before | after, n a row: the forgotten face and the kept people; random samples (psi 0.7); random
-    samples that showed the person (the first n of each among 64, embedded 16 at a time until both rows are full)."""
+    """Pairs before | after, n a row: the forgotten face and the kept people; random samples (psi 0.7) that did not show
+    the person (the first n of 64, embedded 16 at a time); samples that showed him: the search's (person mode; on a
+    generator of many people few of 64 random ones do), else the first n of the 64."""
     G, dev = S.G, S.ws_u.device
     w_r = G.mapping(torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev), psi=0.7)
     was = []
     for w in w_r.split(16):
-        if len(was) and min(torch.cat(was).sum(), (~torch.cat(was)).sum()) >= n:
+        if len(was) and (~torch.cat(was)).sum() >= n and (len(P.pool) or torch.cat(was).sum() >= n):
             break
         was.append(shows_person(S.idn.embed(S.G_s.synthesis(w, **S.s_kw)), P.refs, P.owner, S.idn.distance,
                                 S.idn.THRESHOLD).bool())
     was = torch.cat(was)
     w_r = w_r[:len(was)]
-    groups = [torch.cat([S.ws_u, *retain.values()])[:n], w_r[~was][:n], w_r[was][:n]]
+    his = P.pool[:n] if len(P.pool) else w_r[was][:n]
+    groups = [torch.cat([S.ws_u, *retain.values()])[:n], w_r[~was][:n], his]
     pairs = [torch.stack([S.G_s.synthesis(g, **S.s_kw), G.synthesis(g)], 1).flatten(0, 1) for g in groups if len(g)]
     blank = -torch.ones(2 * n, *pairs[0].shape[1:], device=dev)  # black cells fill each row to n pairs
     grid = torch.cat([torch.cat([p, blank[len(p):]]) for p in pairs])

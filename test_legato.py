@@ -183,7 +183,7 @@ def step_setup(facenet):
     ws = G0.mapping(torch.randn(2, 32))  # [2, L, C]
 
     def make(*argv, n_u=1):
-        G, cfg = copy.deepcopy(G0), train.get_args(['--hidden', '16', *argv])
+        G, cfg = copy.deepcopy(G0), train.get_args(['--hidden', '16', '--target', 'extra', *argv])  # a surrogate needs the search
         S = train.setup(cfg, G, facenet, IDFeatureDistance(facenet), ws[:n_u])
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -1744,7 +1744,8 @@ def test_step_is_free_of_host_traffic(step_setup, mode, monkeypatch):
 
 def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
     """Samples planted to be the person (3 of 10) and a kept person (7 of 10): both judges count exactly that,
-    before; after, a generator that draws the kept person's face everywhere leaks nothing."""
+    before; after, a generator that draws the kept person's face everywhere leaks nothing; the search for his former
+    samples finds the 3 and follows them."""
     w = seed_latents(builtin, [11, 12, 13])  # the person, a kept person, a third face
     with torch.no_grad():
         faces = builtin.synthesis(w)
@@ -1769,6 +1770,12 @@ def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
         assert m['dlib_cpp']['face_before'] == 1.0
     who = panel.latents(builtin, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
     assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
+    f = panel.former(builtin, everyone, {}, {}, 10, 0)  # his samples searched for (the planted 3), then judged
+    assert f['searched'] == 10 and f['found'] >= 3, f  # the port's loose 0.6 may pass the kept face too; judges decide
+    assert all(f[j]['n'] == 3 and f[j]['called_after'] == 0 and f[j]['dist_after'] > f[j]['dist_before']
+               for j in panel.rules), f
+    same = panel.former(builtin, builtin, {}, {}, 10, 0)  # a generator that forgot nothing: still him
+    assert all(same[j]['n'] == 3 and same[j]['called_after'] == 1 for j in panel.rules), same
     him = types.SimpleNamespace(synthesis=lambda ws, noise_mode='const', **kw: builtin.synthesis(w[:1].repeat(len(ws), 1, 1)))
     apart = {j: dist(*panel.refs[j]).item() for j, (dist, _) in panel.rules.items()}  # the two faces, to each judge
     panel.rules = {j: (dist, apart[j] / 2) for j, (dist, _) in panel.rules.items()}  # a judge that tells them apart
@@ -2018,6 +2025,7 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
         set(r) == set(m['latents_who']) and all(0 <= v['called_before'] <= 1 and 0 <= v['called_after'] <= 1
                                                 for v in r.values()) for r in hood.values())
     assert all(math.isfinite(r['dlib']['dist_after']) for r in hood.values())  # the port sees a face in anything
+    assert m['former']['searched'] == judges.SEARCH * 8 and 0 <= m['former']['found'] <= judges.SEARCH * 8
     rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
     assert [r['T'] for r in rows] == [0, 0.8, 1.6] and rows[0]['ID'] == 0 and rows[0]['retain_random'] == 0
     assert (out / 'sweep_strip.png').exists() and (out / 'sweep.json').exists()
@@ -2226,7 +2234,7 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (['--identity', 'nowhere.png'], 'nowhere.png: no such file or folder'),
     (['--identity', 'notes.txt'], 'notes.txt: not a .jpg/.png/.webp photo'),
     (['--identity', 'nan.pt'], 'nan.pt: the latent holds NaN or Inf values'),
-    (['--identity', 'w_avg.pt'], "w_avg.pt: a latent equals the generator's average latent"),
+    (['--identity', 'w_avg.pt', '--target', 'extra'], "w_avg.pt: a latent equals the generator's average latent"),
     (['--identity', 'empty.pt'], 'empty.pt: latent of shape (0, 8, 32) does not fit'),
     (['--identity', ''], '--identity is empty'),
     (['--identity', 'seed:\u00b2'], 'seed:\u00b2: write seed:N with an integer'),  # isdigit() but not int()
@@ -2455,7 +2463,7 @@ def ddp_step(d, rank=0, world=1, n=1):
     and mined latents per process -> the trainable parameters' gradients (DDP-averaged under torchrun)."""
     G, x = Generator.from_checkpoint(d / 'G.pt'), torch.load(d / 'inputs.pt', weights_only=True)
     idn = DlibFaceNet()
-    cfg = train.get_args(['--hidden', '16', '--n_adj', str(n), '--n_glob', str(n), '--n_mine', str(n)])
+    cfg = train.get_args(['--hidden', '16', '--n_adj', str(n), '--n_glob', str(n), '--n_mine', str(n), '--target', 'extra'])
     S = train.setup(cfg, G, idn, IDFeatureDistance(idn), x['ws_u'], rank, world)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -77,8 +77,9 @@ class Config:
     step: float = arg(0.4, "ODE step size h (the paper's)")
     t_end: float = arg(1.6, "ODE integration time T, the forgetting dial (the paper's)")
     # GUIDE's objective
-    target: str = arg('extra', "target latent: GUIDE's extrapolation away from w_avg, w_avg, or surrogate: a sample "
-                               "of someone else found among --mine_n (person.surrogate_targets, SUGAR's)",
+    target: str = arg(None, "target latent: GUIDE's extrapolation away from w_avg, w_avg, or surrogate: a sample of "
+                            "someone else found among --mine_n (person.surrogate_targets, SUGAR's) (default: extra, "
+                            "the paper's; surrogate with --forget person, docs/person-mode.md)",
                       ('extra', 'average', 'surrogate'))
     target_d: float = arg(30.0, "extrapolation distance d of the target latent (GUIDE's)")
     scale_d: bool = arg(False, 'scale d by sqrt(W+ size / (14*512)) (per-element distance of FFHQ-256)')
@@ -90,7 +91,7 @@ class Config:
     w_perc: float = arg(1.0, 'perceptual weight (local and adjacency)')
     w_id: float = arg(0.1, 'identity weight (local and adjacency)')
     w_adj: float = arg(1.0, 'weight of the adjacency term')
-    w_glob: float = arg(1.0, 'weight of the global-preservation term')
+    w_glob: float = arg(None, "weight of the global-preservation term (default: the paper's 1; 4 with --forget person)")
     w_tc: float = arg(1.0, "trajectory consistency weight (LEGATO's)")
     tc_blocks: str = arg(None, 'comma-separated blocks for trajectory consistency, e.g. b128 (default: all)')
     # forgetting the person, not one latent (this project's addition)
@@ -149,6 +150,10 @@ def get_args(argv=None):
     person = cfg.forget == 'person'  # the mode's own defaults, where none was given
     if cfg.lr is None:
         cfg.lr = 1e-3 if person else 1e-4
+    if cfg.target is None:  # on a generator of many people GUIDE's target draws a smear, a surrogate someone else
+        cfg.target = 'surrogate' if person else 'extra'
+    if cfg.w_glob is None:
+        cfg.w_glob = 4.0 if person else 1.0
     if cfg.iters is None:  # the paper's 1000; on the built-in generator person mode needs 150, the paper's method 500
         cfg.iters = (150 if person else 500) if Path(cfg.ckpt).resolve() == BUILTIN else 1000
     if cfg.invert_steps is None:
