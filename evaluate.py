@@ -233,7 +233,7 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     m['latents_who'] = panel.latents(G_s, G_u, s_kw, {}, meta)
     m['neighbourhood'] = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0],
                                              min(args.n, NEIGHBOURS))
-    m['former'] = panel.former(G_s, G_u, s_kw, {}, SEARCH * args.n, seeds(args)[0])
+    m['former'] = panel.former(G_s, G_u, s_kw, {}, SEARCH * args.n, seeds(args)[0], args.n)
     if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
         m['reproject_photos'] = names + [f.stem for f in files]
         m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))

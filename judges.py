@@ -234,17 +234,18 @@ class Panel:
             out[kind] = r
         return out
 
-    def former(self, G_s, G_u, s_kw, u_kw, n, seed):
+    def former(self, G_s, G_u, s_kw, u_kw, n, seed, most):
         """His former samples, searched for among n fresh ones (psi 0.7, a stream of their own): those the identity
         network puts within its published threshold of his nearest photo (the port's 0.6, looser than any judge's
-        rule, so that each judge still makes its own call), drawn before and after -> {'searched': n, 'found': k,
-        judge: {n, called_after, dist_before, dist_after}} over the found samples that judge calls him before."""
+        rule, so that each judge still makes its own call), the nearest `most` of them drawn before and after ->
+        {'searched': n, 'found': k, judge: {n, called_after, dist_before, dist_after}} over the drawn samples that
+        judge calls him before."""
         ws = eval_latents(G_s, n, SEARCH_STREAM + seed)
         near = torch.cat([self.J.dist(self.J.emb(generate(G_s, w, s_kw))[:, None], self.refs[self.J.name][0][None])
                           .nan_to_num(float('inf')).min(1).values for w in tqdm(ws.split(64), desc='his samples: search',
                                                                                  leave=False)])
-        ws = ws[near < self.J.idn.THRESHOLD]
-        out = {'searched': n, 'found': len(ws)}
+        out = {'searched': n, 'found': int((near < self.J.idn.THRESHOLD).sum())}
+        ws = ws[near.argsort()[:min(out['found'], most)]]
         if not len(ws):
             return out
         before, after = self.drawn(G_s, ws, s_kw, 'his samples, before'), self.drawn(G_u, ws, u_kw, 'his samples, after')

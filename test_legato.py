@@ -1773,11 +1773,11 @@ def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
         assert m['dlib_cpp']['face_before'] == 1.0
     who = panel.latents(builtin, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
     assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
-    f = panel.former(builtin, everyone, {}, {}, 10, 0)  # his samples searched for (the planted 3), then judged
+    f = panel.former(builtin, everyone, {}, {}, 10, 0, 10)  # his samples searched for (the planted 3), then judged
     assert f['searched'] == 10 and f['found'] >= 3, f  # the port's loose 0.6 may pass the kept face too; judges decide
     assert all(f[j]['n'] == 3 and f[j]['called_after'] == 0 and f[j]['dist_after'] > f[j]['dist_before']
                for j in panel.rules), f
-    same = panel.former(builtin, builtin, {}, {}, 10, 0)  # a generator that forgot nothing: still him
+    same = panel.former(builtin, builtin, {}, {}, 10, 0, 10)  # a generator that forgot nothing: still him
     assert all(same[j]['n'] == 3 and same[j]['called_after'] == 1 for j in panel.rules), same
     him = types.SimpleNamespace(synthesis=lambda ws, noise_mode='const', **kw: builtin.synthesis(w[:1].repeat(len(ws), 1, 1)))
     apart = {j: dist(*panel.refs[j]).item() for j, (dist, _) in panel.rules.items()}  # the two faces, to each judge
