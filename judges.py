@@ -241,10 +241,10 @@ class Panel:
         {'searched': n, 'found': k, judge: {n, called_after, dist_before, dist_after}} over the drawn samples that
         judge calls him before."""
         ws = eval_latents(G_s, n, SEARCH_STREAM + seed)
-        near = torch.cat([self.J.dist(self.J.emb(generate(G_s, w, s_kw))[:, None], self.refs[self.J.name][0][None])
-                          .nan_to_num(float('inf')).min(1).values for w in tqdm(ws.split(64), desc='his samples: search',
-                                                                                 leave=False)])
-        out = {'searched': n, 'found': int((near < self.J.idn.THRESHOLD).sum())}
+        thr = self.J.idn.THRESHOLD
+        near = torch.cat([self.recognise(self.J.name, self.J.emb(generate(G_s, w, s_kw)), thr)[1][:, 0]
+                          for w in tqdm(ws.split(64), desc='his samples: search', leave=False)])
+        out = {'searched': n, 'found': int((near < thr).sum())}
         ws = ws[near.argsort()[:min(out['found'], most)]]
         if not len(ws):
             return out
