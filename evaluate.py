@@ -230,7 +230,8 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     panel = make_panel(meta, G_s, s_kw, J, args)
     m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, panel, args.n, seed)[0] for seed in seeds(args)}
     m.update(leak_summary(m['leak'].values(), panel))
-    m['latents_who'] = panel.latents(G_s, G_u, s_kw, {}, meta)
+    held_ws = {f.stem: w[None] for f, w in zip(files, held[0])} if held else None
+    m['latents_who'], m['latents_dist'] = panel.latents(G_s, G_u, s_kw, {}, meta, held_ws)
     m['neighbourhood'] = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0],
                                              min(args.n, NEIGHBOURS))
     m['former'] = panel.former(G_s, G_u, s_kw, {}, SEARCH * args.n, seeds(args)[0], args.n)

@@ -204,17 +204,24 @@ class Panel:
             raise ValueError(f'{judge} has no threshold yet: call judges.calibrate(panel, ...) first')
         return recognise(emb, self.refs[judge], dist, t if thr is None else thr)
 
-    def latents(self, G_s, G_u, s_kw, u_kw, meta):
-        """Who the forgotten latent and each kept person's latent are, by each judge, before and after:
-        {judge: {name: [before, after]}} ('nobody' when no known person is within the threshold)."""
+    def latents(self, G_s, G_u, s_kw, u_kw, meta, held=None):
+        """Who the forgotten latent, each kept person's latent and the latents of his held-out photos (held: {name: w})
+        are, by each judge, before and after -> ({judge: {name: [before, after]}}, 'nobody' when no known person is
+        within the threshold; {judge: {name: [before, after]}}, the distance to the nearest photo of the person it
+        showed: his for the held-out, inf where no face was found)."""
         dev = G_s.mapping.w_avg.device
-        ws = torch.cat([meta['ws_u'][:1]] + list((meta.get('retain_ws') or {}).values())).to(dev)
-        names = [self.names[0], *(meta.get('retain_ws') or {})]
+        rows = {self.names[0]: meta['ws_u'][:1], **(meta.get('retain_ws') or {}), **(held or {})}
+        ws = torch.cat([w.to(dev) for w in rows.values()])
+        own = [0 if i == 0 or n in (held or {}) else self.names.index(n) if n in self.names else None
+               for i, n in enumerate(rows)]  # whose photos each row is measured against (None: a kept latent without)
         eb, ea = self.embed(generate(G_s, ws, s_kw)), self.embed(generate(G_u, ws, u_kw))
         name = lambda i: self.names[i] if i >= 0 else 'nobody'  # noqa: E731
-        return {j: {n: [name(b), name(a)] for n, b, a in zip(names, self.recognise(j, eb[j])[0].tolist(),
-                                                              self.recognise(j, ea[j])[0].tolist())}
-                for j in self.rules}
+        who, far = {}, {}
+        for j in self.rules:
+            (ib, db), (ia, da) = self.recognise(j, eb[j]), self.recognise(j, ea[j])
+            who[j] = {n: [name(b), name(a)] for n, b, a in zip(rows, ib.tolist(), ia.tolist())}
+            far[j] = {n: [db[i, p].item(), da[i, p].item()] for i, (n, p) in enumerate(zip(rows, own)) if p is not None}
+        return who, far
 
     def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed, n=NEIGHBOURS):
         """His latent's neighbours (neighbours()), who they are before and after by each judge -> {kind: {judge:

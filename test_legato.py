@@ -1771,8 +1771,15 @@ def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
         assert c['others_n'] == 7 and c['others_themselves'] == 1.0  # the kept person's samples are still him
     if dlib is not None:
         assert m['dlib_cpp']['face_before'] == 1.0
-    who = panel.latents(builtin, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}})
-    assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept']} for j in panel.rules}, who
+    who, far = panel.latents(builtin, everyone, {}, {}, {'ws_u': w[:1], 'retain_ws': {'kept': w[1:2]}}, {'held': w[:1]})
+    assert who == {j: {'person': ['person', 'kept'], 'kept': ['kept', 'kept'], 'held': ['person', 'kept']}
+                   for j in panel.rules}, who
+    for j, (dist, _) in panel.rules.items():  # each latent's distance to its own person's nearest photo (dlib C++
+        # finds a face a little differently in a batch than alone: 1e-4)
+        to = {n: dist(panel.embed(builtin.synthesis(w[i:i + 1], noise_mode='const'))[j], panel.refs[j][k]).min().item()
+              for n, i, k in (('person', 0, 0), ('kept', 1, 1), ('person->kept', 1, 0))}
+        assert far[j]['kept'][0] == far[j]['kept'][1] == pytest.approx(to['kept'], abs=1e-3), (j, far)
+        assert far[j]['person'] == far[j]['held'] == pytest.approx([to['person'], to['person->kept']], abs=1e-3), far
     f = panel.former(builtin, everyone, {}, {}, 10, 0, 10)  # his samples searched for (the planted 3), then judged
     assert f['searched'] == 10 and f['found'] >= 3, f  # the port's loose 0.6 may pass the kept face too; judges decide
     assert all(f[j]['n'] == 3 and f[j]['called_after'] == 0 and f[j]['dist_after'] > f[j]['dist_before']
@@ -2023,6 +2030,7 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     people = next(iter(m['leak'].values()))['people']  # who each known latent is, before and after, by each judge
     assert {j: list(w) for j, w in m['latents_who'].items()} == {j: people for j in m['latents_who']} and all(
         len(v) == 2 and set(v) <= {*people, 'nobody'} for w in m['latents_who'].values() for v in w.values())
+    assert {j: list(d) for j, d in m['latents_dist'].items()} == {j: people for j in m['latents_who']}
     hood = m['neighbourhood']  # his latent's neighbours, by each judge, before and after
     assert list(hood) == ['mixed', 'moved_0.1', 'moved_0.2'] and all(
         set(r) == set(m['latents_who']) and all(0 <= v['called_before'] <= 1 and 0 <= v['called_after'] <= 1
