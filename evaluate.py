@@ -2,7 +2,7 @@
 How well did it forget, and what did it cost? Metrics, the forgetting dial, collapse curves, comparisons.
 
     python evaluate.py runs/obama_1-ode                  # metrics.json + a table
-    python evaluate.py runs/obama_1-ode --sweep          # the dial: sweep.json, sweep_strip.png, sweep.png
+    python evaluate.py runs/obama_1-ode --sweep          # the dial: sweep.json, sweep_strip.png, sweep.png, sweep_judges.png
     python evaluate.py --curve runs/a runs/b             # ID / retention over training (train.py --snapshot_every)
     python evaluate.py --compare runs/a runs/b           # one markdown table of metrics.json files
     python evaluate.py runs/a runs/b --compose --out runs/ab  # two runs' adapters used together, as one run
@@ -206,24 +206,30 @@ def per_person(meta):
             for i, (p, w) in enumerate(zip(people, parts))]
 
 
+def held_latents(G_s, meta, J, args, device):
+    """His held-out photos (his folder's photos training did not use), inverted in the original generator ->
+    (their files, the aligned photos [k, 3, H, W], (latents [k, L, C], the port's embeddings of the photos) or None
+    without any)."""
+    files, res = held_out_photos(meta), G_s.cfg.img_resolution
+    held_out = {f: held_out_face(f, res, G_s.cfg.framing) for f in files}  # no usable face: left out, with a warning
+    files = [f for f in files if held_out[f] is not None]
+    if not files:
+        return files, None, None
+    hp = torch.cat([held_out[f] for f in files]).to(device)
+    enc = run_encoder(meta, args, G_s, device)
+    ws_h, _, _ = invert(G_s, hp, J.idn, steps=held_steps(args, enc), start=encode(enc, hp))
+    with torch.no_grad():
+        return files, hp, (ws_h, J.emb(hp))
+
+
 def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     """The numbers of one forgotten person (meta: per_person's view)."""
     J = Judge(args, device, G_s.cfg.framing)
-    ident = meta['identity']
-    photos_u = held = None
-    res = G_s.cfg.img_resolution
-    files = held_out_photos(meta)
-    if ident.get('kind') == 'photos':
-        photos_u, names = load_faces(ident['path'], res, framing=G_s.cfg.framing)
-        held_out = {f: held_out_face(f, res, G_s.cfg.framing) for f in files}  # no usable face: left out, with a warning
-        files = [f for f in files if held_out[f] is not None]
-        hp = torch.cat([photos_u[:0]] + [held_out[f] for f in files]).to(device)
-        if files:
-            enc = run_encoder(meta, args, G_s, device)
-            ws_h, _, _ = invert(G_s, hp, J.idn, steps=held_steps(args, enc), start=encode(enc, hp))
-            with torch.no_grad():
-                held = (ws_h, J.emb(hp))
-    retain_photos = {k: load_faces(f, res, align=False, framing=G_s.cfg.framing)[0]
+    photos_u, (files, hp, held), is_photos = None, ([], None, None), meta['identity'].get('kind') == 'photos'
+    if is_photos:
+        photos_u, names = load_faces(meta['identity']['path'], G_s.cfg.img_resolution, framing=G_s.cfg.framing)
+        files, hp, held = held_latents(G_s, meta, J, args, device)
+    retain_photos = {k: load_faces(f, G_s.cfg.img_resolution, align=False, framing=G_s.cfg.framing)[0]
                      for k, f in meta.get('retain_photos', {}).items()}
     m = measure(G_s, G_u, s_kw, {}, meta, J, photos_u, held, retain_photos=retain_photos)
     m['held_out_photos'] = [f.name for f in files]
@@ -232,12 +238,13 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     m.update(leak_summary(m['leak'].values(), panel))
     held_ws = {f.stem: w[None] for f, w in zip(files, held[0])} if held else None
     m['latents_who'], m['latents_dist'] = panel.latents(G_s, G_u, s_kw, {}, meta, held_ws)
-    m['neighbourhood'] = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0],
+    m['neighbourhood'], _ = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0],
                                              min(args.n, NEIGHBOURS))
     m['former'] = panel.former(G_s, G_u, s_kw, {}, SEARCH * args.n, seeds(args)[0], args.n)
-    if ident.get('kind') == 'photos':  # the re-projection attack, on every photo of the person
+    if is_photos:  # the re-projection attack, on every photo of the person
         m['reproject_photos'] = names + [f.stem for f in files]
-        m.update(reprojection(G_s, G_u, s_kw, {}, torch.cat([photos_u.to(device), hp]), J, args.invert_steps or 300))
+        x = torch.cat([photos_u.to(device)] + ([hp] if files else []))
+        m.update(reprojection(G_s, G_u, s_kw, {}, x, J, args.invert_steps or 300))
     if args.real:
         m.update(real_fd(G_s, G_u, s_kw, J, args.real, device))
     return m
@@ -299,14 +306,21 @@ def sweep(run, args, device):
     for T in Ts:  # every dial setting checked before the first is evaluated (minutes each)
         time_grid(T, meta['adapter']['h'])
     J = Judge(args, device, G_s.cfg.framing)
-    photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution, framing=G_s.cfg.framing)[0] \
-        if meta['identity'].get('kind') == 'photos' else None
+    photos_u, files, held = None, [], None
+    if meta['identity'].get('kind') == 'photos':
+        photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution, framing=G_s.cfg.framing)[0]
+        files, _, held = held_latents(G_s, meta, J, args, device)
+    held_ws = {f.stem: w[None] for f, w in zip(files, held[0])} if held else None
     panel = make_panel(meta, G_s, s_kw, J, args)
-    rows, strip, before = [], [], None
-    for T in tqdm(Ts, desc='sweep'):
-        m = measure(G_s, G_u, s_kw, {'T': T}, meta, J, photos_u, fd=False)
-        lk, before = leak(G_s, G_u, s_kw, {'T': T}, panel, args.n, seeds(args)[0], before)
-        rows.append({'T': T, **m, **leak_summary([lk], panel), 'leak': lk})
+    w, seed = meta['ws_u'][:1].to(device), seeds(args)[0]
+    rows, strip, before, near = [], [], None, None
+    for T in tqdm(Ts, desc='sweep'):  # at each T every judge on: random samples, his latent, held-out latents, neighbours
+        m = measure(G_s, G_u, s_kw, {'T': T}, meta, J, photos_u, held, fd=False)
+        lk, before = leak(G_s, G_u, s_kw, {'T': T}, panel, args.n, seed, before)
+        who, far = panel.latents(G_s, G_u, s_kw, {'T': T}, meta, held_ws)
+        hood, near = panel.neighbourhood(G_s, G_u, s_kw, {'T': T}, w, seed, min(args.n, NEIGHBOURS), near)
+        rows.append({'T': T, **m, **leak_summary([lk], panel), 'leak': lk, 'latents_who': who, 'latents_dist': far,
+                     'neighbourhood': hood})
         strip.append(generate(G_u, meta['ws_u'][:1].to(device), {'T': T}))
     out = Path(run)
     if world()[0] == 0:  # rank 0 writes
@@ -319,11 +333,18 @@ def sweep(run, args, device):
         if rows[0].get('retain_people') is not None:
             series['retention: other people'] = [r['retain_people'] for r in rows]
         p = plot(out / 'sweep.png', Ts, series, 'integration time T', line=panel.rules[J.name][1])
-        leaks = {f'leak ({j})': [r[f'leak_{j}_after'] for r in rows] for j in panel.rules}
-        leaks.update({f'floor ({j}: samples that never showed the person)': [r[f'floor_{j}_called'] for r in rows]
-                      for j in panel.rules if j != 'dlib_cpp'})
-        p2 = plot(out / 'sweep_leak.png', Ts, leaks, 'integration time T', 'share of samples showing the person')
-        print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random', *[f'leak_{j}_after' for j in panel.rules]]))
+        him = {}  # by each judge: how far from his nearest photo, as a share of how far samples that never showed him are
+        for j in panel.rules:
+            floor = rows[0][f'floor_{j}_dist']
+            for label, names in (('his latent', [panel.names[0]]), ("his held-out photos' latents", list(held_ws or []))):
+                if names:
+                    him[f'{j}: {label}'] = [np.mean([r['latents_dist'][j][n][1] for n in names]) / floor for r in rows]
+            for r in rows:
+                r[f'near_{j}_called_after'] = r['neighbourhood']['moved_0.1'][j]['called_after']
+        p2 = plot(out / 'sweep_judges.png', Ts, him, 'integration time T', 'distance to his nearest photo / floor', line=1,
+                  line_label='floor: samples that never showed him')
+        print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random',
+                           *[f'leak_{j}_after' for j in panel.rules], *[f'near_{j}_called_after' for j in panel.rules]]))
         print(f'wrote {out}/sweep.json, {out}/sweep_strip.png, {p}, {p2}')
     return rows
 

@@ -314,7 +314,7 @@ def table(rows, cols):
     return '\n'.join(lines)
 
 
-def plot(path, xs, series, xlabel, ylabel='identity distance', line=None):
+def plot(path, xs, series, xlabel, ylabel='identity distance', line=None, line_label='same-person threshold'):
     """A line plot with matplotlib when installed; else the numbers go to a CSV next to it."""
     try:
         import matplotlib
@@ -330,7 +330,7 @@ def plot(path, xs, series, xlabel, ylabel='identity distance', line=None):
     for name, ys in series.items():
         ax.plot(xs, ys, marker='o', label=name)
     if line is not None:
-        ax.axhline(line, color='grey', ls=':', lw=1, label='same-person threshold')
+        ax.axhline(line, color='grey', ls=':', lw=1, label=line_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)

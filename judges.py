@@ -223,23 +223,24 @@ class Panel:
             far[j] = {n: [db[i, p].item(), da[i, p].item()] for i, (n, p) in enumerate(zip(rows, own)) if p is not None}
         return who, far
 
-    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed, n=NEIGHBOURS):
-        """His latent's neighbours (neighbours()), who they are before and after by each judge -> {kind: {judge:
-        {called_before, called_after, dist_before, dist_after}}}: the share the judge calls him (the nearest known
-        person within its threshold; a face not found is not him) and the mean distance to his nearest photo (faces
-        found only)."""
-        out = {}
+    def neighbourhood(self, G_s, G_u, s_kw, u_kw, w, seed, n=NEIGHBOURS, before=None):
+        """His latent's neighbours (neighbours()), who they are before and after by each judge -> ({kind: {judge:
+        {called_before, called_after, dist_before, dist_after}}}, before): the share the judge calls him (the nearest
+        known person within its threshold; a face not found is not him) and the mean distance to his nearest photo
+        (faces found only). `before` (what an earlier call returned) skips drawing them in G_s again."""
+        out, before = {}, before or {}
         for kind, ws in neighbours(G_s, w, seed, n).items():
+            if kind not in before:
+                before[kind] = self.drawn(G_s, ws, s_kw, f'neighbourhood: {kind}, before')
             r = {}
-            for when, (G, kw) in (('before', (G_s, s_kw)), ('after', (G_u, u_kw))):
-                emb = self.drawn(G, ws, kw, f'neighbourhood: {kind}, {when}')
+            for when, emb in (('before', before[kind]), ('after', self.drawn(G_u, ws, u_kw, f'neighbourhood: {kind}, after'))):
                 for j in self.rules:
                     ids, d = self.recognise(j, emb[j])
                     d = d[:, 0][d[:, 0].isfinite()]
                     r.setdefault(j, {})[f'called_{when}'] = (ids == 0).float().mean().item()
                     r[j][f'dist_{when}'] = d.mean().item() if len(d) else float('nan')
             out[kind] = r
-        return out
+        return out, before
 
     def former(self, G_s, G_u, s_kw, u_kw, n, seed, most):
         """His former samples, searched for among n fresh ones (psi 0.7, a stream of their own): those the identity

@@ -2039,6 +2039,8 @@ def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     assert m['former']['searched'] == judges.SEARCH * 8 and 0 <= m['former']['found'] <= judges.SEARCH * 8
     rows = evaluate.sweep(out, argparse.Namespace(**{**vars(args), 'T': '0,0.8,1.6'}), torch.device('cpu'))
     assert [r['T'] for r in rows] == [0, 0.8, 1.6] and rows[0]['ID'] == 0 and rows[0]['retain_random'] == 0
+    assert all(set(r['latents_dist']) == set(m['latents_dist']) and list(r['neighbourhood']) == list(hood) for r in rows)
+    assert all(b == pytest.approx(a, abs=1e-6) for d in rows[0]['latents_dist'].values() for b, a in d.values())  # T=0
     assert (out / 'sweep_strip.png').exists() and (out / 'sweep.json').exists()
     with pytest.raises(CheckpointError, match='no such run folder'):
         evaluate.load_run(tmp_path / 'nope', 'cpu')
@@ -2143,7 +2145,7 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
         assert m['id_net'] == net and math.isfinite(m['ID']) and 0 <= m[f'leak_{net}_after'] <= 1
     if eval_flags:
         evaluate.main(common + list(map(path, eval_flags)))
-    written = {'--sweep': ['sweep.json', 'sweep_leak'], '--curve': ['curve.json', 'curve'], '--real': ['metrics.json']}
+    written = {'--sweep': ['sweep.json', 'sweep_judges'], '--curve': ['curve.json', 'curve'], '--real': ['metrics.json']}
     assert [f for flag in eval_flags for f in written.get(flag, []) if not list(out.glob(f + '*'))] == []  # .png/.csv
     if '--real' in eval_flags:
         assert math.isfinite(json.load(open(out / 'metrics.json'))[f'dFD_{net}_real'])
