@@ -4,6 +4,8 @@ and HSE FaceRes-deep (evaluation only: training never loads it); each judge's sa
 original generator alone; the leak (how often fresh samples still show the forgotten person) and the face-feature
 Frechet distance.
 """
+import hashlib
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,8 @@ from scipy import linalg
 from tqdm import tqdm
 
 from data import dlib_available, load_faces, to_uint8
-from ddp import gather, reduce_sum, shard
-from helpers import person_name
+from ddp import gather, reduce_sum, shard, world
+from helpers import atomic_save, person_name
 from id_net import DlibCpp, FaceRes, load_id_net
 from losses import who
 from model import generate
@@ -170,6 +172,41 @@ def cpp_judged(u8, cpp, faceres=None):
     return {'dlib_cpp': cpp.describe(u8, faces), **({'faceres': faceres.describe(faces)} if faceres is not None else {})}
 
 
+CACHE = Path.home() / '.cache' / 'legato'  # what the original generator's side of an evaluation gave (delete freely)
+SOURCES = ('judges.py', 'id_net.py', 'model.py', 'data.py')  # the code of the judges and the generator: in every key
+
+
+def digest(*parts):
+    """A sha256 of tensors (a module's weights), dicts of them and anything else by its repr."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.nn.Module):
+            p = p.state_dict()
+        for v in (p.values() if isinstance(p, dict) else [p]):
+            h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes() if torch.is_tensor(v)
+                     else repr(v).encode())
+    return h.hexdigest()
+
+
+def original(panel, G_s, s_kw, what, fn, ws):
+    """fn(): the judges' embeddings of G_s's images of ws, once for each generator, latents and judges: the
+    thresholds, the samples before and the search for his samples read nothing unlearned, so every run of one
+    generator shares them (kept in CACHE: more than half of one evaluation's time on a CPU)."""
+    if world()[1] > 1:  # under torchrun fn() gathers: every process must draw, or none
+        return fn()
+    path = CACHE / f'{what}-{digest(panel.digest, G_s, s_kw, ws)[:20]}.pt'
+    try:
+        return torch.load(path, map_location=panel.J.device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # none yet, or unreadable: drawn again
+        out = fn()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(out, path)
+    except OSError:  # a cache that cannot be written only costs time
+        pass
+    return out
+
+
 class Panel:
     """The judges of the leak, and who fresh samples are by each: the identity network (the fixed crop of the generator image); when
     dlib-bin is installed dlib's own C++ detector, alignment and descriptor; with --faceres, HSE FaceRes-deep on
@@ -186,6 +223,9 @@ class Panel:
         with torch.no_grad():
             embs = [self.embed(x.to(J.device)) for x in people.values()]
         self.refs = {j: [e[j] for e in embs] for j in self.rules}
+        here = Path(__file__).parent  # the judges' identity, for original(): their weights, code and device
+        self.digest = digest(J.idn, faceres or 'no faceres', cpp is not None, torch.device(J.device).type,
+                             *[(here / f).read_bytes() for f in SOURCES])
 
     @torch.no_grad()
     def embed(self, imgs):
@@ -231,7 +271,8 @@ class Panel:
         out, before = {}, before or {}
         for kind, ws in neighbours(G_s, w, seed, n).items():
             if kind not in before:
-                before[kind] = self.drawn(G_s, ws, s_kw, f'neighbourhood: {kind}, before')
+                before[kind] = original(self, G_s, s_kw, 'neighbours', lambda: self.drawn(
+                    G_s, ws, s_kw, f'neighbourhood: {kind}, before'), ws)
             r = {}
             for when, emb in (('before', before[kind]), ('after', self.drawn(G_u, ws, u_kw, f'neighbourhood: {kind}, after'))):
                 for j in self.rules:
@@ -250,8 +291,9 @@ class Panel:
         judge calls him before."""
         ws = eval_latents(G_s, n, SEARCH_STREAM + seed)
         thr = self.J.idn.THRESHOLD
-        near = torch.cat([self.recognise(self.J.name, self.J.emb(generate(G_s, w, s_kw)), thr)[1][:, 0]
-                          for w in tqdm(ws.split(64), desc='his samples: search', leave=False)])
+        emb = original(self, G_s, s_kw, 'search', lambda: torch.cat([self.J.emb(generate(G_s, w, s_kw)) for w in tqdm(
+            ws.split(64), desc='his samples: search', leave=False)]), ws)
+        near = self.recognise(self.J.name, emb, thr)[1][:, 0]
         out = {'searched': n, 'found': int((near < thr).sum())}
         ws = ws[near.argsort()[:min(out['found'], most)]]
         if not len(ws):
@@ -309,7 +351,8 @@ def calibrate(panel, G_s, s_kw, n=CALIBRATION_N):
     the tests). Sets them in the panel, prints and returns them."""
     n = min(n, CALIBRATION_N)
     ws = shard(eval_latents(G_s, n, CALIBRATION_SEED, psi=1))
-    emb = {k: gather(v) for k, v in panel.drawn(G_s, ws, s_kw, 'thresholds, original generator').items()}
+    emb = original(panel, G_s, s_kw, 'thresholds', lambda: {k: gather(v) for k, v in panel.drawn(
+        G_s, ws, s_kw, 'thresholds, original generator').items()}, ws)
     panel.rules = {j: (dist, fmr_threshold(emb[j], dist)) for j, (dist, _) in panel.rules.items()}
     thr = {j: t for j, (_, t) in panel.rules.items()}
     print('same person below: ' + ', '.join(f'{j} {t}' for j, t in thr.items()) + f' (1 in {1 / FMR:.0f} pairs of '
@@ -337,7 +380,8 @@ def leak(G_s, G_u, s_kw, u_kw, panel, n, seed, before=None):
     judge. `before` (panel.embed of G_s's samples) can be passed to skip drawing them again. Each process draws its
     share of the samples; the embeddings are gathered, so any number of processes count the same."""
     ws = shard(eval_latents(G_s, n, seed))
-    before = before or panel.drawn(G_s, ws, s_kw, f'leak: seed {seed}, before')
+    before = before or original(panel, G_s, s_kw, 'leak', lambda: panel.drawn(G_s, ws, s_kw, f'leak: seed {seed}, before'),
+                                ws)
     after = panel.drawn(G_u, ws, u_kw, f'leak: seed {seed}, after')
     return {'leak_n': n, 'leak_seed': seed, 'leak_psi': 0.7, 'people': panel.names,
             **panel.counts(gather(before), gather(after))}, before

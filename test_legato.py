@@ -1745,6 +1745,33 @@ def test_step_is_free_of_host_traffic(step_setup, mode, monkeypatch):
 # -----------------------------------------------------------------------------
 # train.py / evaluate.py: forgetting the person (the leak, mining, the re-projection attack)
 
+@pytest.fixture(autouse=True)
+def judges_cache(tmp_path, monkeypatch):
+    """Each test its own judges.CACHE: no test reads what another (or a run on this machine) left there."""
+    monkeypatch.setattr(judges, 'CACHE', tmp_path / 'cache')
+
+
+def test_original_side_is_drawn_once_per_generator_and_latents(builtin, facenet, monkeypatch):
+    """judges.original: the judges' embeddings of the original generator's samples come from CACHE the second time,
+    exactly as drawn; other weights, other latents or another judge draw them again."""
+    J = judges.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=4), 'cpu')
+    panel = judges.Panel({'p': torch.rand(1, 3, 256, 256)}, J)
+    drawn = []
+    embed = lambda G, ws: judges.original(panel, G, {}, 'leak', lambda: drawn.append(1) or panel.drawn(  # noqa: E731
+        G, ws, {}, 'test'), ws)
+    ws = judges.eval_latents(builtin, 4, 0)
+    first, again = embed(builtin, ws), embed(builtin, ws)
+    assert len(drawn) == 1 and first.keys() == again.keys() == {'dlib'}
+    assert torch.equal(first['dlib'], again['dlib']) and torch.equal(first['dlib'], J.emb(generate(builtin, ws, {})))
+    other = copy.deepcopy(builtin)
+    with torch.no_grad():
+        other.synthesis.b4.conv1.bias += 1e-3  # one tensor of the generator changed a little
+    embed(other, ws), embed(builtin, ws[:3])
+    panel.digest = judges.digest('another judge')
+    embed(builtin, ws)
+    assert len(drawn) == 4
+
+
 def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
     """Samples planted to be the person (3 of 10) and a kept person (7 of 10): both judges count exactly that,
     before; after, a generator that draws the kept person's face everywhere leaks nothing; the search for his former
