@@ -4,6 +4,7 @@ Draw from an unlearned generator at chosen settings of the forgetting dial (nano
     python sample.py runs/obama_1-ode                            # seeds 0-15 at T = 0 and the trained T
     python sample.py runs/obama_1-ode --T 0,0.8,1.6 --seeds 0-7  # a row per T, a column per seed
     python sample.py runs/obama_1-ode --gif                      # the dial from 0 to the trained T, animated
+    python sample.py runs/obama_1-ode --people --seeds 0-5       # him and the kept people first, then seeds 0-5
     python sample.py runs/obama runs/biden --T 1.6,1.6           # two runs' adapters composed, each at its dial
 
 Seed N draws z from torch seed N, as train.py's --identity seed:N does (that identity is --seeds N --psi 1).
@@ -74,6 +75,7 @@ def main(argv=None):
                                              'several runs, one dial per run (default: each its trained T)')
     p.add_argument('--seeds', default='0-15', help='seeds and ranges, e.g. 0-15 or 1,5,7')
     p.add_argument('--psi', type=float, default=0.7, help='truncation psi (1: no truncation)')
+    p.add_argument('--people', action='store_true', help='first columns: the forgotten latents and the kept people\'s')
     p.add_argument('--gif', action='store_true', help='also animate the dial from 0 to the largest T asked')
     p.add_argument('--frames', type=int, default=None, help='frames of the GIF (default: 24)')
     p.add_argument('--out', default=None, help='output PNG (default <run>/samples.png; the GIF beside it)')
@@ -103,6 +105,8 @@ def main(argv=None):
         if full and Ts:
             raise ValueError(f'{args.run[0]}: a full fine-tune has no dial; drop --T (its rows are before and after)')
         ws = seed_latents(G_s, seeds, args.psi)
+        if args.people:  # the forgotten latents and the kept people's first, then the seeds
+            ws = torch.cat([meta['ws_u'].to(dev), *[w.to(dev) for w in (meta.get('retain_ws') or {}).values()], ws])
         if len(args.run) > 1:
             rows, Ts, top = composed(args, G_u, meta, Ts, ws)
         elif full:
@@ -110,13 +114,13 @@ def main(argv=None):
         else:
             Ts = Ts or [0.0, meta['adapter']['T']]
             rows = [generate(G_u, ws, {'T': T}) for T in tqdm(Ts, desc='T')]
-        save_grid(torch.cat(rows), png, nrow=len(seeds))
-        print(f'wrote {png}: rows {"" if len(args.run) > 1 else "T = "}{", ".join(map(str, Ts))}; columns seeds '
-              f'{args.seeds}, psi {args.psi}')
+        save_grid(torch.cat(rows), png, nrow=len(ws))
+        print(f'wrote {png}: rows {"" if len(args.run) > 1 else "T = "}{", ".join(map(str, Ts))}; columns '
+              f'{"the forgotten and kept latents, then " * args.people}seeds {args.seeds}, psi {args.psi}')
         if args.gif:
             top = top if len(args.run) > 1 else None if full else max(Ts)
             dial = [None] * 2 if full else np.linspace(0, top, args.frames).tolist()
-            frames = [grid(rows[i] if full else generate(G_u, ws, {'T': T}), len(seeds))
+            frames = [grid(rows[i] if full else generate(G_u, ws, {'T': T}), len(ws))
                       for i, T in enumerate(tqdm(dial, desc='gif'))]
             save_gif(frames, png.with_suffix('.gif'), 800 if full else 80)
             print(f'wrote {png.with_suffix(".gif")}: ' + ('before, after' if full else f'T from 0 to {top}'))

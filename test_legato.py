@@ -2143,7 +2143,7 @@ def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt, monkeypatch):
 MATRIX = [  # identity network, who to forget, train flags, evaluate flags, sample flags: each value at least once
     ('arcface', 'folder', ['--solver', 'euler'], ['--faceres', 'faceres'], ['--gif', '--frames', '2']),
     ('curricularface', 'seed', ['--adapter', 'residual', '--forget', 'latent'],
-     ['--sweep', '--T', '0,1', '--faceres', 'faceres'], []),
+     ['--sweep', '--T', '0,1', '--faceres', 'faceres'], ['--people']),
     ('dlib', 'photo', ['--adapter', 'full', '--amp', 'bf16', '--snapshot_every', '1'], ['--curve'], ['--gif']),
     ('dlib', 'latent', ['--solver', 'rk4', '--backend', 'torchdiffeq', '--vgg', 'vgg16', '--lpips_lin', 'vgg_lin'],
      ['--real', 'obama'], ['--T', '0,0.5', '--seeds', '0-2,7']),
@@ -2184,7 +2184,8 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
     if sample_flags is not None:
         png = sample.main([str(out), *sample_flags])
         rows = 2  # --T 0,0.5 here, by default T = 0 and the trained T, and a full fine-tune's before | after
-        cols = 4 if '--seeds' in sample_flags else 16
+        cols = (4 if '--seeds' in sample_flags else 16) + ('--people' in sample_flags) * (  # him and the kept first
+            len(meta['ws_u']) + len(meta.get('retain_ws') or {}))
         assert Image.open(png).size == (32 * cols, 32 * rows)
         assert png.with_suffix('.gif').exists() == ('--gif' in sample_flags)
     assert 'Traceback' not in capsys.readouterr().err
