@@ -79,10 +79,32 @@ def surrogate_targets(S, P, ws, emb):
     return torch.stack(out)
 
 
+def views(S, face, n, steps):
+    """His photos (or his latent's image) inverted again from n random starts (psi 0.7) each, every other one mirrored:
+    latents that draw him from all over W+. An inversion lands near where it starts: his held-out photos' latents lie
+    about as far from his training latent in W+ as two random people's do, beyond any search around it, so that
+    forgetting reaches him only if he is taught wherever the generator draws him. Those the identity network still
+    calls him (within its threshold of his photos) -> [m, L, C]."""
+    if n == 0:
+        return S.ws_u[:0]
+    G, dev = S.G_s, S.ws_u.device
+    x = face.repeat_interleave(n, 0).to(dev)
+    x = torch.where((torch.arange(len(x), device=dev) % 2 == 1)[:, None, None, None], x.flip(-1), x)
+    with torch.no_grad():
+        z = torch.randn(len(x), G.cfg.z_dim, generator=S.gen, device=dev)
+        start = G.mapping(z, psi=0.7)
+    ws, _, _ = invert(G, x, S.idn, steps=steps, start=start, kw=S.s_kw, progress=False)
+    with torch.no_grad():
+        e = S.idn.embed(G.synthesis(ws, fused=False, **S.s_kw).float())
+        d = S.idn.distance(e[:, None], S.idn.embed(face.to(dev))[None]).min(1).values
+    return ws[d < S.idn.THRESHOLD]
+
+
 @torch.no_grad()
-def surrogates(S, P, ws, emb):
+def surrogates(S, P, ws, emb, his=None):
     """Who the searched latents show, and where the person's must go (README eq. 4) -> (pool, targets, held).
-    pool [k, L, C]: the latents whose image the identity network puts nearest the person within its threshold.
+    pool [k, L, C]: the latents whose image the identity network puts nearest the person within its threshold, and
+    `his` (views()).
     targets [k, L, C]: for each, the nearest latent in W+ among the samples of nobody known (neither him nor a kept
     person) that are farther from his photos than FAR of them: a face clearly someone else's, so that every judge
     and eye sees the change. Not a kept person's: his samples would swell that person's share of everything the
@@ -90,12 +112,12 @@ def surrogates(S, P, ws, emb):
     latents whose image shows a kept person, held to it while he moves. Every target is an image the original
     generator draws. Reads back (a host sync)."""
     shows = who(emb, P.refs, P.owner, S.idn.distance, S.idn.THRESHOLD)  # 0 the person, 1.. a kept one, -1 nobody
-    hit, nobody = shows == 0, shows == -1
-    if not hit.any() or not nobody.any():  # nobody to send, or no one unknown to send him to
+    pool, nobody = torch.cat([ws[shows == 0], ws[:0] if his is None else his]), shows == -1
+    if not len(pool) or not nobody.any():  # nobody to send, or no one unknown to send him to
         return ws[:0], ws[:0], ws[shows > 0]
     d = S.idn.distance(emb[:, None], P.refs[P.owner == 0][None]).min(1).values  # to the person's nearest photo
     cand = ws[nobody & (d >= d[nobody].quantile(FAR))]
-    return ws[hit], cand[torch.cdist(ws[hit].flatten(1), cand.flatten(1)).argmin(1)], ws[shows > 0]
+    return pool, cand[torch.cdist(pool.flatten(1), cand.flatten(1)).argmin(1)], ws[shows > 0]
 
 
 def setup_person(S, face, retain, retain_faces):
@@ -163,9 +185,10 @@ def before_after(S, P, retain, path, n=6):
     save_grid(grid, path, nrow=2 * n)
 
 
-def find(S, P, cfg):
-    """The search, once at the start: --mine_n random samples embedded (embed_samples); person mode's pool, its targets
-    and the kept people's samples set on P (surrogates) -> --target surrogate's targets (surrogate_targets), or None."""
+def find(S, P, cfg, face):
+    """The search, once at the start: --mine_n random samples embedded (embed_samples); person mode's pool (with
+    --n_views of his face inverted anew: views()), its targets and the kept people's samples set on P (surrogates) ->
+    --target surrogate's targets (surrogate_targets), or None."""
     if cfg.forget != 'person' and cfg.target != 'surrogate':
         return None
     ws, emb = embed_samples(S, cfg.mine_n)
@@ -176,9 +199,11 @@ def find(S, P, cfg):
               f'{(S.ws_u - ws_t).flatten(1).norm(dim=1).mean():.1f} away in W+ (GUIDE\'s target: '
               f'{(S.ws_u - guide).flatten(1).norm(dim=1).mean():.1f})')
     if cfg.forget == 'person':
-        P.pool, P.targets, P.held = surrogates(S, P, ws, emb)
-        print(f'person mode: {len(P.pool)} of {cfg.mine_n} random samples show the person, {len(P.held)} a kept '
-              'person; ' + ('each of his is sent to a sample of someone else, theirs held' if len(P.pool) else
+        his = from_rank0(views(S, face, cfg.n_views, cfg.invert_steps))
+        P.pool, P.targets, P.held = surrogates(S, P, ws, emb, his)
+        print(f'person mode: {len(P.pool) - len(his)} of {cfg.mine_n} random samples show the person, {len(his)} of '
+              f'{cfg.n_views * len(face)} new inversions of his face do, {len(P.held)} samples a kept person; ' + (
+                  'each of his is sent to a sample of someone else, theirs held' if len(P.pool) else
                             "nobody beyond the given latents (or no sample of someone unknown to send him to): this run "
                             "trains the paper's objective"))
     return ws_t

@@ -1879,6 +1879,38 @@ def test_mining_finds_the_person_and_sends_each_sample_to_another(builtin, facen
     assert (dt.min(1).values >= facenet.THRESHOLD - 1e-4).all()  # and no target is a kept person's (or his)
 
 
+def test_views_invert_his_face_anew_and_keep_those_still_him(builtin, facenet, monkeypatch):
+    """--n_views: his face inverted from n random starts (psi 0.7, from the step's stream), every other copy mirrored;
+    only the latents whose image the identity network still calls him join the pool, each with a target as the
+    searched ones get."""
+    cfg = train.get_args(['--hidden', '16', '--n_views', '4'])
+    ws_u = seed_latents(builtin, [11])
+    S = train.setup(cfg, copy.deepcopy(builtin), facenet, IDFeatureDistance(facenet), ws_u)
+    with torch.no_grad():
+        face = S.G.synthesis(ws_u, T=0)
+    seen = {}
+
+    def invert(G, x, idn, steps, start, kw, progress):  # half the starts "converge" on him, half stay where they began
+        seen.update(x=x, start=start)
+        return torch.where((torch.arange(len(x)) < 2)[:, None, None], ws_u, start), None, None
+    monkeypatch.setattr(person, 'invert', invert)
+    state = S.gen.get_state()
+    his = person.views(S, face, 4, steps=7)
+    S.gen.set_state(state)
+    assert torch.equal(seen['x'][0::2], face.expand(2, -1, -1, -1))
+    assert torch.equal(seen['x'][1::2], face.flip(-1).expand(2, -1, -1, -1))  # every other one mirrored
+    z = torch.randn(4, builtin.cfg.z_dim, generator=S.gen)
+    assert torch.allclose(seen['start'], builtin.mapping(z, psi=0.7))
+    with torch.no_grad():
+        d = torch.cdist(facenet.embed(builtin.synthesis(seen['start'][2:])), facenet.embed(face))[:, 0]
+    expect = 2 + int((d < facenet.THRESHOLD).sum())  # the two on him, and any random start that happens to be him
+    assert len(his) == expect and torch.equal(his[:2], ws_u.expand(2, -1, -1))
+    P = person.setup_person(S, face, {}, {})
+    pool, targets, _ = person.surrogates(S, P, *person.embed_samples(S, 64), his)
+    assert len(pool) >= len(his) and torch.equal(pool[-len(his):], his) and len(targets) == len(pool)
+    assert len(person.views(S, face, 0, steps=7)) == 0
+
+
 def test_reprojection_through_the_adapters_differs(tmp_path):
     """The attack projects into the unlearned generator at its own T, not into the original: the two differ."""
     G = adapted_tiny()

@@ -99,6 +99,8 @@ class Config:
                                 "(this project); latent: the paper's method exactly", ('person', 'latent'))
     mine_n: int = arg(2000, 'random samples searched at the start for the person (and --target surrogate)')
     n_mine: int = arg(4, "the person's samples per step, each sent towards someone else (and as many kept ones held)")
+    n_views: int = arg(0, 'person mode: his face inverted anew from this many random starts (every other one mirrored), '
+                       'his latents wherever the generator draws him, sent to someone else with the searched ones')
     w_person: float = arg(2.0, "weight of the mined latents' image loss towards their targets (person.surrogates)")
     w_keep: float = arg(1.0, "weight of holding the kept people (their latents, their mined samples) to their images")
     w_pix_person: float = arg(10.0, "pixel MSE weight of person mode's image loss (for w_pix's 0.01): no network judges it")
@@ -314,7 +316,7 @@ def prepare(cfg, R, ck, dev, rank, world):
     if init:  # the adapters start as the earlier run's
         start_from(S.G, init, cfg, len(people_of(R.info)) - len(cfg.identity))
     P = setup_person(S, face, R.retain, retain_faces)  # who the person is (the picture at the end needs it too)
-    ws_t = find(S, P, cfg)  # the search: his samples (person mode) and --target surrogate's targets
+    ws_t = find(S, P, cfg, face)  # the search: his samples (person mode) and --target surrogate's targets
     if ws_t is not None:
         aim(S, ws_t)
     return S, P
