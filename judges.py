@@ -194,7 +194,8 @@ def original(panel, G_s, s_kw, what, fn, ws):
     generator shares them (kept in CACHE: more than half of one evaluation's time on a CPU)."""
     if world()[1] > 1:  # under torchrun fn() gathers: every process must draw, or none
         return fn()
-    path = CACHE / f'{what}-{digest(panel.digest, G_s, s_kw, ws)[:20]}.pt'
+    frozen = {k: v for k, v in G_s.state_dict().items() if '.adapter.' not in k}  # a run's adapters are off in s_kw
+    path = CACHE / f'{what}-{digest(panel.digest, frozen, s_kw, ws)[:20]}.pt'
     try:
         return torch.load(path, map_location=panel.J.device, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # none yet, or unreadable: drawn again

@@ -1757,10 +1757,16 @@ def test_original_side_is_drawn_once_per_generator_and_latents(builtin, facenet,
     J = judges.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=4), 'cpu')
     panel = judges.Panel({'p': torch.rand(1, 3, 256, 256)}, J)
     drawn = []
-    embed = lambda G, ws: judges.original(panel, G, {}, 'leak', lambda: drawn.append(1) or panel.drawn(  # noqa: E731
-        G, ws, {}, 'test'), ws)
+    embed = lambda G, ws: judges.original(panel, G, {'T': 0}, 'leak', lambda: drawn.append(1) or panel.drawn(  # noqa: E731
+        G, ws, {'T': 0}, 'test'), ws)
     ws = judges.eval_latents(builtin, 4, 0)
     first, again = embed(builtin, ws), embed(builtin, ws)
+    trained = attach_adapters(copy.deepcopy(builtin))  # a run's generator: adapters on top, off at T = 0
+    with torch.no_grad():
+        for k, p in trained.named_parameters():
+            if '.adapter.' in k:
+                p.add_(0.01)
+    embed(trained, ws)
     assert len(drawn) == 1 and first.keys() == again.keys() == {'dlib'}
     assert torch.equal(first['dlib'], again['dlib']) and torch.equal(first['dlib'], J.emb(generate(builtin, ws, {})))
     other = copy.deepcopy(builtin)
