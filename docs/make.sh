@@ -47,8 +47,8 @@ for s in 0 1 2 3; do  # training seeds 0, 1 and 2 give each number's spread, see
   train . $R/no-tc-s$s --seed $s --w_tc 0; evaluate . $R/no-tc-s$s      # trajectory consistency off
   train $R/tanh-code $R/tanh-s$s --seed $s; evaluate $R/tanh-code $R/tanh-s$s   # tanh hidden units (the patch)
 done
-for s in 0 1 2 3; do  # the dial: the leak, forgetting and retention over T
-  [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.4,0.8,1.2,1.6,2.4,3.2 --samples 500 --seed 1 --faceres $FACERES
+for s in 0 1 2 3; do  # the dial by every judge: him, his held-out photos' latents, his neighbours, retention, over T
+  [ -f $R/person-s$s/sweep.json ] || python evaluate.py $R/person-s$s --sweep --T 0,0.8,1.6,3.2 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 done
 [ -f $R/person-s0/modes.json ] || python evaluate.py $R/person-s0 --modes --samples 500 --seed 1 --faceres $FACERES  # who his samples were, by training photo
 # the default on training seed 10 and evaluation seed 7, the seeds its design was chosen on (docs/person-mode.md's
@@ -124,12 +124,12 @@ done
 train . $R/scale-sur-lr3-adj0/k50-5000 --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_adj 0 --iters 5000 $(seed_ids 50)
 [ -f $R/scale-sur-lr3-adj0/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-adj0/k1 $R/scale-sur-lr3-adj0/k5 $R/scale-sur-lr3-adj0/k50-5000 --samples 200 --faceres $FACERES
 
-# figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), the leak over T, samples by training photo
+# figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), him by every judge over T, samples by training photo
 cp $R/person-s0/before_after.png docs/before_after.png && shrink docs/before_after.png 0.5   # faces drawn 1.5x, not 3x
 cp $R/both-s0/before_after.png docs/together_before_after.png && shrink docs/together_before_after.png 0.5
 cp $R/tune-s10/modes.png docs/modes.png && shrink docs/modes.png 0.5
 python sample.py $R/person-s0 $R/alone-biden-s0 --seeds 0-11 --out docs/composed.png && shrink docs/composed.png 1   # the original, each alone, both composed
-python sample.py $R/person-s0 --T 0,0.4,0.8,1.2,1.6 --seeds 0-7 --gif --frames 17 --out docs/dial.png && shrink docs/dial.png 1
-cp $R/person-s0/sweep_leak.png docs/sweep_leak.png
+python sample.py $R/person-s0 --people --T 0,0.4,0.8,1.2,1.6 --seeds 0-3 --gif --frames 17 --out docs/dial.png && shrink docs/dial.png 1
+cp $R/person-s0/sweep_judges.png docs/sweep_judges.png
 python docs/summary.py $R > docs/numbers.md.tmp && mv docs/numbers.md.tmp docs/numbers.md  # the spread tables: one person, the dial, the ablations
 du -sh docs

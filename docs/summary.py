@@ -63,58 +63,97 @@ def key(*path):
     return lambda m: functools.reduce(lambda d, k: d[k], path, m)
 
 
-# the main table: the paper's method (--forget latent) and person mode (the default) side by side
-before = read('person-s0')
-MAIN = [  # label, before (the original generator), how to read it, format
-    ('leak: samples showing Obama, dlib port', pct.full(before['leak_dlib_before']), key('leak_dlib_after'), pct),
-    ('leak, dlib C++ pipeline', pct.full(before['leak_dlib_cpp_before']), key('leak_dlib_cpp_after'), pct),
-    *[(f'{label} (port)', b, key('leak', '1', 'dlib', 'leak_went', who), pct) for label, b, who in [
-        ('samples that showed Obama still Obama', '100%', 'obama'), ('... now Biden', '0%', 'biden'),
-        ('... now nobody known', '0%', 'nobody')]],
-    ('forgotten latent moved (its image before to after)', '0', key('ID'), num),
-    ('forgotten latent\'s image to `obama_1`', num(before['ID_photo_before']), key('ID_photo_after'), num),
-    ('held-out photos\' latents to the held-out photos', num(before['ID_heldout_photo_before']),
-     key('ID_heldout_photo_after'), num),
-    *[(f'{p.title()}\'s latent to his/her photo', num(before[f'retain_{p}_photo_before']),
-       key(f'retain_{p}_photo_after'), num) for p in PEOPLE],
-    ('kept people moved (mean of the three)', '0', key('retain_people'), num),
-    *[(f'samples recognised as {p.title()} (C++)', pct.full(before[f'share_dlib_cpp_{p}_before']),
-       key(f'share_dlib_cpp_{p}_after'), pct) for p in PEOPLE],
-    ('faces detected (C++)', pct.full(before['leak']['1']['dlib_cpp']['face_before']), key('face_after'), pct),
-    ('random samples moved (psi 1)', '0', key('retain_random'), num),
-    ('FD_dlib_pre (descriptor Frechet distance to the original)', '0', key('FD_dlib_pre'), num),
-    *[(f're-projection of obama_{i + 1}: distance to the photo', num(before['reproject_before'][i]),
-       key('reproject_after', i), num) for i in range(3)],
-    ('training time (s, the steps only)', '', key('train_wall_s'), secs),
+def exists(variant, name='metrics.json'):
+    return all((R / f'{variant}-s{s}' / name).exists() for s in (*SPREAD, FRESH))
+
+
+def judged(get, fmt, judges=('dlib', 'dlib_cpp', 'faceres')):
+    """One row read by each judge: 'port / C++ / FaceRes' cells of cells()."""
+    parts = [cells('person', lambda m, j=j: get(m, j), fmt) for j in judges]
+    return [' / '.join(p[0] for p in parts), ' / '.join(p[1] for p in parts)]
+
+
+def seeds_with(test):
+    """How many of the four training seeds pass test(metrics)."""
+    n = sum(bool(test(read(f'person-s{s}'))) for s in (*SPREAD, FRESH))
+    return [f'{n} of {len(SPREAD) + 1} seeds', '']
+
+
+JUDGES = ('dlib', 'dlib_cpp', 'faceres')
+both = lambda f: ' / '.join(f(j) for j in JUDGES)  # noqa: E731
+b = read('person-s0')  # "before" is the original generator: the same on every run
+him, held = 'obama', [Path(f).stem for f in b['held_out_photos']]
+hood = lambda kind, k: (lambda m, j: m['neighbourhood'][kind][j][k])  # noqa: E731
+floor = lambda m, j: m[f'floor_{j}_dist']  # noqa: E731
+HIM = [  # label, before, cells
+    ('his latent: called him, by port / C++ / FaceRes', both(lambda j: b['latents_who'][j][him][0]),
+     seeds_with(lambda m: all(m['latents_who'][j][him][1] != him for j in JUDGES))),
+    ('... its distance to his nearest photo over the judge\'s floor (>= 1: as far as people who never were him)',
+     both(lambda j: num(b['latents_dist'][j][him][0] / b[f'floor_{j}_dist'])),
+     judged(lambda m, j: m['latents_dist'][j][him][1] / floor(m, j), num)),
+    ('latents of his held-out photos (' + ', '.join(held) + '): called him after, by any judge',
+     both(lambda j: str(sum(b['latents_who'][j][h][0] == him for h in held))) + ' of each',
+     seeds_with(lambda m: not any(m['latents_who'][j][h][1] == him for j in JUDGES for h in held))),
+    ('... their distance to his nearest photo over the floor (mean)',
+     both(lambda j: num(sum(b['latents_dist'][j][h][0] for h in held) / len(held) / b[f'floor_{j}_dist'])),
+     judged(lambda m, j: sum(m['latents_dist'][j][h][1] for h in held) / len(held) / floor(m, j), num)),
+    *[(f'his neighbourhood, {label}: called him', both(lambda j, k=kind: pct(b['neighbourhood'][k][j]['called_before'])),
+       judged(hood(kind, 'called_after'), pct)) for kind, label in (
+        ('mixed', 'fine styles mixed'), ('moved_0.1', 'moved 0.1 in W'), ('moved_0.2', 'moved 0.2 in W'))],
+    *[(f'... {label}: distance to his nearest photo over the floor',
+       both(lambda j, k=kind: num(b['neighbourhood'][k][j]['dist_before'] / b[f'floor_{j}_dist'])),
+       judged(lambda m, j, k=kind: m['neighbourhood'][k][j]['dist_after'] / floor(m, j), num)) for kind, label in (
+        ('mixed', 'mixed'), ('moved_0.1', 'moved 0.1'))],
+    ('his former samples: of {searched} fresh samples the port\'s 0.6 flagged / each judge calls him'.format(
+        **b['former']), f"{b['former']['found']} / " + both(lambda j: str(b['former'][j]['n'])), ['', '']),
+    ('his held-out photos\' latents moved (port, image before to after)', '0', cells('person', key('ID_others'), num)),
+    ('his latent\'s image to his held-out photos (port)', num(b['ID_heldout_photo_before']),
+     cells('person', key('ID_heldout_photo_after'), num)),
+]
+OTHERS = [
+    ('of 500 random samples that never showed him, called themselves after, port / C++ / FaceRes', '100%',
+     judged(lambda m, j: m[f'others_{j}_themselves'], pct)),
+    *[(f'{p.title()}\'s latent still {p.title()} after (seeds, port / C++ / FaceRes)',
+       both(lambda j, p=p: b['latents_who'][j][p][0]),
+       [both(lambda j, p=p: str(sum(read(f'person-s{s}')['latents_who'][j][p][1] == p for s in (*SPREAD, FRESH))))
+        + f' of {len(SPREAD) + 1}', '']) for p in PEOPLE],
+    ('kept people\'s latents moved (port distance, image before to after)', '0', cells('person', key('retain_people'), num)),
+    ('random samples moved (port, psi 1)', '0', cells('person', key('retain_random'), num)),
+    ('FD_dlib_pre (port descriptors\' Frechet distance to the original\'s)', '0', cells('person', key('FD_dlib_pre'), num)),
+    ('samples with a face (C++)', pct.full(b['leak']['1']['dlib_cpp']['face_before']), cells('person', key('face_after'), pct)),
+    ('training steps (2 CPU cores, s)', '', cells('person', key('train_wall_s'), secs)),
 ]
 print('# Spread over training seeds\n')
 print(f'Made by `docs/make.sh` (`python docs/summary.py {R}`). Each number: the mean +- standard deviation over '
       f'training seeds {", ".join(map(str, SPREAD))}, then the fresh seed {FRESH} and whether it lies within the 95% '
       'prediction interval of those runs for one more run, at the precision shown ("in"), or not ("**out**"). 500 '
-      'fresh samples, evaluation seed 1; dlib distances (same person < 0.6). Each run\'s own numbers: '
-      f'`{R}/compare.md`. Training times depend on what else the machine was doing.\n')
-print('## The paper\'s method and person mode\n')
-rows = [[label, b, *cells('latent', get, fmt), *cells('person', get, fmt)] for label, b, get, fmt in MAIN]
-print(table(['', 'before', 'paper\'s method (`--forget latent`, 500 steps)', f'seed {FRESH}',
-             'person mode (the default)', f'seed {FRESH}'], rows))
+      'fresh samples (psi 0.7), evaluation seed 1; each judge\'s same-person threshold by the rule on the original '
+      'generator (' + ', '.join(f'{j} {t}' for j, t in b['thresholds'].items()) + '), its floor the mean distance '
+      'to his nearest photo of the samples that never showed him. Each run\'s own numbers: '
+      f'`{R}/person-s*/metrics.json`.\n')
+print('## He becomes someone else (the default, person mode)\n')
+print(table(['', 'before', 'after, seeds 0-2', f'seed {FRESH}'], [[lb, bf, *c] for lb, bf, c in HIM]))
+print('## Everyone else stays\n')
+print(table(['', 'before', 'after, seeds 0-2', f'seed {FRESH}'], [[lb, bf, *c] for lb, bf, c in OTHERS]))
 
-# the dial: person mode over T
-print('## The dial (person mode, `evaluate.py --sweep`)\n')
-Ts = [s['T'] for s in read('person-s0', 'sweep.json')]
-DIAL = [('leak, port', 'leak_dlib_after', pct), ('leak, C++', 'leak_dlib_cpp_after', pct),
-        ('forgotten latent\'s image to `obama_1`', 'ID_photo_after', num), ('kept people moved', 'retain_people', num)]
-rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', key(i, k), fmt, name='sweep.json'))
-                     for _, k, fmt in DIAL]] for i, T in enumerate(Ts)]
-print(table(['T', *[label for label, _, _ in DIAL]], rows))
+if exists('person', 'sweep.json'):  # the dial: person mode over T
+    print('## The dial (person mode, `evaluate.py --sweep`)\n')
+    Ts = [s['T'] for s in read('person-s0', 'sweep.json')]
+    DIAL = [*[(f'his latent to his photo / floor, {j}', j) for j in JUDGES]]
+    rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', lambda m, i=i, j=j: m[i]['latents_dist'][j][him][1] /
+                                                        m[0][f'floor_{j}_dist'], num, name='sweep.json'))
+                         for _, j in DIAL]] for i, T in enumerate(Ts)]
+    print(table(['T', *[label for label, _ in DIAL]], rows))
 
-# the three ablations next to the default
-print('## Ablations (`docs/make.sh`)\n')
-ABL = [('leak, port', 'leak_dlib_after', pct), ('leak, C++', 'leak_dlib_cpp_after', pct),
-       ('forgotten latent moved', 'ID', num), ('kept people moved', 'retain_people', num),
+ABL = [('his latent after, port', 'ID', num), ('kept people moved', 'retain_people', num),
        ('random samples moved', 'retain_random', num), ('FD_dlib_pre', 'FD_dlib_pre', num),
        ('train time (s)', 'train_wall_s', secs)]
-VARIANTS = [('the default (Euler, trajectory consistency, LeakyReLU)', 'person'), ('RK4 (`--solver rk4`)', 'rk4'),
-            ('trajectory consistency off (`--w_tc 0`)', 'no-tc'), ('tanh hidden units (the patch)', 'tanh')]
-rows = [[name, *[f'; seed {FRESH}: '.join(cells(v, key(k), fmt)) for _, k, fmt in ABL]] for name, v in VARIANTS]
-print(table(['run', *[label for label, _, _ in ABL]], rows))
+VARIANTS = [('the default (person mode)', 'person'), ('the paper\'s method (`--forget latent`)', 'latent'),
+            ('RK4 (`--solver rk4`)', 'rk4'), ('trajectory consistency off (`--w_tc 0`)', 'no-tc'),
+            ('tanh hidden units (the patch)', 'tanh')]
+if any(exists(v) for _, v in VARIANTS[1:]):
+    print('## Variants (`docs/make.sh`)\n')
+    rows = [[name, *[f'; seed {FRESH}: '.join(cells(v, key(k), fmt)) for _, k, fmt in ABL]]
+            for name, v in VARIANTS if exists(v)]
+    print(table(['run', *[label for label, _, _ in ABL]], rows))
 print(f'Seed {FRESH} lands within the prediction interval for {sum(TALLY)} of {len(TALLY)} numbers.')
