@@ -191,7 +191,7 @@ def digest(*parts):
 def original(panel, G_s, s_kw, what, fn, ws):
     """fn(): the judges' embeddings of G_s's images of ws, once for each generator, latents and judges: the
     thresholds, the samples before and the search for his samples read nothing unlearned, so every run of one
-    generator shares them (kept in CACHE: more than half of one evaluation's time on a CPU)."""
+    generator shares them (kept in CACHE: half the images the judges see in one evaluation, and the search)."""
     if world()[1] > 1:  # under torchrun fn() gathers: every process must draw, or none
         return fn()
     frozen = {k: v for k, v in G_s.state_dict().items() if '.adapter.' not in k}  # a run's adapters are off in s_kw
