@@ -320,7 +320,8 @@ def sweep(run, args, device):
         who, far = panel.latents(G_s, G_u, s_kw, {'T': T}, meta, held_ws)
         hood, near = panel.neighbourhood(G_s, G_u, s_kw, {'T': T}, w, seed, min(args.n, NEIGHBOURS), near)
         rows.append({'T': T, **m, **leak_summary([lk], panel), 'leak': lk, 'latents_who': who, 'latents_dist': far,
-                     'neighbourhood': hood})
+                     'neighbourhood': hood, **{f'near_{j}_called_after': hood['moved_0.1'][j]['called_after']
+                                               for j in panel.rules}})
         strip.append(generate(G_u, meta['ws_u'][:1].to(device), {'T': T}))
     out = Path(run)
     if world()[0] == 0:  # rank 0 writes
@@ -339,8 +340,6 @@ def sweep(run, args, device):
             for label, names in (('his latent', [panel.names[0]]), ("his held-out photos' latents", list(held_ws or []))):
                 if names:
                     him[f'{j}: {label}'] = [np.mean([r['latents_dist'][j][n][1] for n in names]) / floor for r in rows]
-            for r in rows:
-                r[f'near_{j}_called_after'] = r['neighbourhood']['moved_0.1'][j]['called_after']
         p2 = plot(out / 'sweep_judges.png', Ts, him, 'integration time T', 'distance to his nearest photo / floor', line=1,
                   line_label='floor: samples that never showed him')
         print(table(rows, ['T', 'ID', 'ID_photo_after', 'retain_people', 'retain_random',

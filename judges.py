@@ -177,15 +177,21 @@ SOURCES = ('judges.py', 'id_net.py', 'model.py', 'data.py')  # the code of the j
 
 
 def digest(*parts):
-    """A sha256 of tensors (a module's weights), dicts of them and anything else by its repr."""
+    """A sha256 of tensors (a module's weights), dicts of them (names and shapes too) and anything else by its repr."""
     h = hashlib.sha256()
     for p in parts:
         if isinstance(p, torch.nn.Module):
             p = p.state_dict()
-        for v in (p.values() if isinstance(p, dict) else [p]):
-            h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes() if torch.is_tensor(v)
-                     else repr(v).encode())
+        for k, v in (p.items() if isinstance(p, dict) else [('', p)]):
+            if torch.is_tensor(v):
+                h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode())
+                h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(f'{k}={v!r};'.encode())
     return h.hexdigest()
+
+
+CODE = digest(*[(Path(__file__).parent / f).read_bytes() for f in SOURCES])  # as imported: an edit mid-run changes nothing
 
 
 def original(panel, G_s, s_kw, what, fn, ws):
@@ -224,9 +230,7 @@ class Panel:
         with torch.no_grad():
             embs = [self.embed(x.to(J.device)) for x in people.values()]
         self.refs = {j: [e[j] for e in embs] for j in self.rules}
-        here = Path(__file__).parent  # the judges' identity, for original(): their weights, code and device
-        self.digest = digest(J.idn, faceres or 'no faceres', cpp is not None, torch.device(J.device).type,
-                             *[(here / f).read_bytes() for f in SOURCES])
+        self.digest = digest(J.idn, faceres or 'no faceres', cpp is not None, torch.device(J.device).type, CODE)
 
     @torch.no_grad()
     def embed(self, imgs):

@@ -201,7 +201,7 @@ def find(S, P, cfg, face):
     if cfg.forget == 'person':
         his = from_rank0(views(S, face, cfg.n_views, cfg.invert_steps))
         P.pool, P.targets, P.held = surrogates(S, P, ws, emb, his)
-        print(f'person mode: {len(P.pool) - len(his)} of {cfg.mine_n} random samples show the person, {len(his)} of '
+        print(f'person mode: {max(len(P.pool) - len(his), 0)} of {cfg.mine_n} random samples show the person, {len(his)} of '
               f'{cfg.n_views * len(face)} new inversions of his face do, {len(P.held)} samples a kept person; ' + (
                   'each of his is sent to a sample of someone else, theirs held' if len(P.pool) else
                             "nobody beyond the given latents (or no sample of someone unknown to send him to): this run "

@@ -1,5 +1,5 @@
 """
-The spread tables of one person (the paper's method and person mode, the dial, the ablations), from the runs
+The spread tables of one person (person mode: him, everyone else; the dial; the variants), from the runs
 docs/make.sh makes: mean +- standard deviation over training seeds 0, 1 and 2, and a fresh seed 3 checked against
 the 95% prediction interval those three give for one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the
 precision shown).
@@ -145,7 +145,7 @@ if exists('person', 'sweep.json'):  # the dial: person mode over T
                          for _, j in DIAL]] for i, T in enumerate(Ts)]
     print(table(['T', *[label for label, _ in DIAL]], rows))
 
-ABL = [('his latent after, port', 'ID', num), ('kept people moved', 'retain_people', num),
+ABL = [('his latent moved (port)', 'ID', num), ('kept people moved', 'retain_people', num),
        ('random samples moved', 'retain_random', num), ('FD_dlib_pre', 'FD_dlib_pre', num),
        ('train time (s)', 'train_wall_s', secs)]
 VARIANTS = [('the default (person mode)', 'person'), ('the paper\'s method (`--forget latent`)', 'latent'),
