@@ -91,7 +91,7 @@ HIM = [  # label, before, cells
     ('... its distance to his nearest photo over the judge\'s floor (>= 1: as far as people who never were him)',
      both(lambda j: num(b['latents_dist'][j][him][0] / b[f'floor_{j}_dist'])),
      judged(lambda m, j: m['latents_dist'][j][him][1] / floor(m, j), num)),
-    ('latents of his held-out photos (' + ', '.join(held) + '): called him after, by any judge',
+    ('latents of his held-out photos (' + ', '.join(held) + '): called him by port / C++ / FaceRes; after: seeds where no judge does',
      both(lambda j: str(sum(b['latents_who'][j][h][0] == him for h in held))) + ' of each',
      seeds_with(lambda m: not any(m['latents_who'][j][h][1] == him for j in JUDGES for h in held))),
     ('... their distance to his nearest photo over the floor (mean)',
