@@ -275,10 +275,11 @@ def device(name):
     return dev
 
 
-def digest(module):
-    """sha256 of a module's weights (names, shapes, values): the same generator in any file format or folder."""
+def digest(weights):
+    """sha256 of a module's weights or a state dict (names, shapes, values): the same generator in any file format or
+    folder."""
     h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
+    for k, v in sorted((weights.state_dict() if isinstance(weights, torch.nn.Module) else weights).items()):
         h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

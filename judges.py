@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from data import dlib_available, load_faces, to_uint8
 from ddp import gather, reduce_sum, shard, world
-from helpers import atomic_save, person_name
+from helpers import atomic_save, digest, person_name
 from id_net import DlibCpp, FaceRes, load_id_net
 from losses import who
 from model import generate
@@ -176,22 +176,7 @@ CACHE = Path.home() / '.cache' / 'legato'  # what the original generator's side 
 SOURCES = ('judges.py', 'id_net.py', 'model.py', 'data.py')  # the code of the judges and the generator: in every key
 
 
-def digest(*parts):
-    """A sha256 of tensors (a module's weights), dicts of them (names and shapes too) and anything else by its repr."""
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, torch.nn.Module):
-            p = p.state_dict()
-        for k, v in (p.items() if isinstance(p, dict) else [('', p)]):
-            if torch.is_tensor(v):
-                h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode())
-                h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-            else:
-                h.update(f'{k}={v!r};'.encode())
-    return h.hexdigest()
-
-
-CODE = digest(*[(Path(__file__).parent / f).read_bytes() for f in SOURCES])  # as imported: an edit mid-run changes nothing
+CODE = hashlib.sha256(b''.join((Path(__file__).parent / f).read_bytes() for f in SOURCES)).hexdigest()  # as imported
 
 
 def original(panel, G_s, s_kw, what, fn, ws):
@@ -201,7 +186,8 @@ def original(panel, G_s, s_kw, what, fn, ws):
     if world()[1] > 1:  # under torchrun fn() gathers: every process must draw, or none
         return fn()
     frozen = {k: v for k, v in G_s.state_dict().items() if '.adapter.' not in k}  # a run's adapters are off in s_kw
-    path = CACHE / f'{what}-{digest(panel.digest, frozen, s_kw, ws)[:20]}.pt'
+    key = repr((panel.digest, digest(frozen), s_kw, digest({'ws': ws.contiguous()})))
+    path = CACHE / f'{what}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt'
     try:
         return torch.load(path, map_location=panel.J.device, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # none yet, or unreadable: drawn again
@@ -230,7 +216,8 @@ class Panel:
         with torch.no_grad():
             embs = [self.embed(x.to(J.device)) for x in people.values()]
         self.refs = {j: [e[j] for e in embs] for j in self.rules}
-        self.digest = digest(J.idn, faceres or 'no faceres', cpp is not None, torch.device(J.device).type, CODE)
+        self.digest = repr((digest(J.idn), faceres and digest(faceres), cpp is not None, torch.device(J.device).type,
+                            CODE))
 
     @torch.no_grad()
     def embed(self, imgs):

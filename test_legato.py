@@ -1773,7 +1773,7 @@ def test_original_side_is_drawn_once_per_generator_and_latents(builtin, facenet,
     with torch.no_grad():
         other.synthesis.b4.conv1.bias += 1e-3  # one tensor of the generator changed a little
     embed(other, ws), embed(builtin, ws[:3])
-    panel.digest = judges.digest('another judge')
+    panel.digest = 'another judge'
     embed(builtin, ws)
     assert len(drawn) == 4
 
