@@ -3,6 +3,7 @@ torchrun: one process per GPU (or per share of the CPU cores); plain python is o
 is, each rank's share of a batch, and the few collectives the scripts need (gather, sum, max, broadcast).
 """
 import atexit
+import datetime
 import functools
 import os
 import sys
@@ -31,12 +32,23 @@ def distributed(device, group=True):
     if not dist.is_initialized():
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
         _cpu_group.append(dist.new_group(backend='gloo') if dev.type == 'cuda' else None)
-        # torn down before the interpreter exits: left to process exit, gloo's threads could abort a finished rank
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_close)
         if dist.get_rank() > 0:  # rank 0 alone prints and shows progress
             sys.stdout = open(os.devnull, 'w')
             tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
     return dist.get_rank(), dist.get_world_size(), dev
+
+
+def _close():
+    """Tear the group down before the interpreter exits, all ranks together: left to process exit, or with a peer
+    still running, gloo's threads could abort a finished rank. After an uncaught error no barrier: the others may
+    never arrive (and on a sys.exit the barrier gives up after a minute)."""
+    if getattr(sys, 'last_value', None) is None:
+        try:
+            dist.monitored_barrier(_cpu_group[0], timeout=datetime.timedelta(seconds=60))
+        except RuntimeError:
+            pass
+    dist.destroy_process_group()
 
 
 def world():

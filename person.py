@@ -163,13 +163,13 @@ def invert_others(cfg, G, idn, person=None, forgotten_names=(), encoder=None):
 @torch.no_grad()
 def before_after(S, P, retain, path, n=6):
     """Pairs before | after, n a row: the forgotten face and the kept people; random samples (psi 0.7) that did not show
-    the person (the first n of 64, embedded 16 at a time); samples that showed him: the search's (person mode; on a
-    generator of many people few of 64 random ones do), else the first n of the 64."""
+    the person (the first n of 32, embedded 16 at a time until n are found); samples that showed him: the search's
+    (person mode), else those of the random ones embedded (on a generator of many people seldom any)."""
     G, dev = S.G, S.ws_u.device
-    w_r = G.mapping(torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev), psi=0.7)
+    w_r = G.mapping(torch.randn(32, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev), psi=0.7)
     was = []
     for w in w_r.split(16):
-        if len(was) and (~torch.cat(was)).sum() >= n and (len(P.pool) or torch.cat(was).sum() >= n):
+        if len(was) and (~torch.cat(was)).sum() >= n:
             break
         was.append(shows_person(S.idn.embed(S.G_s.synthesis(w, **S.s_kw)), P.refs, P.owner, S.idn.distance,
                                 S.idn.THRESHOLD).bool())

@@ -2203,7 +2203,7 @@ def test_end_to_end(tmp_path, tiny_ckpt, weight_files, net, who, train_flags, ev
                       '--n_adj', '1', '--n_glob', '1', '--retain', 'none', *net_flags, *map(path, train_flags)])
     meta = torch.load(out / 'adapter.pt', weights_only=True)
     assert meta['steps'] == 2 and meta['args']['id_net'] == net and (out / 'before_after.png').exists()
-    common = [str(out), '--samples', '4', '--invert_steps', '1', *net_flags]
+    common = [str(out), '--samples', '2', '--invert_steps', '1', *net_flags]
     if '--compare' in eval_flags or not eval_flags:
         evaluate.main(common)
         m = json.load(open(out / 'metrics.json'))
