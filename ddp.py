@@ -109,7 +109,11 @@ def together():
 
 
 def from_rank0(t):
-    """Rank 0's t on every rank (latents found by optimisation: the ranks start from the same ones)."""
+    """Rank 0's t on every rank (latents found by optimisation: the ranks start from the same ones), however many rows
+    each rank's own t has (a filter can keep different rows on different GPUs)."""
     if world()[1] > 1:
+        n = t.new_tensor([len(t)], dtype=torch.long)
+        dist.broadcast(n, 0, group=_group(t))
+        t = t if world()[0] == 0 else t.new_empty((int(n), *t.shape[1:]))
         dist.broadcast(t, 0, group=_group(t))
     return t

@@ -222,6 +222,13 @@ def held_latents(G_s, meta, J, args, device):
         return files, hp, (ws_h, J.emb(hp))
 
 
+def held_rows(files, held, panel, meta):
+    """{name: latent [1, L, C]} of his held-out photos for Panel.latents: each photo's stem, or its file name where the
+    stem is a person's name (a photo obama.jpg must not replace the forgotten latent's row)."""
+    taken = {*panel.names, *(meta.get('retain_ws') or {})}
+    return {(f.name if f.stem in taken else f.stem): w[None] for f, w in zip(files, held[0])} if held else None
+
+
 def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     """The numbers of one forgotten person (meta: per_person's view)."""
     J = Judge(args, device, G_s.cfg.framing)
@@ -236,8 +243,7 @@ def evaluate_person(G_s, G_u, s_kw, meta, args, device):
     panel = make_panel(meta, G_s, s_kw, J, args)
     m['leak'] = {seed: leak(G_s, G_u, s_kw, {}, panel, args.n, seed)[0] for seed in seeds(args)}
     m.update(leak_summary(m['leak'].values(), panel))
-    held_ws = {f.stem: w[None] for f, w in zip(files, held[0])} if held else None
-    m['latents_who'], m['latents_dist'] = panel.latents(G_s, G_u, s_kw, {}, meta, held_ws)
+    m['latents_who'], m['latents_dist'] = panel.latents(G_s, G_u, s_kw, {}, meta, held_rows(files, held, panel, meta))
     m['neighbourhood'], _ = panel.neighbourhood(G_s, G_u, s_kw, {}, meta['ws_u'][:1].to(device), seeds(args)[0],
                                              min(args.n, NEIGHBOURS))
     m['former'] = panel.former(G_s, G_u, s_kw, {}, SEARCH * args.n, seeds(args)[0], args.n)
@@ -310,8 +316,8 @@ def sweep(run, args, device):
     if meta['identity'].get('kind') == 'photos':
         photos_u = load_faces(meta['identity']['path'], G_s.cfg.img_resolution, framing=G_s.cfg.framing)[0]
         files, _, held = held_latents(G_s, meta, J, args, device)
-    held_ws = {f.stem: w[None] for f, w in zip(files, held[0])} if held else None
     panel = make_panel(meta, G_s, s_kw, J, args)
+    held_ws = held_rows(files, held, panel, meta)
     w, seed = meta['ws_u'][:1].to(device), seeds(args)[0]
     rows, strip, before, near = [], [], None, None
     for T in tqdm(Ts, desc='sweep'):  # at each T every judge on: random samples, his latent, held-out latents, neighbours

@@ -2087,6 +2087,17 @@ def test_neighbours_keep_who_and_move_by_the_stated_length(tiny_ckpt):
     assert not torch.equal(judges.neighbours(G, w, seed=4, n=6)['moved_0.1'], hood['moved_0.1'])
 
 
+def test_held_out_photo_named_like_a_person_keeps_its_own_row():
+    """A held-out photo's row in latents_who is its stem, or its file name where the stem is a person's name (obama.jpg
+    beside obama_1.jpg must not replace the forgotten latent's row, nor biden.jpg a kept person's)."""
+    files = [Path('obama/obama_2.jpg'), Path('obama/obama.jpg'), Path('obama/biden.png'), Path('obama/kept.jpg')]
+    ws = torch.arange(4.)[:, None, None].expand(4, 8, 32)
+    rows = evaluate.held_rows(files, (ws, None), argparse.Namespace(names=['obama', 'biden']), {'retain_ws': {'kept': 0}})
+    assert list(rows) == ['obama_2', 'obama.jpg', 'biden.png', 'kept.jpg']
+    assert [r.shape for r in rows.values()] == [(1, 8, 32)] * 4 and rows['biden.png'].unique().item() == 2
+    assert evaluate.held_rows([], None, argparse.Namespace(names=['obama']), {}) is None
+
+
 def test_evaluate_run_and_errors(tmp_path, tiny_ckpt, monkeypatch):
     out = run_train(tiny_ckpt, tmp_path / 'run', '--iters', '2')
     args = argparse.Namespace(id_net='dlib', id_weights=None, n=8, real=None, invert_steps=2, T=None, seed=0, ckpt=None)
@@ -2581,6 +2592,16 @@ def test_two_ranks_step_equals_one_process_with_the_doubled_batch(tmp_path, face
     print('relative gradient difference', ((g - ref).norm() / ref.norm()).item())
     assert ref.norm() > 0 and (g - ref).norm() <= 1e-5 * ref.norm(), ((g - ref).norm() / ref.norm()).item()
     assert L0['local'] == pytest.approx(L_ref['local'], rel=1e-6) and L0['adj'] != L1['adj']  # shared, own shares
+
+
+def test_from_rank0_gives_rank0s_rows_whatever_each_rank_kept(tmp_path):
+    """--n_views filters its inversions on each rank: rank 0's rows reach every rank even where the counts differ."""
+    (tmp_path / 'rank.py').write_text(
+        f'import sys, torch\nsys.path.insert(0, {str(ROOT)!r})\nimport ddp\nrank, _, _ = ddp.distributed("cpu")\n'
+        'r = ddp.from_rank0(torch.full((3 + 2 * rank, 2, 4), float(rank)))\n'
+        'e = ddp.from_rank0(torch.zeros(0, 4) if rank == 0 else torch.ones(5, 4))\n'
+        'assert r.shape == (3, 2, 4) and (r == 0).all() and e.shape == (0, 4), (rank, r.shape, e.shape)\n')
+    torchrun(tmp_path / 'rank.py')
 
 
 def test_two_processes_evaluate_as_one(tmp_path, tiny_run):
