@@ -43,6 +43,8 @@ fi
 for s in 0 1 2 3; do  # training seeds 0, 1 and 2 give each number's spread, seed 3 is the fresh run checked against it
   train . $R/person-s$s --seed $s; evaluate . $R/person-s$s    # the default (person mode, Adam at 1e-3, 150 steps, Euler, TC)
   train . $R/latent-s$s --seed $s @config/paper.txt --iters 500; evaluate . $R/latent-s$s   # the paper's method
+  train . $R/residual-s$s --seed $s @config/residual.txt; evaluate . $R/residual-s$s   # the paper's table: one residual step
+  train . $R/full-s$s --seed $s @config/guide.txt; evaluate . $R/full-s$s   # ... and GUIDE's full fine-tune
   train . $R/rk4-s$s --seed $s --solver rk4; evaluate . $R/rk4-s$s      # RK4 (3/8 rule) instead of Euler
   train . $R/no-tc-s$s --seed $s --w_tc 0; evaluate . $R/no-tc-s$s      # trajectory consistency off
   train $R/tanh-code $R/tanh-s$s --seed $s; evaluate $R/tanh-code $R/tanh-s$s   # tanh hidden units (the patch)

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from statistics import mean, stdev
 
 from scipy import stats
 
@@ -156,4 +157,27 @@ if any(exists(v) for _, v in VARIANTS[1:]):
     rows = [[name, *[f'; seed {FRESH}: '.join(cells(v, key(k), fmt)) for _, k, fmt in ABL]]
             for name, v in VARIANTS if exists(v)]
     print(table(['run', *[label for label, _, _ in ABL]], rows))
+PAPER = [('ode (the paper\'s method, `@config/paper.txt`)', 'latent'), ('residual (`@config/residual.txt`)', 'residual'),
+         ('full fine-tune (GUIDE, `@config/guide.txt`)', 'full'), ('for comparison: the default (person mode)', 'person')]
+COLS = [('ID: his latent moved (port)', key('ID'), num), ('ID_others: his held-out latents moved', key('ID_others'), num),
+        ('FD_dlib_pre', key('FD_dlib_pre'), num),
+        ('his latent / held-out latents him to port, C++, FaceRes',
+         lambda m: ' '.join(''.join('x' if m['latents_who'][j][n][1] == him else '-' for j in JUDGES) for n in [him, *held]), None),
+        ('others themselves, port / C++ / FaceRes', lambda m: both(lambda j: pct(m[f'others_{j}_themselves'])), None),
+        ('steps, train time (s)', lambda m: f"{m['steps']}, {secs(m['train_wall_s'])}", None)]
+runs = lambda v: [s for s in (*SPREAD, FRESH) if (R / f'{v}-s{s}' / 'metrics.json').exists()]  # noqa: E731
+if any(runs(v) for _, v in PAPER[:3]):  # the paper's table: each seed that has run, and the mean +- sd of those
+    print('## The paper\'s table (`--forget latent`: the forgotten latent alone, each adapter at its default)\n')
+    print('x: the judge still calls that latent him after training (his latent, then each held-out latent), -: it '
+          'does not. Each row one training seed; "mean" over the seeds above it.\n')
+    rows = []
+    for name, v in PAPER:
+        ms = []
+        for s in runs(v):
+            ms.append(m := read(f'{v}-s{s}'))
+            rows.append([name if len(ms) == 1 else '', str(s), *[get(m) if fmt is None else fmt(get(m)) for _, get, fmt in COLS]])
+        if len(ms) > 1:
+            rows.append(['', 'mean', *[f'{fmt(mean(x := [get(m) for m in ms]))} +- {fmt(stdev(x))}' if fmt else ''
+                                       for _, get, fmt in COLS]])
+    print(table(['adapter', 'seed', *[c for c, _, _ in COLS]], rows))
 print(f'Seed {FRESH} lands within the prediction interval for {sum(TALLY)} of {len(TALLY)} numbers.')
