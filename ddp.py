@@ -41,14 +41,15 @@ def distributed(device, group=True):
 
 def _close():
     """Tear the group down before the interpreter exits, all ranks together: left to process exit, or with a peer
-    still running, gloo's threads could abort a finished rank. After an uncaught error no barrier: the others may
-    never arrive (and on a sys.exit the barrier gives up after a minute)."""
-    if getattr(sys, 'last_value', None) is None:
-        try:
-            dist.monitored_barrier(_cpu_group[0], timeout=datetime.timedelta(seconds=60))
-        except RuntimeError:
-            pass
-    dist.destroy_process_group()
+    still running, gloo's threads could abort a finished rank. The scripts end their runs in step (together()), so
+    the wait is short; after an uncaught error none (the others may never arrive), after a sys.exit ten seconds."""
+    try:
+        if getattr(sys, 'last_value', None) is None:
+            dist.monitored_barrier(_cpu_group[0], timeout=datetime.timedelta(seconds=10))
+    except (RuntimeError, ValueError):
+        pass
+    finally:
+        dist.destroy_process_group()
 
 
 def world():

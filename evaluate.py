@@ -12,6 +12,7 @@ Identity numbers use dlib's network by default (Euclidean distance; same person 
 ArcFace with --id_net/--id_weights (1 - cosine). Without FID Inception weights the Frechet distance is
 computed on the identity network's 128-d descriptors and named FD_<net>, never FID.
 """
+import collections
 import functools
 import json
 import math
@@ -224,8 +225,9 @@ def held_latents(G_s, meta, J, args, device):
 
 def held_rows(files, held, panel, meta):
     """{name: latent [1, L, C]} of his held-out photos for Panel.latents: each photo's stem, or its file name where the
-    stem is a person's name (a photo obama.jpg must not replace the forgotten latent's row)."""
-    taken = {*panel.names, *(meta.get('retain_ws') or {})}
+    stem is a person's name or another photo's (obama.jpg must not replace the forgotten latent's row)."""
+    stems = collections.Counter(f.stem for f in files)
+    taken = {*panel.names, *(meta.get('retain_ws') or {}), *(s for s, k in stems.items() if k > 1)}
     return {(f.name if f.stem in taken else f.stem): w[None] for f, w in zip(files, held[0])} if held else None
 
 

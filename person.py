@@ -164,7 +164,7 @@ def invert_others(cfg, G, idn, person=None, forgotten_names=(), encoder=None):
 def before_after(S, P, retain, path, n=6):
     """Pairs before | after, n a row: the forgotten face and the kept people; random samples (psi 0.7) that did not show
     the person (the first n of 32, embedded 16 at a time until n are found); samples that showed him: the search's
-    (person mode), else those of the random ones embedded (on a generator of many people seldom any)."""
+    pool (person mode), else those of the random ones embedded (on a generator of many people seldom any)."""
     G, dev = S.G, S.ws_u.device
     w_r = G.mapping(torch.randn(32, G.cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(dev), psi=0.7)
     was = []

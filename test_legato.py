@@ -2088,13 +2088,14 @@ def test_neighbours_keep_who_and_move_by_the_stated_length(tiny_ckpt):
 
 
 def test_held_out_photo_named_like_a_person_keeps_its_own_row():
-    """A held-out photo's row in latents_who is its stem, or its file name where the stem is a person's name (obama.jpg
-    beside obama_1.jpg must not replace the forgotten latent's row, nor biden.jpg a kept person's)."""
-    files = [Path('obama/obama_2.jpg'), Path('obama/obama.jpg'), Path('obama/biden.png'), Path('obama/kept.jpg')]
-    ws = torch.arange(4.)[:, None, None].expand(4, 8, 32)
+    """A held-out photo's row in latents_who is its stem, or its file name where the stem is a person's name or another
+    photo's (obama.jpg beside obama_1.jpg must not replace the forgotten latent's row, nor biden.png a kept person's)."""
+    files = [Path('obama/obama_2.jpg'), Path('obama/obama.jpg'), Path('obama/biden.png'), Path('obama/kept.jpg'),
+             Path('obama/obama_3.jpg'), Path('obama/obama_3.png')]
+    ws = torch.arange(6.)[:, None, None].expand(6, 8, 32)
     rows = evaluate.held_rows(files, (ws, None), argparse.Namespace(names=['obama', 'biden']), {'retain_ws': {'kept': 0}})
-    assert list(rows) == ['obama_2', 'obama.jpg', 'biden.png', 'kept.jpg']
-    assert [r.shape for r in rows.values()] == [(1, 8, 32)] * 4 and rows['biden.png'].unique().item() == 2
+    assert list(rows) == ['obama_2', 'obama.jpg', 'biden.png', 'kept.jpg', 'obama_3.jpg', 'obama_3.png']
+    assert [r.shape for r in rows.values()] == [(1, 8, 32)] * 6 and rows['biden.png'].unique().item() == 2
     assert evaluate.held_rows([], None, argparse.Namespace(names=['obama']), {}) is None
 
 

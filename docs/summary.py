@@ -1,6 +1,6 @@
 """
 The spread tables of one person (person mode: him, everyone else; the dial; the variants), from the runs
-docs/make.sh makes: mean +- standard deviation over training seeds 0, 1 and 2, and a fresh seed 3 checked against
+docs/make.sh makes, and the paper's table (ode / residual / full on the forgotten latent, each seed that has run): mean +- standard deviation over training seeds 0, 1 and 2, and a fresh seed 3 checked against
 the 95% prediction interval those three give for one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the
 precision shown).
 
@@ -83,7 +83,8 @@ def seeds_with(test):
 JUDGES = ('dlib', 'dlib_cpp', 'faceres')
 both = lambda f: ' / '.join(f(j) for j in JUDGES)  # noqa: E731
 b = read('person-s0')  # "before" is the original generator: the same on every run
-him, held = 'obama', [Path(f).stem for f in b['held_out_photos']]
+him = 'obama'
+held = [n for n in b['latents_who']['dlib'] if n not in (him, *PEOPLE)]  # his held-out photos' rows
 hood = lambda kind, k: (lambda m, j: m['neighbourhood'][kind][j][k])  # noqa: E731
 floor = lambda m, j: m[f'floor_{j}_dist']  # noqa: E731
 HIM = [  # label, before, cells
@@ -161,9 +162,9 @@ PAPER = [('ode (the paper\'s method, `@config/paper.txt`)', 'latent'), ('residua
          ('full fine-tune (GUIDE, `@config/guide.txt`)', 'full'), ('for comparison: the default (person mode)', 'person')]
 COLS = [('ID: his latent moved (port)', key('ID'), num), ('ID_others: his held-out latents moved', key('ID_others'), num),
         ('FD_dlib_pre', key('FD_dlib_pre'), num),
-        ('his latent / held-out latents him to port, C++, FaceRes',
+        (f'{", ".join([him, *held])} him to port, C++, FaceRes',
          lambda m: ' '.join(''.join('x' if m['latents_who'][j][n][1] == him else '-' for j in JUDGES) for n in [him, *held]), None),
-        ('others themselves, port / C++ / FaceRes', lambda m: both(lambda j: pct(m[f'others_{j}_themselves'])), None),
+        ('others themselves, port / C++ / FaceRes (%)', lambda m: both(lambda j: pct(m[f'others_{j}_themselves'])), None),
         ('steps, train time (s)', lambda m: f"{m['steps']}, {secs(m['train_wall_s'])}", None)]
 runs = lambda v: [s for s in (*SPREAD, FRESH) if (R / f'{v}-s{s}' / 'metrics.json').exists()]  # noqa: E731
 if any(runs(v) for _, v in PAPER[:3]):  # the paper's table: each seed that has run, and the mean +- sd of those
