@@ -161,9 +161,12 @@ if any(exists(v) for _, v in VARIANTS[1:]):
 PAPER = [('ode (the paper\'s method, `@config/paper.txt`)', 'latent'), ('residual (`@config/residual.txt`)', 'residual'),
          ('full fine-tune (GUIDE, `@config/guide.txt`)', 'full'), ('for comparison: the default (person mode)', 'person')]
 COLS = [('ID: his latent moved (port)', key('ID'), num), ('ID_others: his held-out latents moved', key('ID_others'), num),
-        ('FD_dlib_pre', key('FD_dlib_pre'), num),
+        ('FD_dlib_pre', key('FD_dlib_pre'), num), ('kept people moved', key('retain_people'), num),
+        ('random samples moved', key('retain_random'), num),
         (f'{", ".join([him, *held])} him to port, C++, FaceRes',
          lambda m: ' '.join(''.join('x' if m['latents_who'][j][n][1] == him else '-' for j in JUDGES) for n in [him, *held]), None),
+        ('Biden, Collins, Hopper themselves, port / C++ / FaceRes (of 3)',
+         lambda m: both(lambda j: str(sum(m['latents_who'][j][p][1] == p for p in PEOPLE))), None),
         ('others themselves, port / C++ / FaceRes (%)', lambda m: both(lambda j: pct(m[f'others_{j}_themselves'])), None),
         ('steps, train time (s)', lambda m: f"{m['steps']}, {secs(m['train_wall_s'])}", None)]
 runs = lambda v: [s for s in (*SPREAD, FRESH) if (R / f'{v}-s{s}' / 'metrics.json').exists()]  # noqa: E731
