@@ -1753,14 +1753,15 @@ def judges_cache(tmp_path, monkeypatch):
 
 def test_original_side_is_drawn_once_per_generator_and_latents(builtin, facenet, monkeypatch):
     """judges.original: the judges' embeddings of the original generator's samples come from CACHE the second time,
-    exactly as drawn; other weights, other latents or another judge draw them again."""
+    exactly as drawn, also for a full fine-tune's original (no adapters, drawn without T); other weights, other
+    latents or another judge draw them again."""
     J = judges.Judge(argparse.Namespace(id_net='dlib', id_weights=None, n=4), 'cpu')
     panel = judges.Panel({'p': torch.rand(1, 3, 256, 256)}, J)
     drawn = []
-    embed = lambda G, ws: judges.original(panel, G, {'T': 0}, 'leak', lambda: drawn.append(1) or panel.drawn(  # noqa: E731
-        G, ws, {'T': 0}, 'test'), ws)
+    embed = lambda G, ws, kw={'T': 0}: judges.original(panel, G, kw, 'leak', lambda: drawn.append(1) or panel.drawn(  # noqa: E731
+        G, ws, kw, 'test'), ws)
     ws = judges.eval_latents(builtin, 4, 0)
-    first, again = embed(builtin, ws), embed(builtin, ws)
+    first, again = embed(builtin, ws), embed(builtin, ws, {})
     trained = attach_adapters(copy.deepcopy(builtin))  # a run's generator: adapters on top, off at T = 0
     with torch.no_grad():
         for k, p in trained.named_parameters():
