@@ -377,7 +377,7 @@ def run(cfg, out, ck, dev, rank=0, world=1, hint=''):
                     write_results(S, P, R)
             except OSError as e:
                 raise SystemExit(f'error: {e}; the run is checkpointed: {hint} writes the results')
-        together()  # the other ranks wait for rank 0's files (a failed write exits rank 0 within 10 s, torchrun stops the rest)
+        together()  # the other ranks wait for rank 0's files (a failed write: rank 0 exits in 10 s, torchrun stops all)
         if not R.writer:
             return out
         if stop.sig:
