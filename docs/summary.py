@@ -1,8 +1,8 @@
 """
 The spread tables of one person (person mode: him, everyone else; the dial; the variants), from the runs
-docs/make.sh makes, and the paper's table (ode / residual / full on the forgotten latent, each seed that has run): mean +- standard deviation over training seeds 0, 1 and 2, and a fresh seed 3 checked against
+docs/make.sh makes: mean +- standard deviation over training seeds 0, 1 and 2, and a fresh seed 3 checked against
 the 95% prediction interval those three give for one more run (mean +- t_0.975,2 * sd * sqrt(1 + 1/3), at the
-precision shown).
+precision shown). Then the paper's table (ode / residual / full on the forgotten latent), each seed that has run.
 
     python docs/summary.py runs/docs > docs/numbers.md
 """
@@ -64,13 +64,21 @@ def key(*path):
     return lambda m: functools.reduce(lambda d, k: d[k], path, m)
 
 
+def runs(variant, name='metrics.json'):
+    """The training seeds of a variant that have run (their file written)."""
+    return [s for s in (*SPREAD, FRESH) if (R / f'{variant}-s{s}' / name).exists()]
+
+
 def exists(variant, name='metrics.json'):
-    return all((R / f'{variant}-s{s}' / name).exists() for s in (*SPREAD, FRESH))
+    return len(runs(variant, name)) == len(SPREAD) + 1
 
 
-def judged(get, fmt, judges=('dlib', 'dlib_cpp', 'faceres')):
+JUDGES = ('dlib', 'dlib_cpp', 'faceres')
+
+
+def judged(get, fmt):
     """One row read by each judge: 'port / C++ / FaceRes' cells of cells()."""
-    parts = [cells('person', lambda m, j=j: get(m, j), fmt) for j in judges]
+    parts = [cells('person', lambda m, j=j: get(m, j), fmt) for j in JUDGES]
     return [' / '.join(p[0] for p in parts), ' / '.join(p[1] for p in parts)]
 
 
@@ -80,7 +88,6 @@ def seeds_with(test):
     return [f'{n} of {len(SPREAD) + 1} seeds', '']
 
 
-JUDGES = ('dlib', 'dlib_cpp', 'faceres')
 both = lambda f: ' / '.join(f(j) for j in JUDGES)  # noqa: E731
 b = read('person-s0')  # "before" is the original generator: the same on every run
 him = 'obama'
@@ -141,7 +148,7 @@ print(table(['', 'before', 'after, seeds 0-2', f'seed {FRESH}'], [[lb, bf, *c] f
 if exists('person', 'sweep.json'):  # the dial: person mode over T
     print('## The dial (person mode, `evaluate.py --sweep`)\n')
     Ts = [s['T'] for s in read('person-s0', 'sweep.json')]
-    DIAL = [*[(f'his latent to his photo / floor, {j}', j) for j in JUDGES]]
+    DIAL = [(f'his latent to his photo / floor, {j}', j) for j in JUDGES]
     rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', lambda m, i=i, j=j: m[i]['latents_dist'][j][him][1] /
                                                         m[0][f'floor_{j}_dist'], num, name='sweep.json'))
                          for _, j in DIAL]] for i, T in enumerate(Ts)]
@@ -169,7 +176,6 @@ COLS = [('ID: his latent moved (port)', key('ID'), num), ('ID_others: his held-o
          lambda m: both(lambda j: str(sum(m['latents_who'][j][p][1] == p for p in PEOPLE))), None),
         ('others themselves, port / C++ / FaceRes (%)', lambda m: both(lambda j: pct(m[f'others_{j}_themselves'])), None),
         ('steps, train time (s)', lambda m: f"{m['steps']}, {secs(m['train_wall_s'])}", None)]
-runs = lambda v: [s for s in (*SPREAD, FRESH) if (R / f'{v}-s{s}' / 'metrics.json').exists()]  # noqa: E731
 if any(runs(v) for _, v in PAPER[:3]):  # the paper's table: each seed that has run, and the mean +- sd of those
     print('## The paper\'s table (`--forget latent`: the forgotten latent alone, each adapter at its default)\n')
     print('x: the judge still calls that latent him after training (his latent, then each held-out latent), -: it '
