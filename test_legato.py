@@ -2192,13 +2192,13 @@ def test_snapshots_and_collapse_curve(tmp_path, tiny_ckpt, monkeypatch):
 # every path a user takes: train.py, evaluate.py and sample.py from the command line, end to end
 
 MATRIX = [  # identity network, who to forget, train flags, evaluate flags, sample flags: each value at least once
-    ('arcface', 'folder', ['--solver', 'euler'], ['--faceres', 'faceres'], ['--gif', '--frames', '2']),
+    ('arcface', 'seed', ['--solver', 'euler'], ['--faceres', 'faceres'], ['--gif', '--frames', '2']),
     ('curricularface', 'seed', ['--adapter', 'residual', '--forget', 'latent'],
      ['--sweep', '--T', '0,1', '--faceres', 'faceres'], ['--people']),
     ('dlib', 'photo', ['--adapter', 'full', '--amp', 'bf16', '--snapshot_every', '1'], ['--curve'], ['--gif']),
     ('dlib', 'latent', ['--solver', 'rk4', '--backend', 'torchdiffeq', '--vgg', 'vgg16', '--lpips_lin', 'vgg_lin'],
      ['--real', 'obama'], ['--T', '0,0.5', '--seeds', '0-2,7']),
-    ('dlib', 'seed', ['--solver', 'midpoint', '--backend', 'adjoint', '--tc_blocks', 'b16'], ['--compare'], None),
+    ('dlib', 'folder', ['--solver', 'midpoint', '--backend', 'adjoint', '--tc_blocks', 'b16'], ['--compare'], None),
 ]
 
 
