@@ -201,9 +201,12 @@ def find(S, P, cfg, face):
     if cfg.forget == 'person':
         his = from_rank0(views(S, face, cfg.n_views, cfg.invert_steps))
         P.pool, P.targets, P.held = surrogates(S, P, ws, emb, his)
-        print(f'person mode: {max(len(P.pool) - len(his), 0)} of {cfg.mine_n} random samples show the person, {len(his)} of '
-              f'{cfg.n_views * len(face)} new inversions of his face do, {len(P.held)} samples a kept person; ' + (
-                  'each of his is sent to a sample of someone else, theirs held' if len(P.pool) else
-                            "nobody beyond the given latents (or no sample of someone unknown to send him to): this run "
-                            "trains the paper's objective"))
+        if len(P.pool):
+            print(f'person mode: {len(P.pool) - len(his)} of {cfg.mine_n} random samples show the person, {len(his)} of '
+                  f'{cfg.n_views * len(face)} new inversions of his face do, {len(P.held)} samples a kept person; each '
+                  'of his is sent to a sample of someone else, theirs held')
+        else:  # surrogates() returns no pool when no sample is of someone unknown: no count of his would be true
+            print(f'person mode: no sample of his to send among {cfg.mine_n} random samples and {cfg.n_views * len(face)} '
+                  "new inversions of his face, or no sample of someone unknown to send him to: this run trains the "
+                  "paper's objective")
     return ws_t
