@@ -11,7 +11,7 @@ import torch
 from data import dlib_available
 from helpers import plot, table, write_json
 from id_net import DlibCpp, FaceRes
-from judges import Judge, Panel, calibrate, frechet_distance, stats
+from judges import Judge, Panel, calibrate, frechet_distance, original, stats
 from model import seed_latents
 from ode_adapter import load_run, run_meta
 
@@ -38,8 +38,9 @@ def scale(runs, args, device, n_held=200):
         panel = Panel({}, J, DlibCpp(G_s.cfg.framing) if dlib_available() else None, faceres)
         calibrate(panel, G_s, s_kw, args.n)
         ws_h, ws_u = seed_latents(G_s, range(HELD_SEEDS, HELD_SEEDS + n_held)), meta['ws_u'].to(device)
-        hb, ha = panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), panel.drawn(G_u, ws_h, {}, 'held-out, after')
-        ub, ua = panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
+        hb = original(panel, G_s, s_kw, 'held', lambda: panel.drawn(G_s, ws_h, s_kw, 'held-out, before'), ws_h)
+        ub = original(panel, G_s, s_kw, 'forgotten', lambda: panel.drawn(G_s, ws_u, s_kw, 'forgotten, before'), ws_u)
+        ha, ua = panel.drawn(G_u, ws_h, {}, 'held-out, after'), panel.drawn(G_u, ws_u, {}, 'forgotten, after')
         moved = J.dist(hb[J.name], ha[J.name])
         near = {j: (dist(hb[j][:, None], ub[j][None]) < thr).any(1)  # [n_held]: as one of the forgotten, to judge j
                 for j, (dist, thr) in panel.rules.items()}
