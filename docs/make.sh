@@ -71,60 +71,14 @@ train . $R/alone-biden-s0 --seed 0 --identity assets/faces/biden
 [ -f $R/compose-s0/metrics.json ] || python evaluate.py $R/person-s0 $R/alone-biden-s0 --compose --out $R/compose-s0 --samples 500 --seed 1 --invert_steps 100 --faceres $FACERES
 
 # many identities at once (docs/several-people.md, "Many at once"): K seed identities, one drawn a step, nobody kept
-for K in 1 5 20 50; do  # the paper's field
-  train . $R/scale/k$K --seed 0 @config/scale.txt $(seed_ids $K)
-done
-[ -f $R/scale/scale.json ] || python evaluate.py --scale $R/scale/k1 $R/scale/k5 $R/scale/k20 $R/scale/k50 --samples 200
-for K in 1 5 20 50; do  # the baseline: GUIDE's full fine-tune, the same flags
-  train . $R/scale-full/k$K --seed 0 @config/scale.txt --adapter full $(seed_ids $K)
+for K in 1 5 20 50; do
+  train . $R/scale/k$K --seed 0 @config/scale.txt $(seed_ids $K)   # the paper's field
+  train . $R/scale-full/k$K --seed 0 @config/scale.txt --adapter full $(seed_ids $K)   # GUIDE's full fine-tune
+  train . $R/scale-sur-lr3/k$K --seed 0 @config/scale_surrogate.txt --lr 1e-3 $(seed_ids $K)   # SUGAR's surrogate target
 done
 [ -f $R/scale-full/scale.json ] || python evaluate.py --scale $R/scale-full/k{1,5,20,50} $R/scale/k{1,5,20,50} --samples 200 --faceres $FACERES
 cp $R/scale-full/scale.png docs/scale.png   # both kinds against K
-train . $R/scale-long/k1 --seed 0 @config/scale.txt --identity seed:0   # K = 1 beside K = 50 x 10 steps
-train . $R/scale-long/k50 --seed 0 @config/scale.txt --iters 5000 $(seed_ids 50)
-K5=$(seed_ids 5)  # what limits at K = 5: the field's width, the step budget
-train . $R/scale-k5/k5-h256 --seed 0 @config/scale.txt --hidden 256 $K5
-train . $R/scale-k5/k5-2500 --seed 0 @config/scale.txt --iters 2500 $K5
-train . $R/scale-k5/k5-nf5 --seed 0 @config/scale.txt --n_forget 5 $K5   # all five every step
-[ -f $R/scale-k5/scale.json ] || python evaluate.py --scale $R/scale-k5/k5-h256 $R/scale-k5/k5-2500 $R/scale-k5/k5-nf5 $R/scale/k5 $R/scale/k1 --samples 200 --faceres $FACERES
-[ -f $R/scale-long/scale.json ] || python evaluate.py --scale $R/scale-long/k1 $R/scale-long/k50 --samples 200 --faceres $FACERES
-for K in 1 5 20 50; do  # SUGAR's surrogate instead of GUIDE's extrapolated target (--target surrogate), the same flags
-  train . $R/scale-sur/k$K --seed 0 @config/scale_surrogate.txt $(seed_ids $K)
-done
-train . $R/scale-sur-long/k50 --seed 0 @config/scale_surrogate.txt --iters 5000 $(seed_ids 50)
-[ -f $R/scale-sur/scale.json ] || python evaluate.py --scale $R/scale-sur/k{1,5,20,50} --samples 200 --faceres $FACERES
-[ -f $R/scale-sur-long/scale.json ] || python evaluate.py --scale $R/scale-sur-long/k50 $R/scale-sur/k1 --samples 200 --faceres $FACERES
-for S in 0 1 2; do  # the surrogate's spread over training seeds, and with the pixel term weighed 10
-  [ $S = 0 ] || train . $R/scale-sur-s$S/k1 --seed $S @config/scale_surrogate.txt --identity seed:0
-  [ $S = 0 ] || train . $R/scale-sur-s$S/k5 --seed $S @config/scale_surrogate.txt $K5
-  train . $R/scale-sur-pix-s$S/k1 --seed $S @config/scale_surrogate.txt --w_pix 10 --identity seed:0
-  train . $R/scale-sur-pix-s$S/k5 --seed $S @config/scale_surrogate.txt --w_pix 10 $K5
-  for d in $R/scale-sur-s$S $R/scale-sur-pix-s$S; do
-    [ ! -d $d ] || [ -f $d/scale.json ] || python evaluate.py --scale $d/k1 $d/k5 --samples 200 --faceres $FACERES
-  done
-done
-# three levers with the surrogate at K = 5 (a wider field, ten times Adam's rate, four times the global samples), then the rate at every K
-train . $R/scale-k5-sur/h256 --seed 0 @config/scale_surrogate.txt --hidden 256 $K5
-train . $R/scale-k5-sur/lr3 --seed 0 @config/scale_surrogate.txt --lr 1e-3 $K5
-train . $R/scale-k5-sur/g8 --seed 0 @config/scale_surrogate.txt --n_glob 8 $K5
-[ -f $R/scale-k5-sur/scale.json ] || python evaluate.py --scale $R/scale-k5-sur/{h256,lr3,g8} $R/scale-sur/k5 $R/scale-sur/k1 --samples 200 --faceres $FACERES
-for K in 1 20; do
-  train . $R/scale-sur-lr3/k$K --seed 0 @config/scale_surrogate.txt --lr 1e-3 $(seed_ids $K)
-done
-train . $R/scale-sur-lr3/k50-5000 --seed 0 @config/scale_surrogate.txt --lr 1e-3 --iters 5000 $(seed_ids 50)
-[ -f $R/scale-sur-lr3/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3/k1 $R/scale-k5-sur/lr3 $R/scale-sur-lr3/k20 $R/scale-sur-lr3/k50-5000 --samples 200 --faceres $FACERES
-for G in 2 4; do  # two and four times the global term at 1e-3: the held-out identities against K
-  for K in 1 5; do
-    train . $R/scale-sur-lr3-glob$G/k$K --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_glob $G $(seed_ids $K)
-  done
-  train . $R/scale-sur-lr3-glob$G/k50-5000 --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_glob $G --iters 5000 $(seed_ids 50)
-  [ -f $R/scale-sur-lr3-glob$G/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-glob$G/k1 $R/scale-sur-lr3-glob$G/k5 $R/scale-sur-lr3-glob$G/k50-5000 --samples 200 --faceres $FACERES
-done
-for K in 1 5; do  # GUIDE's adjacency term off at 1e-3
-  train . $R/scale-sur-lr3-adj0/k$K --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_adj 0 $(seed_ids $K)
-done
-train . $R/scale-sur-lr3-adj0/k50-5000 --seed 0 @config/scale_surrogate.txt --lr 1e-3 --w_adj 0 --iters 5000 $(seed_ids 50)
-[ -f $R/scale-sur-lr3-adj0/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3-adj0/k1 $R/scale-sur-lr3-adj0/k5 $R/scale-sur-lr3-adj0/k50-5000 --samples 200 --faceres $FACERES
+[ -f $R/scale-sur-lr3/scale.json ] || python evaluate.py --scale $R/scale-sur-lr3/k{1,5,20,50} --samples 200 --faceres $FACERES
 
 # figures: before/after, the dial (a strip and a GIF on fresh seeds 0-7), him by every judge over T, samples by training photo
 cp $R/person-s0/before_after.png docs/before_after.png && shrink docs/before_after.png 0.5   # faces drawn 1.5x, not 3x
