@@ -145,14 +145,22 @@ print(table(['', 'before', 'after, seeds 0-2', f'seed {FRESH}'], [[lb, bf, *c] f
 print('## Everyone else stays\n')
 print(table(['', 'before', 'after, seeds 0-2', f'seed {FRESH}'], [[lb, bf, *c] for lb, bf, c in OTHERS]))
 
-if exists('person', 'sweep.json'):  # the dial: person mode over T
+if exists('person', 'sweep.json'):  # the dial: person mode over T, every judge, his latent and his held-out latents
     print('## The dial (person mode, `evaluate.py --sweep`)\n')
     Ts = [s['T'] for s in read('person-s0', 'sweep.json')]
-    DIAL = [(f'his latent to his photo / floor, {j}', j) for j in JUDGES]
-    rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', lambda m, i=i, j=j: m[i]['latents_dist'][j][him][1] /
-                                                        m[0][f'floor_{j}_dist'], num, name='sweep.json'))
-                         for _, j in DIAL]] for i, T in enumerate(Ts)]
-    print(table(['T', *[label for label, _ in DIAL]], rows))
+    over = lambda names: lambda m, i, j: mean(m[i]['latents_dist'][j][n][1] for n in names) / m[0][f'floor_{j}_dist']  # noqa: E731
+    DIAL = [('his latent to his photos / floor', over([him])), ('his held-out latents (mean) / floor', over(held)),
+            ('random samples themselves', lambda m, i, j: m[i][f'others_{j}_themselves'])]
+    for label, get in DIAL:
+        fmt = pct if 'themselves' in label else num
+        rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', lambda m, i=i, j=j: get(m, i, j), fmt, name='sweep.json'))
+                             for j in JUDGES]] for i, T in enumerate(Ts)]
+        print(f'{label}:\n')
+        print(table(['T', 'port', 'C++', 'FaceRes'], rows))
+    up = lambda get, j: sum(all(get(read(f'person-s{s}', 'sweep.json'), i + 1, j) >= get(read(f'person-s{s}', 'sweep.json'), i, j)  # noqa: E731
+                                for i in range(len(Ts) - 1)) for s in (*SPREAD, FRESH))
+    print('Monotone over T (no step smaller than the one before), of the four training seeds: ' + '; '.join(
+        f'{label.split(" /")[0]}: ' + both(lambda j: str(up(get, j))) for label, get in DIAL[:2]) + ' (port / C++ / FaceRes).\n')
 
 ABL = [('his latent moved (port)', 'ID', num), ('kept people moved', 'retain_people', num),
        ('random samples moved', 'retain_random', num), ('FD_dlib_pre', 'FD_dlib_pre', num),
