@@ -153,13 +153,14 @@ if exists('person', 'sweep.json'):  # the dial: person mode over T, every judge,
             ('random samples themselves', lambda m, i, j: m[i][f'others_{j}_themselves'])]
     for label, get in DIAL:
         fmt = pct if 'themselves' in label else num
-        rows = [[f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', lambda m, i=i, j=j: get(m, i, j), fmt, name='sweep.json'))
+        rows = [[f'{T:g} (before)', *[fmt.full(get(read('person-s0', 'sweep.json'), i, j)) for j in JUDGES]] if T == 0 else
+                [f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', lambda m, i=i, j=j: get(m, i, j), fmt, name='sweep.json'))
                              for j in JUDGES]] for i, T in enumerate(Ts)]
         print(f'{label}:\n')
         print(table(['T', 'port', 'C++', 'FaceRes'], rows))
     up = lambda get, j: sum(all(get(read(f'person-s{s}', 'sweep.json'), i + 1, j) >= get(read(f'person-s{s}', 'sweep.json'), i, j)  # noqa: E731
                                 for i in range(len(Ts) - 1)) for s in (*SPREAD, FRESH))
-    print('Monotone over T (no step smaller than the one before), of the four training seeds: ' + '; '.join(
+    print('Monotone over T (no value below the one at the T before it; ties allowed), of the four training seeds: ' + '; '.join(
         f'{label.split(" /")[0]}: ' + both(lambda j: str(up(get, j))) for label, get in DIAL[:2]) + ' (port / C++ / FaceRes).\n')
 
 ABL = [('his latent moved (port)', 'ID', num), ('kept people moved', 'retain_people', num),
