@@ -42,16 +42,23 @@ pct, num, secs = Fmt(100, 1, '%'), Fmt(1, 3), Fmt(1, 0)
 
 
 def cells(variant, get, fmt, name='metrics.json'):
-    """['mean +- sd' over the spread seeds, the fresh seed's value and whether it lies in their prediction interval]."""
-    vals = [get(read(f'{variant}-s{s}', name)) for s in SPREAD]
+    """['mean +- sd' over the spread seeds, the fresh seed's value and whether it lies in their prediction interval].
+    A None (a judge that found no face) is left out of the mean and said; the fresh seed's then has no interval."""
+    got = [get(read(f'{variant}-s{s}', name)) for s in SPREAD]
+    vals, lost = [v for v in got if v is not None], [str(s) for s, v in zip(SPREAD, got) if v is None]
+    no_face = f' (no face on seed {", ".join(lost)})' if lost else ''
+    v = get(read(f'{variant}-s{FRESH}', name))
+    if len(vals) < 2:
+        return [f'{", ".join(fmt.full(x) for x in vals)}{no_face}', 'no face' if v is None else fmt.full(v)]
     n = len(vals)
     mean = sum(vals) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    sd = math.sqrt(sum((x - mean) ** 2 for x in vals) / (n - 1))
+    if v is None:
+        return [f'{fmt(mean)} +- {fmt(sd)}{fmt.unit}{no_face}', 'no face']
     half = stats.t.ppf(0.975, n - 1) * sd * math.sqrt(1 + 1 / n)
-    v = get(read(f'{variant}-s{FRESH}', name))
     inside = float(fmt(mean - half)) <= float(fmt(v)) <= float(fmt(mean + half))
     TALLY.append(inside)
-    return [f'{fmt(mean)} +- {fmt(sd)}{fmt.unit}', f'{fmt(v)}{fmt.unit} {"in" if inside else "**out**"}']
+    return [f'{fmt(mean)} +- {fmt(sd)}{fmt.unit}{no_face}', f'{fmt(v)}{fmt.unit} {"in" if inside else "**out**"}']
 
 
 def table(head, rows):
@@ -148,7 +155,12 @@ print(table(['', 'before', 'after, seeds 0-2', f'seed {FRESH}'], [[lb, bf, *c] f
 if exists('person', 'sweep.json'):  # the dial: person mode over T, every judge, his latent and his held-out latents
     print('## The dial (person mode, `evaluate.py --sweep`)\n')
     Ts = [s['T'] for s in read('person-s0', 'sweep.json')]
-    over = lambda names: lambda m, i, j: mean(m[i]['latents_dist'][j][n][1] for n in names) / m[0][f'floor_{j}_dist']  # noqa: E731
+
+    def over(names):  # the latents' mean distance to his nearest photo over the judge's floor; None: a face not found
+        def get(m, i, j):
+            d = [m[i]['latents_dist'][j][n][1] for n in names]
+            return None if None in d else mean(d) / m[0][f'floor_{j}_dist']
+        return get
     DIAL = [('his latent to his photos / floor', over([him])), ('his held-out latents (mean) / floor', over(held)),
             ('random samples themselves', lambda m, i, j: m[i][f'others_{j}_themselves'])]
     for label, get in DIAL:
@@ -158,9 +170,12 @@ if exists('person', 'sweep.json'):  # the dial: person mode over T, every judge,
                              for j in JUDGES]] for i, T in enumerate(Ts)]
         print(f'{label}:\n')
         print(table(['T', 'port', 'C++', 'FaceRes'], rows))
-    up = lambda get, j: sum(all(get(read(f'person-s{s}', 'sweep.json'), i + 1, j) >= get(read(f'person-s{s}', 'sweep.json'), i, j)  # noqa: E731
-                                for i in range(len(Ts) - 1)) for s in (*SPREAD, FRESH))
-    print('Monotone over T (no value below the one at the T before it; ties allowed), of the four training seeds: ' + '; '.join(
+    def up(get, j):  # seeds on which no value is below the one at the T before it; a face not found counts as farther
+        far = lambda m, i: math.inf if get(m, i, j) is None else get(m, i, j)  # noqa: E731
+        return sum(all(far(m, i + 1) >= far(m, i) for i in range(len(Ts) - 1))
+                   for m in (read(f'person-s{s}', 'sweep.json') for s in (*SPREAD, FRESH)))
+    print('Monotone over T (no value below the one at the T before it; ties allowed; a face the judge no longer finds '
+          'counts as farther than any), of the four training seeds: ' + '; '.join(
         f'{label.split(" /")[0]}: ' + both(lambda j: str(up(get, j))) for label, get in DIAL[:2]) + ' (port / C++ / FaceRes).\n')
 
 ABL = [('his latent moved (port)', 'ID', num), ('kept people moved', 'retain_people', num),
