@@ -187,7 +187,7 @@ def original(panel, G_s, s_kw, what, fn, ws):
         return fn()
     frozen = {k: v for k, v in G_s.state_dict().items() if '.adapter.' not in k}  # a run's adapters are off in s_kw
     s_kw = {k: v for k, v in s_kw.items() if (k, v) != ('T', 0)}  # at T = 0 the adapters are skipped: as without any
-    key = repr((panel.digest, digest(frozen), s_kw, digest({'ws': ws.contiguous()})))
+    key = repr((panel.digest, digest(frozen), G_s.cfg.framing, s_kw, digest({'ws': ws.contiguous()})))  # framing: the crop
     path = CACHE / f'{what}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt'
     try:
         return torch.load(path, map_location=panel.J.device, weights_only=True)

@@ -1774,9 +1774,12 @@ def test_original_side_is_drawn_once_per_generator_and_latents(builtin, facenet,
     with torch.no_grad():
         other.synthesis.b4.conv1.bias += 1e-3  # one tensor of the generator changed a little
     embed(other, ws), embed(builtin, ws[:3])
+    reframed = copy.deepcopy(builtin)  # the same weights, the face drawn elsewhere: the judges crop elsewhere
+    reframed.cfg = dataclasses.replace(builtin.cfg, framing=((0.3, 0.4), (0.7, 0.4), (0.5, 0.75)))
+    embed(reframed, ws)
     panel.digest = 'another judge'
     embed(builtin, ws)
-    assert len(drawn) == 4
+    assert len(drawn) == 5
 
 
 def test_leak_counts_a_planted_leak(builtin, facenet, monkeypatch):
