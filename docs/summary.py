@@ -161,14 +161,14 @@ if exists('person', 'sweep.json'):  # the dial: person mode over T, every judge,
             d = [m[i]['latents_dist'][j][n][1] for n in names]
             return None if None in d else mean(d) / m[0][f'floor_{j}_dist']
         return get
-    DIAL = [('his latent to his photos / floor', over([him])), ('his held-out latents (mean) / floor', over(held)),
-            ('random samples themselves', lambda m, i, j: m[i][f'others_{j}_themselves'])]
-    for label, get in DIAL:
-        fmt = pct if 'themselves' in label else num
+    DIAL = [('his latent to his photos', ' / floor', over([him]), num),  # name, the rest of its label, reader, format
+            ('his held-out latents (mean)', ' / floor', over(held), num),
+            ('random samples themselves', '', lambda m, i, j: m[i][f'others_{j}_themselves'], pct)]
+    for name, rest, get, fmt in DIAL:
         rows = [[f'{T:g} (before)', *[fmt.full(get(read('person-s0', 'sweep.json'), i, j)) for j in JUDGES]] if T == 0 else
                 [f'{T:g}', *[f'; seed {FRESH}: '.join(cells('person', lambda m, i=i, j=j: get(m, i, j), fmt, name='sweep.json'))
                              for j in JUDGES]] for i, T in enumerate(Ts)]
-        print(f'{label}:\n')
+        print(f'{name}{rest}:\n')
         print(table(['T', 'port', 'C++', 'FaceRes'], rows))
     def up(get, j):  # seeds on which no value is below the one at the T before it; a face not found counts as farther
         far = lambda m, i: math.inf if get(m, i, j) is None else get(m, i, j)  # noqa: E731
@@ -176,7 +176,7 @@ if exists('person', 'sweep.json'):  # the dial: person mode over T, every judge,
                    for m in (read(f'person-s{s}', 'sweep.json') for s in (*SPREAD, FRESH)))
     print('Monotone over T (no value below the one at the T before it; ties allowed; a face the judge no longer finds '
           'counts as farther than any), of the four training seeds: ' + '; '.join(
-        f'{label.split(" /")[0]}: ' + both(lambda j: str(up(get, j))) for label, get in DIAL[:2]) + ' (port / C++ / FaceRes).\n')
+        f'{name}: ' + both(lambda j: str(up(get, j))) for name, _, get, _ in DIAL[:2]) + ' (port / C++ / FaceRes).\n')
 
 ABL = [('his latent moved (port)', 'ID', num), ('kept people moved', 'retain_people', num),
        ('random samples moved', 'retain_random', num), ('FD_dlib_pre', 'FD_dlib_pre', num),
